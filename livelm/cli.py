@@ -1,0 +1,237 @@
+"""The `livelm` command line.
+
+Conventions: `--help` on every command; logs and progress go to stderr,
+results to stdout; exit 0 on success, 1 on a runtime error (with a one-line
+message saying what to do), 2 on a usage error (argparse).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from livelm.infer.sampling import SamplingParams
+
+
+class CLIError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- shared flags ------------------------------------------------------------
+def add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int = 256, temperature: float = 0.8) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=max_tokens, help=f"most new tokens (default {max_tokens})")
+    g.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p * p(max) (default 0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="HF-style, >1 discourages repeats")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+
+
+def sampling_from_args(a) -> SamplingParams:
+    sp = SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                        min_p=a.min_p, repetition_penalty=a.repetition_penalty, stop=tuple(a.stop), seed=a.seed)
+    sp.validate()
+    return sp
+
+
+def load_run(run: str, device: str = "auto"):
+    from livelm.runtime import pick_device
+    from livelm.train.checkpoint import load_model
+    return load_model(run, device=pick_device(device))
+
+
+# ---- prepare -------------------------------------------------------------------
+def cmd_prepare(a) -> int:
+    from livelm.data.prepare import prepare
+    meta = prepare(a.inputs, a.out, tokenizer_kind=a.tokenizer, vocab_size=a.vocab_size,
+                   val_fraction=a.val_fraction, reuse_tokenizer=a.reuse_tokenizer, progress=not a.quiet)
+    print(json.dumps({"out": str(a.out), "vocab_size": meta["vocab_size"], "train_tokens": meta["train"]["tokens"],
+                      "val_tokens": meta["val"]["tokens"]}, ensure_ascii=False))
+    return 0
+
+
+# ---- train ----------------------------------------------------------------------
+def cmd_train(a) -> int:
+    from livelm.config import resolve_config
+    from livelm.data.shards import TokenData
+    from livelm.models.gpt import GPT
+    from livelm.tokenizer import Tokenizer
+    from livelm.train import checkpoint
+    from livelm.train.objectives import lm_loss
+    from livelm.train.trainer import train
+
+    base, data_dir = None, a.data
+    if a.resume:
+        saved = checkpoint.read_config(a.out)
+        base = saved.get("train")
+        data_dir = data_dir or saved.get("data")
+    if not data_dir:
+        raise CLIError("--data DIR is required (a folder written by `livelm prepare`)")
+    cfg = resolve_config(a, base=base)
+    data = TokenData(data_dir)
+    tokenizer = Tokenizer.load(Path(data_dir) / "tokenizer.json")
+    model = GPT(cfg.model_config(data.vocab_size))
+    if a.resume:
+        tensors, _ = checkpoint.load_weights(Path(a.out) / "model.safetensors")
+        checkpoint.load_state(model, tensors, Path(a.out) / "model.safetensors")
+    n_params = model.num_params()
+    log(f"model: {cfg.preset} preset, {cfg.n_layer} layers x {cfg.d_model} wide, {n_params / 1e6:.2f}M parameters, "
+        f"{model.flops_per_token() / 1e6:.1f} MFLOPs/token (train, 6N + attention)")
+    run_config = {"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict(),
+                  "data": str(Path(data_dir).resolve()), "n_params": n_params}
+    result = train(cfg, a.out, model, tokenizer,
+                   get_batch=lambda split, i: data.batch(split, i, cfg.batch_size, cfg.block_size, cfg.seed),
+                   objective=lm_loss, run_config=run_config, bytes_per_token=data.bytes_per_token("val"),
+                   resume=a.resume)
+    print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
+    return 0
+
+
+# ---- generate ----------------------------------------------------------------------
+def cmd_generate(a) -> int:
+    from livelm.infer.engine import Engine
+    model, tok, _ = load_run(a.run, a.device)
+    prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
+    ids = tok.encode(prompt) if prompt else []
+    if not ids:
+        ids = [tok.bos_id]
+    params = sampling_from_args(a)
+    engine = Engine(model, tok, max_batch=1)
+    if sys.stdout.isatty():
+        for delta in engine.stream(ids, params):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        print(engine.generate([ids], params)[0].text)
+    return 0
+
+
+# ---- eval ------------------------------------------------------------------------------
+def cmd_eval(a) -> int:
+    import torch
+    from livelm.data.shards import TokenData
+    model, tok, config = load_run(a.run, a.device)
+    data = TokenData(a.data)
+    if data.vocab_size != model.cfg.vocab_size:
+        raise CLIError(f"{a.data} was prepared with a {data.vocab_size}-token vocabulary but {a.run} uses "
+                       f"{model.cfg.vocab_size}; prepare it with --reuse-tokenizer {a.run}")
+    block = model.cfg.block_size
+    # every validation token once, in consecutive windows (no sampling noise), capped by --max-tokens
+    total_loss, total_tokens = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for arr in data.splits["val"]:
+            for start in range(0, arr.size - 1, block):
+                if total_tokens >= a.max_tokens:
+                    break
+                window = torch.from_numpy(arr[start:start + block + 1].astype("int64"))
+                if window.numel() < 2:
+                    continue
+                x, y = window[:-1][None].to(device), window[1:][None].to(device)
+                _, loss = model(x, y)
+                total_loss += loss.item() * y.numel()
+                total_tokens += y.numel()
+    if not total_tokens:
+        raise CLIError(f"{a.data} has no validation tokens")
+    val_loss = total_loss / total_tokens
+    result = {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50)),
+              "bits_per_byte": val_loss / math.log(2) / data.bytes_per_token("val"), "tokens": total_tokens}
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"val_loss {val_loss:.4f}  perplexity {result['perplexity']:.3f}  "
+              f"bits_per_byte {result['bits_per_byte']:.4f}  ({total_tokens} tokens)")
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from livelm.config import add_config_flags
+
+    parser = argparse.ArgumentParser(prog="livelm", description="Train, chat with, serve and teach your own language model.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prepare", help="tokenize text files/folders/JSONL into training shards",
+                       description="Train (or reuse) a tokenizer and write token shards with a train/val split.")
+    p.add_argument("inputs", nargs="+", help="text files, folders, or JSONL files")
+    p.add_argument("--out", required=True, type=Path, help="output data directory")
+    p.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe", help="tokenizer kind (default bpe)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default 4096)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="tail of each file kept for validation (default 0.1)")
+    p.add_argument("--reuse-tokenizer", metavar="PATH", help="use this tokenizer.json (or run dir) instead of training one")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="pretrain a model on prepared data",
+                       description="Pretrain a GPT on a prepared data directory. Every config field can be set "
+                                   "by --config FILE.yaml or by its own flag.")
+    p.add_argument("--data", help="prepared data directory (from `livelm prepare`)")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="complete a prompt", description="Print a completion of --prompt.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--prompt", required=True, help="prompt text ('-' reads stdin)")
+    add_sampling_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="validation loss, perplexity, bits per byte",
+                       description="Evaluate a run on the validation split of a prepared data directory.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", required=True, help="prepared data directory (same tokenizer as the run)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--max-tokens", type=int, default=1_000_000, help="evaluate at most this many tokens")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Commands that live beside their feature (chat, fine-tuning, serving)."""
+    regs = []
+    for mod, fn in (("livelm.chat.repl", "register"), ("livelm.train.finetune", "register"),
+                    ("livelm.serve.app", "register")):
+        try:
+            module = __import__(mod, fromlist=[fn])
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("livelm"):
+                continue
+            raise
+        regs.append(getattr(module, fn))
+    return regs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from livelm.data.shards import DataError
+    from livelm.tokenizer import TokenizerError
+    from livelm.train.checkpoint import CheckpointError
+    try:
+        return args.func(args) or 0
+    except (CLIError, DataError, TokenizerError, CheckpointError, ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"livelm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"livelm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Training configuration: one plain dataclass, loaded from YAML, overridable from the command line.
+
+Precedence, lowest first: dataclass defaults < architecture preset (--preset) <
+YAML file (--config) < explicit command-line flags. Every field becomes a flag
+(`n_layer` -> `--n-layer`), so `livelm train --help` documents them all.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields, asdict, MISSING
+from pathlib import Path
+
+import yaml
+
+from livelm.models.gpt import PRESETS, GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    # --- model (see livelm/models/gpt.py) ---
+    preset: str = "gpt2"           # gpt2 | llama: sets position/norm/mlp/bias/tying/n_kv_head defaults
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 0             # 0 = n_head
+    d_model: int = 256
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    bias: bool = True
+    position: str = "learned"
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    tie_embeddings: bool = True
+    # --- optimisation ---
+    batch_size: int = 12           # sequences per micro-batch, per process
+    grad_accum: int = 1            # micro-batches per step, summed over all processes
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0        # 0 = max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    # --- evaluation, logging, checkpoints ---
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    sample_interval: int = 0       # 0 = never print samples during training
+    sample_prompt: str = "\n"
+    save_interval: int = 0         # 0 = save at every eval
+    # --- runtime ---
+    seed: int = 1337
+    dtype: str = "auto"            # auto | float32 | bfloat16 | float16
+    device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
+    compile: bool = False
+    threads: int = 0               # torch intra-op threads; 0 = leave PyTorch's default
+    progress: bool = True
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        model_fields = {f.name for f in fields(GPTConfig)}
+        return GPTConfig(vocab_size=vocab_size, **{k: v for k, v in asdict(self).items() if k in model_fields})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _field_types() -> dict[str, type]:
+    # `from __future__ import annotations` makes f.type a string; map it back to the builtin
+    return {f.name: {"int": int, "float": float, "str": str, "bool": bool}[f.type] for f in fields(TrainConfig)}
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Add --config plus one --flag per TrainConfig field; unset flags stay absent from the namespace."""
+    parser.add_argument("--config", type=Path, help="YAML file with any of the fields below")
+    group = parser.add_argument_group("config overrides (each defaults to the preset/YAML value, then the value shown)")
+    types = _field_types()
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = types[f.name]
+        default = f.default if f.default is not MISSING else None
+        choices = sorted(PRESETS) if f.name == "preset" else None
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
+                               metavar="BOOL", help=f"(default: {default})")
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, choices=choices,
+                               help=f"(default: {default!r})")
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of field: value")
+    known = _field_types()
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+    return data
+
+
+def resolve_config(args: argparse.Namespace | None = None, base: dict | None = None, **overrides) -> TrainConfig:
+    """Build a TrainConfig: defaults < base (e.g. a run's saved config) < preset < YAML < flags < overrides."""
+    values = dict(base or {})
+    explicit = {k: v for k, v in vars(args).items() if k in _field_types()} if args is not None else {}
+    yaml_values = load_yaml(args.config) if args is not None and getattr(args, "config", None) else {}
+    preset = overrides.get("preset") or explicit.get("preset") or yaml_values.get("preset") or values.get("preset") or "gpt2"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    if not base:  # a resumed/fine-tuned run keeps its own architecture
+        values.update({k: v for k, v in PRESETS[preset].items() if k in _field_types()})
+    values.update(yaml_values)
+    values.update(explicit)
+    values.update(overrides)
+    values["preset"] = preset
+    types = _field_types()
+    for k, v in values.items():
+        if k in types and types[k] is float and isinstance(v, int):
+            values[k] = float(v)
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in types})
+    cfg.model_config(vocab_size=16)  # validate the architecture early, with a readable error
+    return cfg

@@ -1,0 +1,242 @@
+"""The generation engine: prefill + KV-cached decode with continuous batching.
+
+Everything that generates text — `livelm generate`, the chat REPL, the HTTP
+server, evaluation, RL — goes through `Engine`. Its unit of work is `step()`:
+
+  1. admit waiting sequences into free cache slots and prefill one chunk of
+     each prompt (long prompts take several steps, so they never stall others);
+  2. decode one token for every running sequence in a single batched forward
+     pass (each row at its own position, see KVCache in models/gpt.py);
+  3. sample each row with its own parameters and its own seeded generator,
+     update its text stream, and retire finished sequences, freeing their slots.
+
+`generate()` and `stream()` are loops over `step()` for callers that do not
+need a scheduler. The server runs `step()` on a scheduler thread.
+
+The engine is not thread-safe by itself: `add`/`cancel` from other threads
+must hold `engine.lock` (the server does this).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from livelm.infer.sampling import SamplingParams, sample_next, top_logprobs
+from livelm.infer.textstream import TextStream
+from livelm.models.gpt import KVCache
+
+
+@dataclass
+class Sequence:
+    id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None = None
+    out_ids: list[int] = field(default_factory=list)
+    text: str = ""                      # text emitted so far (never contains a stop string)
+    finish_reason: str | None = None    # "stop" | "length" | "cancelled"
+    slot: int | None = None
+    prefilled: int = 0                  # prompt tokens already in the cache
+    logprobs: list[dict] = field(default_factory=list)
+    created: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    stream: TextStream | None = None
+    generator: torch.Generator | None = None
+    next_logits: torch.Tensor | None = None   # logits for the next token, after prefill
+    cancelled: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    logprobs: list[dict]
+
+    @classmethod
+    def of(cls, seq: Sequence) -> "Completion":
+        return cls(seq.text, list(seq.out_ids), seq.finish_reason, len(seq.prompt_ids), seq.logprobs)
+
+
+@dataclass
+class Event:
+    """What one step did to one sequence: new text (maybe empty) and whether it finished."""
+    seq: Sequence
+    delta: str
+    finished: bool
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+class Engine:
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
+                 prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.cfg = model.cfg
+        self.max_batch = max_batch
+        self.max_len = min(max_len or self.cfg.block_size, self.cfg.block_size)
+        self.prefill_chunk = prefill_chunk
+        self.device = next(model.parameters()).device
+        dtype = cache_dtype or next(model.parameters()).dtype
+        self.cache = KVCache(self.cfg, max_batch, self.max_len, device=self.device, dtype=dtype)
+        self.free_slots = list(range(max_batch - 1, -1, -1))
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.lock = threading.RLock()
+        self._ids = itertools.count()
+        self.default_stop_ids = {tokenizer.eos_id, tokenizer.end_id}
+        self.set_adapters = None  # hook: fn(model, [adapter name per row]) installed by LoRA serving
+
+    # ---- queueing ----------------------------------------------------------
+    def add(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Sequence:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= self.max_len:
+            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens but the context window is "
+                                f"{self.max_len}; shorten it (nothing was truncated)")
+        params.validate()
+        seq = Sequence(next(self._ids), list(prompt_ids), params, adapter=adapter)
+        seq.stream = TextStream(self.tokenizer, params.stop)
+        seq.generator = torch.Generator(device="cpu")
+        if params.seed is not None:
+            seq.generator.manual_seed(params.seed)
+        else:
+            seq.generator.seed()
+        with self.lock:
+            self.waiting.append(seq)
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Mark a sequence cancelled; the next step retires it and frees its slot."""
+        seq.cancelled = True
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one scheduler step ------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        events: list[Event] = []
+        with self.lock:
+            for seq in [s for s in self.waiting if s.cancelled]:
+                self.waiting.remove(seq)
+                seq.finish_reason = "cancelled"
+                events.append(Event(seq, "", True))
+            while self.waiting and self.free_slots:
+                seq = self.waiting.popleft()
+                seq.slot = self.free_slots.pop()
+                self.cache.reset(seq.slot)
+                self.running.append(seq)
+        for seq in [s for s in self.running if s.cancelled]:
+            self._retire(seq, "cancelled")
+            events.append(Event(seq, "", True))
+
+        # prefill: one chunk per admitted-but-unfilled prompt
+        for seq in self.running:
+            if seq.prefilled < len(seq.prompt_ids):
+                chunk = seq.prompt_ids[seq.prefilled:seq.prefilled + self.prefill_chunk]
+                idx = torch.tensor([chunk], device=self.device)
+                slots = torch.tensor([seq.slot], device=self.device)
+                self._activate_adapters([seq])
+                logits = self.model(idx, cache=self.cache, slots=slots, last_only=True)
+                seq.prefilled += len(chunk)
+                if seq.prefilled == len(seq.prompt_ids):
+                    seq.next_logits = logits[0, -1]
+
+        # decode: sequences whose next-token logits are pending get a token sampled;
+        # the others feed their last token through one batched forward pass first.
+        ready = [s for s in self.running if s.prefilled == len(s.prompt_ids)]
+        needs_forward = [s for s in ready if s.next_logits is None]
+        if needs_forward:
+            idx = torch.tensor([[s.out_ids[-1]] for s in needs_forward], device=self.device)
+            slots = torch.tensor([s.slot for s in needs_forward], device=self.device)
+            self._activate_adapters(needs_forward)
+            logits = self.model(idx, cache=self.cache, slots=slots, last_only=True)[:, -1]
+            for s, row in zip(needs_forward, logits):
+                s.next_logits = row
+        for seq in ready:
+            events.append(self._sample(seq))
+        return events
+
+    def _activate_adapters(self, seqs: list[Sequence]) -> None:
+        if self.set_adapters is not None:
+            self.set_adapters(self.model, [s.adapter for s in seqs])
+
+    def _sample(self, seq: Sequence) -> Event:
+        logits, seq.next_logits = seq.next_logits.float(), None
+        token = sample_next(logits, seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
+        if seq.params.logprobs is not None:
+            seq.logprobs.append(top_logprobs(logits, token, seq.params.logprobs, self.tokenizer))
+        if seq.first_token_at is None:
+            seq.first_token_at = time.perf_counter()
+        stop_ids = self.default_stop_ids if seq.params.stop_token_ids is None else set(seq.params.stop_token_ids)
+        if token in stop_ids and not seq.params.ignore_eos:
+            delta = seq.stream.finish()
+            seq.text += delta
+            self._retire(seq, "stop")
+            return Event(seq, delta, True)
+        seq.out_ids.append(token)
+        delta, stopped = seq.stream.push(token)
+        if not stopped and (len(seq.out_ids) >= seq.params.max_tokens
+                            or len(seq.prompt_ids) + len(seq.out_ids) >= self.max_len):
+            delta += seq.stream.finish()
+            stopped = seq.stream.stopped
+            seq.text += delta
+            self._retire(seq, "stop" if stopped else "length")
+            return Event(seq, delta, True)
+        seq.text += delta
+        if stopped:
+            self._retire(seq, "stop")
+        return Event(seq, delta, stopped)
+
+    def _retire(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        with self.lock:
+            if seq in self.running:
+                self.running.remove(seq)
+            if seq.slot is not None:
+                self.free_slots.append(seq.slot)
+                seq.slot = None
+
+    # ---- convenience loops -------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                 adapters: list[str | None] | None = None) -> list[Completion]:
+        """Generate for a batch of prompts (any lengths); returns completions in prompt order."""
+        plist = params if isinstance(params, list) else [params.copy() for _ in prompts]
+        seqs = [self.add(p, sp, adapter=(adapters[i] if adapters else None))
+                for i, (p, sp) in enumerate(zip(prompts, plist))]
+        while not all(s.finished for s in seqs):
+            self.step()
+        return [Completion.of(s) for s in seqs]
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Iterator[str]:
+        """Yield text deltas for one prompt. Closing the iterator early cancels the sequence."""
+        return self.iter_text(self.add(prompt_ids, params, adapter=adapter))
+
+    def iter_text(self, seq: Sequence) -> Iterator[str]:
+        """Drive the engine until `seq` finishes, yielding its text deltas; the caller keeps `seq`
+        for its finish_reason and token counts. Closing the iterator early cancels it."""
+        try:
+            while not seq.finished:
+                for ev in self.step():
+                    if ev.seq is seq and ev.delta:
+                        yield ev.delta
+        finally:
+            if not seq.finished:
+                self.cancel(seq)
+                self.step()

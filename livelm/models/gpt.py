@@ -1,0 +1,334 @@
+"""A decoder-only Transformer covering the GPT-2 and Llama families.
+
+One readable module: token embedding, positions (learned or rotary), pre-norm
+blocks of causal self-attention (optionally grouped-query) and an MLP (GELU or
+SwiGLU), a final norm and a (tied or untied) head. The two presets differ only
+in configuration:
+
+    gpt2:  learned positions, LayerNorm, GELU MLP, all heads have their own K/V
+    llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases
+
+Shapes: B batch, S new tokens, T attended positions, H query heads, Hkv K/V
+heads, D head size, C = d_model.
+
+Incremental decoding uses a KVCache with one row ("slot") per sequence. Every
+slot keeps its own length, so sequences at different positions can decode in
+one batched forward pass — the basis of continuous batching in livelm.infer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096
+    block_size: int = 256          # longest sequence the model is trained for
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 0             # 0 means n_head (plain multi-head attention)
+    d_model: int = 256
+    mlp_ratio: float = 4.0         # hidden = mlp_ratio * d_model (SwiGLU: 2/3 of it, rounded)
+    dropout: float = 0.0
+    bias: bool = True
+    position: str = "learned"      # learned | rope
+    norm: str = "layernorm"        # layernorm | rmsnorm
+    mlp: str = "gelu"              # gelu | swiglu
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
+        for name, allowed in (("position", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                              ("mlp", ("gelu", "swiglu"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        hidden = int(self.mlp_ratio * self.d_model)
+        if self.mlp == "swiglu":  # keep parameter count equal to a GELU MLP of the same ratio
+            hidden = 32 * math.ceil(2 * hidden / 3 / 32)
+        return hidden
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+PRESETS = {
+    "gpt2": dict(position="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True),
+    "llama": dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False,
+                  n_kv_head=2, norm_eps=1e-6),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32: under bf16 autocast the mean of squares loses too much precision
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (length, head_dim/2) for rotary embeddings."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, S, D) by per-position angles; cos/sin are (B, 1, S, D/2).
+
+    Uses the "rotate half" layout (first half pairs with second half), the same
+    as Hugging Face's Llama, so exported weights need no permutation.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Keys and values of every layer for up to `slots` sequences.
+
+    k, v: (n_layer, slots, Hkv, max_len, D); lengths: (slots,) tokens stored per slot.
+    A forward pass over rows `slots_idx` writes its new keys at each row's own
+    offset, so rows at different positions share one batched pass.
+    """
+
+    def __init__(self, cfg: GPTConfig, slots: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (cfg.n_layer, slots, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.max_len = max_len
+
+    def reset(self, slot: int) -> None:
+        self.lengths[slot] = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        # separate projections (not one fused qkv) keep GQA shapes obvious and map 1:1 to Llama's q/k/v_proj
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, attn_mask, layer: int, cache: KVCache | None, slots: torch.Tensor | None):
+        B, S, C = x.shape
+        q = self.q_proj(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)      # (B, H, S, D)
+        k = self.k_proj(x).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)   # (B, Hkv, S, D)
+        v = self.v_proj(x).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+
+        is_causal = attn_mask is None
+        if cache is not None:
+            # write the new keys at each row's offset, then attend over the stored prefix
+            start = cache.lengths[slots]                                              # (B,)
+            pos = start[:, None] + torch.arange(S, device=x.device)                   # (B, S)
+            rows = slots[:, None].expand(B, S)
+            cache.k[layer][rows, :, pos] = k.transpose(1, 2).to(cache.k.dtype)       # (B, S, Hkv, D)
+            cache.v[layer][rows, :, pos] = v.transpose(1, 2).to(cache.v.dtype)
+            T = int((start + S).max())
+            k = cache.k[layer][slots, :, :T].to(q.dtype)                              # (B, Hkv, T, D)
+            v = cache.v[layer][slots, :, :T].to(q.dtype)
+            is_causal = False
+        if self.n_kv_head != self.n_head:
+            # grouped-query attention: each K/V head serves n_head/n_kv_head query heads
+            rep = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        dropout = self.cfg.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, S, C)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        hidden = cfg.mlp_hidden
+        self.up_proj = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        if self.swiglu:
+            self.gate_proj = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        self.down_proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        if self.swiglu:
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        else:
+            h = F.gelu(self.up_proj(x), approximate="tanh")  # GPT-2's "gelu_new"
+        return self.dropout(self.down_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope, attn_mask, layer, cache, slots):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, layer, cache, slots)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.position == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if cfg.position == "rope":
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual output projections by 1/sqrt(2 * n_layer) so the residual stream does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, slots: torch.Tensor | None = None,
+                last_only: bool = False):
+        """idx: (B, S) token ids.
+
+        positions: (B, S) position of each token; defaults to 0..S-1, or to each
+            slot's cache length onwards when decoding with `cache`.
+        attn_mask: (B, 1, S, S) boolean, True = may attend (used to keep packed
+            conversations from seeing each other); default plain causal.
+        cache/slots: KVCache and the (B,) cache rows these sequences occupy.
+            Cache lengths are advanced by S after the pass.
+        last_only: compute logits only for the final position (generation).
+        Returns logits (B, S, V) (or (B, 1, V)), and the mean loss if targets given
+        (targets == -1 are ignored).
+        """
+        B, S = idx.shape
+        if cache is not None:
+            if slots is None:
+                slots = torch.arange(B, device=idx.device)
+            start = cache.lengths[slots]
+            if int(start.max()) + S > min(cache.max_len, self.cfg.block_size):
+                raise ValueError(f"sequence would exceed the context window of {self.cfg.block_size} tokens")
+            if positions is None:
+                positions = start[:, None] + torch.arange(S, device=idx.device)
+            # each new token may see the slot's stored prefix and the new tokens up to itself
+            T = int((start + S).max())
+            key_pos = torch.arange(T, device=idx.device)
+            attn_mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]   # (B, 1, S, T)
+        elif S > self.cfg.block_size:
+            raise ValueError(f"sequence of {S} tokens exceeds the context window of {self.cfg.block_size}")
+        if positions is None:
+            positions = torch.arange(S, device=idx.device)[None].expand(B, S)
+
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
+        rope = None
+        if self.cfg.position == "rope":
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, S, D/2)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, attn_mask, layer, cache, slots)
+        if cache is not None:
+            cache.lengths[slots] += S
+        x = self.ln_f(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # ---- reporting -------------------------------------------------------
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), as in the PaLM paper: 6N + 12·L·H·D·T."""
+        cfg = self.cfg
+        T = seq_len or cfg.block_size
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
+
+
+def doc_attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Causal mask that keeps packed documents apart.
+
+    doc_ids: (B, S) an id per token, equal within one document.
+    Returns (B, 1, S, S) boolean: query i may attend key j iff j <= i and same document.
+    """
+    S = doc_ids.size(1)
+    causal = torch.ones(S, S, dtype=torch.bool, device=doc_ids.device).tril()
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (causal[None] & same_doc)[:, None]
+
+
+def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Positions that restart at 0 at each document boundary: (B, S) -> (B, S)."""
+    B, S = doc_ids.shape
+    idx = torch.arange(S, device=doc_ids.device).expand(B, S)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - start_idx

@@ -1,0 +1,242 @@
+"""The training loop. One loop for every objective.
+
+An objective is a plain function `objective(model, batch) -> loss` (see
+livelm/train/objectives.py); data is a function `get_batch(split, index) ->
+dict of tensors` that is deterministic in `index`. Everything else — AdamW
+with decay on matrices only, warmup + cosine schedule, gradient accumulation
+and clipping, mixed precision, torch.compile, DDP under torchrun, periodic
+evaluation, sampling, metrics, the loss-curve PNG, atomic checkpoints and
+exact resume — lives here once.
+
+Step bookkeeping: a checkpoint saved "at step s" holds the model after s
+updates; resuming runs updates s, s+1, ... Micro-batch g of the whole job is
+`step * grad_accum + rank * accum_per_rank + micro`, so 1 process with
+grad_accum=2 sees exactly the batches that 2 processes with grad_accum=2 see.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from livelm import io
+from livelm.config import TrainConfig
+from livelm.runtime import Dist, autocast, init_distributed, pick_dtype
+from livelm.train import checkpoint
+from livelm.train.plot import plot_metrics
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay from lr to min_lr."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= decay_iters:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # weight decay on matrices (linear weights, embeddings) only; never on norms and biases
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    val_loss: float
+    metrics_path: Path
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokenizer,
+          get_batch: Callable[[str, int], dict], objective: Callable, run_config: dict,
+          bytes_per_token: float | None = None, resume: bool = False,
+          extra_eval: Callable[[torch.nn.Module], dict] | None = None,
+          trainable: Callable[[torch.nn.Module], None] | None = None,
+          save_fn: Callable | None = None) -> TrainResult:
+    """Train `model` in place and checkpoint it to `run_dir`.
+
+    run_config: what config.json records besides the step ({"arch", "model", ...}).
+    extra_eval(model) -> dict of extra metrics logged at each evaluation.
+    save_fn(run_dir, model, step, train_state): replaces the default checkpoint
+        writer (LoRA fine-tuning saves only the adapter).
+    """
+    run_dir = Path(run_dir)
+    ddp, device = init_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype = pick_dtype(cfg.dtype, device)
+    if ddp.world > 1 and cfg.grad_accum % ddp.world:
+        raise ValueError(f"--grad-accum {cfg.grad_accum} must be a multiple of the {ddp.world} processes")
+    accum_per_rank = max(1, cfg.grad_accum // ddp.world)
+
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if trainable is not None:
+        trainable(model)
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
+    start_step, best_val = 0, float("inf")
+    metrics_path = run_dir / "metrics.jsonl"
+
+    if resume:
+        state = checkpoint.load_train_state(run_dir)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, best_val = int(state["step"]), float(state.get("best_val", best_val))
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        if ddp.is_main:
+            _truncate_metrics(metrics_path, start_step)
+        log(f"resuming {run_dir} from step {start_step}")
+    elif ddp.is_main and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+
+    step_model = model
+    if ddp.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        step_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+
+    def batch_on_device(split, index):
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in get_batch(split, index).items()}
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        model.eval()
+        total = torch.zeros(2, device=device)  # (sum of losses, count)
+        for i in range(ddp.rank, cfg.eval_iters, ddp.world):
+            with autocast(device, dtype):
+                loss = objective(step_model, batch_on_device("val", i))
+            total += torch.stack([loss.float().detach(), torch.ones((), device=device)])
+        if ddp.world > 1:
+            dist.all_reduce(total)
+        model.train()
+        val_loss = (total[0] / total[1]).item()
+        out = {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))}
+        if bytes_per_token:
+            out["bits_per_byte"] = val_loss / math.log(2) / bytes_per_token
+        if extra_eval is not None and ddp.is_main:
+            out.update(extra_eval(model))
+        return out
+
+    def save(step):
+        state = {"optimizer": optimizer.state_dict(), "best_val": best_val, "rng_cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        if save_fn is not None:
+            save_fn(run_dir, model, step, state)
+        else:
+            checkpoint.save_checkpoint(run_dir, model, tokenizer, run_config, step, state)
+
+    tokens_per_step = None
+    model.train()
+    pbar = tqdm(total=cfg.max_iters, initial=start_step, desc="train", unit="it", dynamic_ncols=True,
+                disable=not (cfg.progress and ddp.is_main), file=sys.stderr)
+    last = {"val_loss": float("nan")}
+    t0 = time.perf_counter()
+    step = start_step
+    save_every = cfg.save_interval or cfg.eval_interval
+    for step in range(start_step, cfg.max_iters + 1):
+        # evaluate and save before the update, so "checkpoint at step s" = model after s updates
+        is_last = step == cfg.max_iters
+        if (step % cfg.eval_interval == 0 and step > start_step) or is_last:
+            last = evaluate()
+            best_val = min(best_val, last["val_loss"])
+            if ddp.is_main:
+                _append_metrics(metrics_path, {"step": step, **last})
+                pbar.write(f"step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in last.items()
+                                                       if isinstance(v, float)), file=sys.stderr)
+                if cfg.sample_interval and tokenizer is not None and step % cfg.sample_interval == 0:
+                    _print_sample(model, tokenizer, cfg, pbar)
+        if ddp.is_main and ((step % save_every == 0 and step > start_step) or is_last):
+            save(step)
+            plot_metrics(metrics_path, run_dir / "loss.png")
+        if is_last:
+            break
+
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        ntok = 0
+        for micro in range(accum_per_rank):
+            batch = batch_on_device("train", step * cfg.grad_accum + ddp.rank * accum_per_rank + micro)
+            ntok += batch["idx"].numel()
+            if ddp.world > 1:
+                step_model.require_backward_grad_sync = micro == accum_per_rank - 1
+            with autocast(device, dtype):
+                loss = objective(step_model, batch)
+            scaler.scale(loss / accum_per_rank).backward()
+            loss_sum += loss.detach().float()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        train_loss = loss_sum / accum_per_rank
+        if ddp.world > 1:
+            dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
+        tokens_per_step = ntok * ddp.world
+        if ddp.is_main and (step % cfg.log_interval == 0 or step == cfg.max_iters - 1):
+            elapsed = time.perf_counter() - t0
+            tok_s = tokens_per_step * (step + 1 - start_step) / max(elapsed, 1e-9)
+            _append_metrics(metrics_path, {"step": step, "loss": round(train_loss.item(), 6), "lr": lr,
+                                           "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 2)})
+            pbar.set_postfix(loss=f"{train_loss.item():.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+        pbar.update(1)
+    pbar.close()
+    if ddp.world > 1:
+        dist.barrier()
+    return TrainResult(step=step, val_loss=last["val_loss"], metrics_path=metrics_path)
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records a killed run logged after its last checkpoint, so the resumed log is one clean curve."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by the kill
+        if rec.get("step", 0) < step or ("val_loss" in rec and rec["step"] == step):
+            keep.append(line)
+    io.write_text(path, "".join(l + "\n" for l in keep))
+
+
+def _print_sample(model, tokenizer, cfg: TrainConfig, pbar) -> None:
+    from livelm.infer.engine import Engine, SamplingParams
+    engine = Engine(model, tokenizer, max_batch=1)
+    prompt = tokenizer.encode(cfg.sample_prompt) or [tokenizer.bos_id]
+    out = engine.generate([prompt], SamplingParams(max_tokens=64, temperature=0.8, top_k=50, seed=cfg.seed))[0]
+    pbar.write(f"sample: {cfg.sample_prompt + out.text!r}", file=sys.stderr)
+    model.train()

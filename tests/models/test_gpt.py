@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from livelm.models.gpt import GPT, GPTConfig, KVCache, PRESETS, doc_attention_mask, doc_positions
+
+
+def tiny(preset: str, **kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, d_model=32, **{**PRESETS[preset], **kw})
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_causal_mask_future_tokens_do_not_change_past_logits(preset):
+    model = tiny(preset)
+    x = torch.randint(0, 97, (2, 20))
+    y = x.clone()
+    y[:, 12:] = torch.randint(0, 97, (2, 8))
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.allclose(a[:, :12], b[:, :12], atol=1e-6)
+    assert not torch.allclose(a[:, 12:], b[:, 12:], atol=1e-3)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_kv_cache_decode_matches_full_forward(preset):
+    model = tiny(preset)
+    x = torch.randint(0, 97, (1, 24))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(model.cfg, slots=1, max_len=32)
+        steps = [model(x[:, :10], cache=cache)]
+        for t in range(10, 24):
+            steps.append(model(x[:, t:t + 1], cache=cache))
+    inc = torch.cat(steps, dim=1)
+    assert (inc - full).abs().max().item() < 1e-4
+
+
+def test_kv_cache_rows_at_different_positions_batch_correctly():
+    """Two sequences of different lengths decoded in one batched pass equal each decoded alone."""
+    model = tiny("llama")
+    a, b = torch.randint(0, 97, (1, 7)), torch.randint(0, 97, (1, 15))
+    with torch.no_grad():
+        cache = KVCache(model.cfg, slots=3, max_len=32)
+        model(a, cache=cache, slots=torch.tensor([2]))
+        model(b, cache=cache, slots=torch.tensor([0]))
+        nxt = torch.tensor([[5], [9]])
+        batched = model(nxt, cache=cache, slots=torch.tensor([2, 0]))
+        alone_a = model(torch.cat([a, nxt[:1]], 1))[:, -1]
+        alone_b = model(torch.cat([b, nxt[1:]], 1))[:, -1]
+    assert (batched[0, -1] - alone_a[0]).abs().max() < 1e-4
+    assert (batched[1, -1] - alone_b[0]).abs().max() < 1e-4
+    assert cache.lengths.tolist() == [16, 0, 8]
+
+
+def test_gqa_and_untied_head_shapes():
+    model = tiny("llama")
+    assert model.cfg.n_kv_head == 2 and model.blocks[0].attn.k_proj.out_features == 2 * 8
+    assert model.lm_head.weight is not model.wte.weight
+    g = tiny("gpt2")
+    assert g.lm_head.weight is g.wte.weight
+
+
+def test_param_count_and_flops_reported():
+    model = tiny("gpt2")
+    n = model.num_params()
+    assert 0 < n < sum(p.numel() for p in model.parameters())  # position table excluded
+    assert model.flops_per_token() > 6 * n
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_tiny_model_overfits_one_batch(preset):
+    model = tiny(preset).train()
+    x = torch.randint(0, 97, (4, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_packed_documents_do_not_see_each_other():
+    model = tiny("gpt2")
+    doc = torch.tensor([[0] * 6 + [1] * 6])
+    x = torch.randint(0, 97, (1, 12))
+    y = x.clone()
+    y[0, :6] = torch.randint(0, 97, (6,))  # change only the first document
+    kw = dict(attn_mask=doc_attention_mask(doc), positions=doc_positions(doc))
+    with torch.no_grad():
+        a, b = model(x, **kw), model(y, **kw)
+        alone = model(x[:, 6:])  # the second document on its own, from position 0
+    assert torch.allclose(a[:, 6:], b[:, 6:], atol=1e-6)
+    assert torch.allclose(a[:, 6:], alone, atol=1e-5)
+    assert doc_positions(doc).tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]]
+
+
+def test_context_window_overflow_is_a_clear_error():
+    model = tiny("gpt2")
+    with pytest.raises(ValueError, match="context window"):
+        model(torch.zeros(1, 33, dtype=torch.long))
