@@ -62,6 +62,7 @@ def cmd_prepare(a) -> int:
 
 # ---- train ----------------------------------------------------------------------
 def cmd_train(a) -> int:
+    import torch
     from livelm.config import resolve_config
     from livelm.data.shards import TokenData
     from livelm.models.gpt import GPT
@@ -80,6 +81,7 @@ def cmd_train(a) -> int:
     cfg = resolve_config(a, base=base)
     data = TokenData(data_dir)
     tokenizer = Tokenizer.load(Path(data_dir) / "tokenizer.json")
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed reproduces
     model = GPT(cfg.model_config(data.vocab_size))
     if a.resume:
         tensors, _ = checkpoint.load_weights(Path(a.out) / "model.safetensors")
@@ -197,24 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
-    for register in _extra_commands():
-        register(sub)
+    # commands that live beside their feature
+    from livelm.chat import repl
+    from livelm.train import finetune
+    repl.register(sub)
+    finetune.register(sub)
     return parser
-
-
-def _extra_commands():
-    """Commands that live beside their feature (chat, fine-tuning, serving)."""
-    regs = []
-    for mod, fn in (("livelm.chat.repl", "register"), ("livelm.train.finetune", "register"),
-                    ("livelm.serve.app", "register")):
-        try:
-            module = __import__(mod, fromlist=[fn])
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("livelm"):
-                continue
-            raise
-        regs.append(getattr(module, fn))
-    return regs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from livelm.data.shards import DataError
     from livelm.tokenizer import TokenizerError
+    from livelm.models.lora import AdapterError
     from livelm.train.checkpoint import CheckpointError
     try:
         return args.func(args) or 0
-    except (CLIError, DataError, TokenizerError, CheckpointError, ValueError, FileNotFoundError, PermissionError) as e:
+    except (CLIError, DataError, TokenizerError, CheckpointError, AdapterError, ValueError, FileNotFoundError, PermissionError) as e:
         print(f"livelm {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -88,7 +88,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         raise ValueError(f"--grad-accum {cfg.grad_accum} must be a multiple of the {ddp.world} processes")
     accum_per_rank = max(1, cfg.grad_accum // ddp.world)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + ddp.rank)  # dropout masks; restored exactly on --resume
     model.to(device)
     if trainable is not None:
         trainable(model)

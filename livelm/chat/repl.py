@@ -1,0 +1,272 @@
+"""`livelm chat`: a terminal conversation with a model.
+
+On a TTY: streaming answers, line editing and history (readline), Ctrl-C stops
+the current answer (not the program), Ctrl-D or /quit leaves. With stdin not a
+TTY it reads one message per line and prints one answer per line, so it can be
+scripted: `printf 'hi\\n/reset\\n你好\\n' | livelm chat RUN`.
+Notices (dropped turns, errors) go to stderr; answers go to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from livelm.chat import prompts
+from livelm.chat.template import prompt_ids, validate
+from livelm.infer.engine import Engine
+from livelm.infer.sampling import SamplingParams
+
+HELP = """commands:
+  /help            this help
+  /reset           forget the conversation (keeps the system prompt)
+  /system TEXT     set the system prompt (empty TEXT removes it)
+  /temp X          sampling temperature (0 = greedy)
+  /topp X          nucleus sampling mass
+  /save FILE       save the conversation as JSON
+  /load FILE       load a conversation saved with /save (or any {"messages": [...]} file)
+  /retry           regenerate the last answer
+  /quit            leave (Ctrl-D works too)"""
+
+
+class ChatSession:
+    """The conversation state and how it becomes a prompt. Front ends (REPL, tests) drive it."""
+
+    def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None,
+                 few_shot: list[dict] | None = None, user_template: str | None = None):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.params = params
+        self.system = system
+        self.few_shot = few_shot or []
+        self.user_template = user_template
+        self.history: list[dict] = []   # user/assistant turns only
+        self.notices: list[str] = []
+
+    def messages(self) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.few_shot + self.history
+
+    def _fit(self) -> list[int] | None:
+        """Prompt ids for the current history, dropping the oldest turns while it does not fit."""
+        budget = self.engine.max_len - min(self.params.max_tokens, self.engine.max_len // 4)
+        dropped = 0
+        while True:
+            ids = prompt_ids(self.messages(), self.tokenizer)
+            if len(ids) <= budget:
+                break
+            if len(self.history) <= 1:
+                self.notices.append(f"your message is too long for the {self.engine.max_len}-token context window "
+                                    f"({len(ids)} tokens); it was not sent")
+                self.history.clear()
+                return None
+            # drop the oldest exchange (user + assistant); the system prompt and few-shot stay
+            del self.history[:2]
+            dropped += 1
+        if dropped:
+            self.notices.append(f"the conversation outgrew the {self.engine.max_len}-token context window: "
+                                f"dropped the oldest {dropped} exchange(s)")
+        return ids
+
+    def ask(self, text: str):
+        """Add a user turn and stream the assistant's answer (a generator of text deltas)."""
+        if self.user_template:
+            text = prompts.fill(self.user_template, {"input": text})
+        self.history.append({"role": "user", "content": text})
+        return self._answer()
+
+    def retry(self):
+        if self.history and self.history[-1]["role"] == "assistant":
+            self.history.pop()
+        if not self.history:
+            self.notices.append("nothing to retry")
+            return iter(())
+        return self._answer()
+
+    def _answer(self):
+        ids = self._fit()
+        if ids is None:
+            return
+        seq = self.engine.add(ids, self.params.copy())
+        parts = []
+        try:
+            for delta in self.engine.iter_text(seq):
+                parts.append(delta)
+                yield delta
+        finally:
+            # keep what was said, even when interrupted: the next turn sees the same text the user saw
+            self.history.append({"role": "assistant", "content": "".join(parts)})
+            self.last_finish = seq.finish_reason or "cancelled"
+
+    def reset(self):
+        self.history.clear()
+
+    def save(self, path: str) -> None:
+        from livelm import io
+        io.write_json(path, {"messages": self.messages()})
+
+    def load(self, path: str) -> None:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"no such file: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a conversation JSON file ({e})") from None
+        msgs = validate(data.get("messages") if isinstance(data, dict) else data)
+        self.system = next((m["content"] for m in msgs if m["role"] == "system"), self.system)
+        self.few_shot = []
+        self.history = [m for m in msgs if m["role"] != "system"]
+
+
+def command(session: ChatSession, line: str, out) -> bool | None:
+    """Handle a slash command. Returns False to quit, True if handled, None if `line` is not a command."""
+    if not line.startswith("/"):
+        return None
+    name, _, arg = line.partition(" ")
+    arg = arg.strip()
+    try:
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/help":
+            print(HELP, file=sys.stderr)
+        elif name == "/reset":
+            session.reset()
+            session.notices.append("conversation cleared")
+        elif name == "/system":
+            session.system = arg or None
+            session.notices.append("system prompt set" if arg else "system prompt removed")
+        elif name in ("/temp", "/topp"):
+            value = float(arg)
+            field = "temperature" if name == "/temp" else "top_p"
+            trial = session.params.copy()
+            setattr(trial, field, value)
+            trial.validate()
+            session.params = trial
+            session.notices.append(f"{field} = {value}")
+        elif name == "/save":
+            if not arg:
+                raise ValueError("usage: /save FILE")
+            session.save(arg)
+            session.notices.append(f"saved to {arg}")
+        elif name == "/load":
+            if not arg:
+                raise ValueError("usage: /load FILE")
+            session.load(arg)
+            session.notices.append(f"loaded {len(session.history)} turn(s) from {arg}")
+        elif name == "/retry":
+            stream_answer(session, session.retry(), out)
+        else:
+            session.notices.append(f"unknown command {name}; /help lists them")
+    except ValueError as e:
+        session.notices.append(f"error: {e}")
+    return True
+
+
+def stream_answer(session: ChatSession, deltas, out) -> None:
+    tty = out.isatty()
+    gen = iter(deltas)
+    try:
+        for delta in gen:
+            if tty:
+                out.write(delta)
+                out.flush()
+            else:
+                out.write(delta)
+    except KeyboardInterrupt:
+        gen.close()  # cancels the sequence; the partial answer stays in history
+        session.notices.append("stopped")
+    out.write("\n")
+    out.flush()
+
+
+def flush_notices(session: ChatSession) -> None:
+    for n in session.notices:
+        print(f"[{n}]", file=sys.stderr, flush=True)
+    session.notices.clear()
+
+
+def repl(session: ChatSession, stdin=None, out=None) -> int:
+    stdin = stdin or sys.stdin
+    out = out or sys.stdout
+    interactive = stdin.isatty()
+    if interactive:
+        _setup_readline()
+        print("livelm chat — /help for commands, Ctrl-C stops an answer, Ctrl-D quits", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ") if interactive else stdin.readline()
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        if not interactive:
+            if line == "":
+                break
+            line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        handled = command(session, line.strip(), out)
+        if handled is False:
+            break
+        if handled is None:
+            if interactive:
+                out.write("bot> ")
+            stream_answer(session, session.ask(line), out)
+        flush_notices(session)
+    flush_notices(session)
+    return 0
+
+
+def _setup_readline() -> None:
+    try:
+        import readline
+    except ImportError:  # e.g. Windows without pyreadline: plain input() still works
+        return
+    hist = Path(os.environ.get("LIVELM_HISTORY", Path.home() / ".livelm_history"))
+    try:
+        readline.read_history_file(hist)
+    except OSError:
+        pass
+    import atexit
+    atexit.register(lambda: _save_history(readline, hist))
+
+
+def _save_history(readline, hist: Path) -> None:
+    try:
+        readline.set_history_length(1000)
+        readline.write_history_file(hist)
+    except OSError:
+        pass
+
+
+def cmd_chat(a) -> int:
+    from livelm.cli import sampling_from_args
+    from livelm.infer.loader import load
+    model, tokenizer, _, _ = load(a.run, a.adapter, a.device)
+    params = sampling_from_args(a)
+    setup = prompts.resolve(system=a.system, system_file=a.system_file, few_shot_file=a.few_shot,
+                            template=a.template, templates_file=a.templates, variables=a.var)
+    engine = Engine(model, tokenizer, max_batch=1)
+    session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user)
+    return repl(session)
+
+
+def register(sub) -> None:
+    from livelm.cli import add_sampling_flags
+    p = sub.add_parser("chat", help="talk to a model in the terminal",
+                       description="Multi-turn chat with streaming output. Reads one message per line when stdin "
+                                   "is not a terminal.\n\n" + HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory (or a LoRA adapter directory)")
+    p.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory to apply")
+    g = p.add_argument_group("prompt engineering")
+    g.add_argument("--system", help="system prompt text")
+    g.add_argument("--system-file", help="read the system prompt from a file")
+    g.add_argument("--few-shot", metavar="FILE", help="example turns (JSON/JSONL messages) put before the conversation")
+    g.add_argument("--template", help="named prompt template (from --templates)")
+    g.add_argument("--templates", default=None, help=f"YAML file of prompt templates (default {prompts.DEFAULT_TEMPLATES})")
+    g.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="template variable (repeatable)")
+    add_sampling_flags(p, max_tokens=128, temperature=0.7)
+    p.set_defaults(func=cmd_chat)

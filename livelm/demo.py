@@ -1,0 +1,136 @@
+"""`make demo`: build the default bilingual assistant once, then chat with it.
+
+Pipeline (all through the same code a user runs by hand):
+    builtin corpus -> livelm prepare (BPE) -> livelm train (pretrain)
+                   -> livelm finetune (chat SFT) -> held-out accuracy -> livelm chat
+
+The result is cached in runs/assistant/ and rebuilt only when its inputs change
+(the corpus generator, this recipe, or the library version).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from livelm import io
+
+RUNS = Path("runs")
+# The recipe: small enough to build in a few minutes on 2 CPU cores.
+PRETRAIN = dict(preset="llama", n_layer=4, n_head=4, n_kv_head=2, d_model=192, block_size=192, batch_size=16,
+                max_iters=700, lr=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=350, eval_iters=8, dropout=0.0)
+FINETUNE = dict(max_iters=600, lr=1e-3, min_lr=1e-4, warmup_iters=30, eval_interval=600, batch_size=16,
+                block_size=192)
+VOCAB = 2048
+SEED = 0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def recipe_hash() -> str:
+    import livelm
+    from livelm.data import builtin
+    h = hashlib.sha256()
+    h.update(Path(builtin.__file__).read_bytes())
+    h.update(json.dumps([PRETRAIN, FINETUNE, VOCAB, SEED, getattr(livelm, "__version__", "0")]).encode())
+    return h.hexdigest()[:16]
+
+
+def evaluate_assistant(model, tokenizer, heldout: list[dict], notes: bool = False) -> dict:
+    """Exact-fact accuracy on held-out question phrasings, per language (greedy decoding)."""
+    from livelm.chat.template import prompt_ids
+    from livelm.data import builtin
+    from livelm.infer.engine import Engine
+    from livelm.infer.sampling import SamplingParams
+    facts = {f.key: f for f in builtin.FACTS}
+    engine = Engine(model, tokenizer, max_batch=32)
+    prompts = [prompt_ids(c["messages"][:-1], tokenizer) for c in heldout]
+    outs = engine.generate(prompts, SamplingParams(max_tokens=64, temperature=0))
+    result, failures = {}, []
+    for lang in ("en", "zh"):
+        idx = [i for i, c in enumerate(heldout) if c["lang"] == lang]
+        ok = [builtin.check_answer(facts[heldout[i]["fact"]], outs[i].text, lang) for i in idx]
+        result[lang] = sum(ok) / max(1, len(ok))
+        failures += [(heldout[i]["messages"][-2]["content"], outs[i].text) for i, good in zip(idx, ok) if not good]
+    result["n"] = len(heldout)
+    result["failures"] = failures[:10]
+    return result
+
+
+def build(out: Path = RUNS / "assistant", force: bool = False) -> Path:
+    """Build the default assistant into `out` (cached). Returns the chat run directory."""
+    from livelm.config import resolve_config
+    from livelm.data import builtin
+    from livelm.data.prepare import prepare
+    from livelm.data.shards import TokenData
+    from livelm.models.gpt import GPT
+    from livelm.tokenizer import Tokenizer
+    from livelm.train.finetune import finetune
+    from livelm.train.objectives import lm_loss
+    from livelm.train.trainer import train
+    import torch
+
+    stamp = out / "build.json"
+    key = recipe_hash()
+    if not force and stamp.is_file() and json.loads(stamp.read_text()).get("recipe") == key \
+            and (out / "chat" / "model.safetensors").is_file():
+        return out / "chat"
+    t0 = time.perf_counter()
+    log(f"building the default assistant in {out} (once; a few minutes on 2 cores)")
+    paths = builtin.write(out / "corpus", seed=SEED)
+    prepare([paths["pretrain"], paths["chat_train"]], out / "data", vocab_size=VOCAB, val_fraction=0.05)
+    t_prep = time.perf_counter() - t0
+
+    cfg = resolve_config(None, **PRETRAIN, seed=SEED)
+    data = TokenData(out / "data")
+    tokenizer = Tokenizer.load(out / "data" / "tokenizer.json")
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model_config(data.vocab_size))
+    log(f"pretraining {model.num_params() / 1e6:.2f}M parameters")
+    train(cfg, out / "base", model, tokenizer,
+          get_batch=lambda split, i: data.batch(split, i, cfg.batch_size, cfg.block_size, cfg.seed),
+          objective=lm_loss, run_config={"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict(),
+                                         "data": str((out / "data").resolve())},
+          bytes_per_token=data.bytes_per_token("val"))
+    t_pre = time.perf_counter() - t0
+
+    log("fine-tuning for chat")
+    _, model, _ = finetune(out / "base", paths["chat_train"], out / "chat", val_data=paths["chat_heldout"],
+                           accuracy_limit=0, **FINETUNE)
+    t_ft = time.perf_counter() - t0
+    heldout = [json.loads(l) for l in paths["chat_heldout"].read_text(encoding="utf-8").splitlines()]
+    acc = evaluate_assistant(model.eval(), tokenizer, heldout)
+    total = time.perf_counter() - t0
+    report = {"recipe": key, "accuracy_en": acc["en"], "accuracy_zh": acc["zh"], "heldout_questions": acc["n"],
+              "seconds": {"prepare": round(t_prep, 1), "pretrain": round(t_pre - t_prep, 1),
+                          "finetune": round(t_ft - t_pre, 1), "total": round(total, 1)},
+              "params": model.num_params(), "failures": acc["failures"]}
+    io.write_json(stamp, report)
+    log(f"built in {total:.0f}s: held-out accuracy en {acc['en']:.1%}, zh {acc['zh']:.1%}")
+    return out / "chat"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m livelm.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=RUNS / "assistant")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if the cached assistant is current")
+    p.add_argument("--build-only", action="store_true", help="build (or verify the cache) and exit")
+    a = p.parse_args(argv)
+    run = build(a.out, force=a.rebuild)
+    report = json.loads((a.out / "build.json").read_text())
+    log(f"default assistant: {run}  (held-out accuracy en {report['accuracy_en']:.0%}, zh {report['accuracy_zh']:.0%})")
+    if a.build_only:
+        print(json.dumps({k: v for k, v in report.items() if k != "failures"}))
+        return 0
+    from livelm.cli import main as cli_main
+    return cli_main(["chat", str(run), "--temperature", "0"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

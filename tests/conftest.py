@@ -1,0 +1,54 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+LIVELM = [sys.executable, "-m", "livelm.cli"]
+
+TEXT = ("First Citizen: Before we proceed any further, hear me speak.\n"
+        "所有人：说吧，说吧。我们听着呢！🙂 Mixed 中英 text.\n") * 200
+
+
+def run_cli(*args, check=True, env=None, timeout=300, input=None):
+    """Run `livelm ARGS` in a subprocess, return CompletedProcess (text mode)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([*LIVELM, *map(str, args)], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, input=input, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"livelm {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    """A small prepared character-level data directory."""
+    d = tmp_path_factory.mktemp("chardata")
+    (d / "input.txt").write_text(TEXT, encoding="utf-8")
+    from livelm.data.prepare import prepare
+    prepare([d / "input.txt"], d / "prep", tokenizer_kind="char", val_fraction=0.1, progress=False)
+    return d / "prep"
+
+
+@pytest.fixture(scope="session")
+def builtin_paths(tmp_path_factory):
+    from livelm.data import builtin
+    return builtin.write(tmp_path_factory.mktemp("builtin"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_run(tmp_path_factory, builtin_paths):
+    """A tiny BPE GPT pretrained briefly on the built-in corpus, then chat fine-tuned briefly.
+
+    Too small to answer well; good for exercising every code path quickly."""
+    d = tmp_path_factory.mktemp("tinychat")
+    run_cli("prepare", builtin_paths["pretrain"], "--out", d / "data", "--vocab-size", "600", "--quiet")
+    run_cli("train", "--data", d / "data", "--out", d / "base", "--preset", "llama", "--n-layer", "2",
+            "--n-head", "2", "--n-kv-head", "1", "--d-model", "48", "--block-size", "128", "--batch-size", "8",
+            "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2", "--progress", "false")
+    run_cli("finetune", d / "base", "--data", builtin_paths["chat_train"], "--out", d / "chat", "--max-iters", "20",
+            "--eval-interval", "20", "--accuracy-limit", "4", "--progress", "false", "--batch-size", "4")
+    return d

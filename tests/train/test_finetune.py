@@ -1,0 +1,53 @@
+import json
+
+from livelm.infer.loader import load
+from livelm.models import lora
+from livelm.train import checkpoint
+from tests.conftest import run_cli
+
+
+def val_losses(run):
+    return [json.loads(l)["val_loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in l]
+
+
+def test_sft_lowers_assistant_loss(tiny_chat_run):
+    losses = val_losses(tiny_chat_run / "chat")
+    recs = [json.loads(l) for l in (tiny_chat_run / "chat" / "metrics.jsonl").read_text().splitlines()]
+    first_train = next(r["loss"] for r in recs if "loss" in r)
+    assert losses[-1] < first_train
+    assert "answer_accuracy" in recs[-1]
+    cfg = checkpoint.read_config(tiny_chat_run / "chat")
+    assert cfg["chat"] is True and cfg["base_run"].endswith("base")
+
+
+def test_lora_finetune_trains_only_the_adapter(tiny_chat_run, builtin_paths, tmp_path):
+    out = tmp_path / "adapter"
+    res = run_cli("finetune", tiny_chat_run / "base", "--data", builtin_paths["chat_train"], "--out", out, "--lora",
+                  "--lora-rank", "4", "--max-iters", "15", "--eval-interval", "15", "--accuracy-limit", "0",
+                  "--progress", "false", "--batch-size", "4")
+    summary = json.loads(res.stdout)
+    assert summary["lora"] is True
+    files = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.png"} <= files
+    assert "model.safetensors" not in files
+    base_bytes = (tiny_chat_run / "base" / "model.safetensors").stat().st_size
+    assert (out / "adapter_model.safetensors").stat().st_size < base_bytes / 2
+    # the adapter directory loads on its own (its base run is found from adapter_config.json)
+    model, tok, _, names = load(out)
+    assert names == ["adapter"]
+    base, _, _ = checkpoint.load_model(tiny_chat_run / "base")
+    n_adapter = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    assert summary["trainable_params"] == n_adapter < sum(p.numel() for p in base.parameters()) / 4
+    # base weights untouched by LoRA training
+    sd = model.state_dict()
+    for k, v in base.state_dict().items():
+        k2 = k.replace(".weight", ".base.weight") if k.replace(".weight", ".base.weight") in sd else k
+        assert (sd[k2] - v).abs().max() == 0, k
+
+
+def test_finetune_reports_bad_lines(tiny_chat_run, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                   "not json\n", encoding="utf-8")
+    res = run_cli("finetune", tiny_chat_run / "base", "--data", bad, "--out", tmp_path / "o", check=False)
+    assert res.returncode == 1 and "bad.jsonl:2: malformed JSON" in res.stderr and "--skip-bad" in res.stderr
