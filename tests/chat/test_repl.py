@@ -1,0 +1,99 @@
+"""The chat REPL, driven the way people and scripts drive it: through a pipe and through a terminal."""
+import json
+import os
+import signal
+import sys
+import time
+
+import pexpect
+import pytest
+
+from tests.conftest import LIVELM, ROOT, run_cli
+
+
+def chat(run, lines, *flags):
+    return run_cli("chat", run, "--temperature", "0", "--max-tokens", "12", *flags, input="\n".join(lines) + "\n")
+
+
+def test_pipe_multi_turn_reset_system_save(tiny_chat_run, tmp_path):
+    run = tiny_chat_run / "chat"
+    saved = tmp_path / "conv.json"
+    res = chat(run, ["你好 🙂", "What are your opening hours?", "/system 你是枫叶小铺的客服助手。",
+                     "/save " + str(saved), "/reset", "/temp 0.5", "/temp banana", "/nope", "营业时间？", "/quit",
+                     "never sent"])
+    answers = res.stdout.splitlines()
+    assert len(answers) == 3  # one line per message, commands print nothing on stdout
+    conv = json.loads(saved.read_text(encoding="utf-8"))["messages"]
+    assert [m["role"] for m in conv] == ["system", "user", "assistant", "user", "assistant"]
+    assert conv[0]["content"] == "你是枫叶小铺的客服助手。" and conv[1]["content"] == "你好 🙂"
+    assert conv[2]["content"] == answers[0].rstrip("\n") or answers[0] == ""
+    err = res.stderr
+    assert "[conversation cleared]" in err and "[temperature = 0.5]" in err
+    assert "error: could not convert string to float" in err and "unknown command /nope" in err
+    # the same input gives the same greedy answers (deterministic), and /load restores a conversation
+    res2 = chat(run, ["/load " + str(saved), "/save " + str(tmp_path / "again.json")])
+    assert json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))["messages"] == conv
+
+
+def test_pipe_retry_and_overflow(tiny_chat_run):
+    run = tiny_chat_run / "chat"
+    long_line = "tea " * 40   # ~40+ tokens per turn in a 128-token window
+    res = chat(run, [long_line, long_line, long_line, "/retry", "tea " * 400, "hi"])
+    assert res.returncode == 0
+    assert "dropped the oldest" in res.stderr
+    assert "too long for the 128-token context window" in res.stderr
+    lines = res.stdout.splitlines()
+    # one line per message keeps scripts aligned: 3 answers, the retry, an empty line for the refused message, "hi"
+    assert len(lines) == 6 and lines[4] == ""
+
+
+def test_prompt_engineering_flags(tiny_chat_run, tmp_path):
+    run = tiny_chat_run / "chat"
+    few = tmp_path / "few.jsonl"
+    few.write_text('{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"你好！"}]}\n', encoding="utf-8")
+    saved = tmp_path / "c.json"
+    chat(run, ["tea", "/save " + str(saved)], "--template", "translate_zh", "--few-shot", few)
+    conv = json.loads(saved.read_text(encoding="utf-8"))["messages"]
+    assert conv[0] == {"role": "system", "content": "You translate English into Chinese."}
+    assert conv[1:3] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "你好！"}]
+    assert conv[3] == {"role": "user", "content": "Translate to Chinese: tea"}
+    res = run_cli("chat", run, "--template", "shop_notes", input="x\n", check=False)
+    assert res.returncode == 1 and "--var note=" in res.stderr
+    res = run_cli("chat", run, "--template", "nope", input="x\n", check=False)
+    assert res.returncode == 1 and "available:" in res.stderr
+
+
+def slow_run(tiny_chat_run, tmp_path):
+    """An untrained but wide model with a long window: it babbles for many seconds, so Ctrl-C lands mid-answer."""
+    import torch
+    from livelm.models.gpt import GPT, GPTConfig
+    from livelm.tokenizer import Tokenizer
+    from livelm.train.checkpoint import save_checkpoint
+    tok = Tokenizer.load(tiny_chat_run / "chat")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=4096, n_layer=6, n_head=8, d_model=512))
+    save_checkpoint(tmp_path / "slow", model, tok, {"arch": "gpt", "model": model.cfg.to_dict()}, step=0)
+    return tmp_path / "slow"
+
+
+def test_terminal_streaming_and_ctrl_c(tiny_chat_run, tmp_path):
+    run = slow_run(tiny_chat_run, tmp_path)
+    env = {**os.environ, "LIVELM_HISTORY": str(tmp_path / "hist"), "PYTHONUNBUFFERED": "1"}
+    child = pexpect.spawn(LIVELM[0], [*LIVELM[1:], "chat", str(run), "--max-tokens", "4000", "--temperature", "1.0",
+                                      "--stop", "NEVER"],
+                          cwd=str(ROOT), env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child.expect("you> ")
+    child.sendline("讲一个很长的故事 🙂")
+    child.expect("bot> ")
+    child.expect(r".{20}")  # streaming: text arrives while the answer is still being generated
+    time.sleep(1.0)
+    child.sendintr()  # Ctrl-C: stops the answer, not the program
+    child.expect(r"\[stopped\]")
+    child.expect("you> ")
+    child.sendline("/system hi")
+    child.expect(r"\[system prompt set\]")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "hist").exists()  # readline history kept
