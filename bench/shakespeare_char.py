@@ -1,0 +1,240 @@
+"""nanoGPT's CPU recipe on tiny Shakespeare, through livelm's own machinery.
+
+    .venv/bin/python bench/shakespeare_char.py                 # all settings, 2000 iterations each
+    .venv/bin/python bench/shakespeare_char.py --quick         # smoke run: 60 iterations, fp32-eager and fast
+    .venv/bin/python bench/shakespeare_char.py --settings fast --budget 180   # + best val loss in 3 minutes
+
+The recipe (nanoGPT README, "I only have a macbook"): character tokens, GPT-2
+blocks (preset gpt2), 4 layers x 4 heads x 128 wide, block 64, batch 12,
+lr 1e-3 -> 1e-4 cosine over 2000 iterations, 100 warmup, beta2 0.99,
+dropout 0, eval every 250 iterations on 20 batches. nanoGPT reports val loss
+1.88 after ~3 minutes on a laptop CPU.
+
+The corpus is prepared once with `livelm.data.prepare.prepare` into a cache
+folder outside the repository (~/.cache/livelm/bench, or $LIVELM_BENCH_CACHE).
+Every setting trains with `livelm.train.trainer.train` in its own subprocess
+(fresh thread pool, fresh torch.compile state), from the same seed.
+
+Timing: the trainer fetches one batch per step, so the time between two
+consecutive training-batch requests is one whole step (forward, backward,
+clipping, AdamW, logging). ms/iter is the median of those intervals after the
+first 10 steps (which include torch.compile) and excluding steps with an
+evaluation; the median keeps a busy neighbour on a shared machine from
+skewing a comparison. "busy" is the CPU (in cores) that *other* processes used
+during the run, read from /proc/stat: a comparison is only fair when it is
+near 0. wall is the whole run: model build, compile, training, evaluations and
+checkpoints.
+
+Results are printed as a markdown table on stdout; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+# nanoGPT's CPU recipe, as TrainConfig fields
+RECIPE = dict(preset="gpt2", n_layer=4, n_head=4, d_model=128, block_size=64, batch_size=12, dropout=0.0,
+              max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99,
+              eval_interval=250, eval_iters=20, log_interval=10, seed=1337, device="cpu")
+
+# Named runtime settings (TrainConfig fields only). `fast` is the recommended one.
+SETTINGS = {
+    "fp32-eager": dict(dtype="float32", compile=False, threads=0),
+    "fp32-eager-1t": dict(dtype="float32", compile=False, threads=1),
+    "bf16-eager": dict(dtype="bfloat16", compile=False, threads=0),
+    "fp32-compile": dict(dtype="float32", compile=True, threads=0),
+    "bf16-compile": dict(dtype="bfloat16", compile=True, threads=0),
+    "fast": dict(dtype="bfloat16", compile=True, threads=0),
+}
+DEFAULT_SETTINGS = ["fp32-eager", "bf16-eager", "fp32-compile", "fast"]
+QUICK_SETTINGS = ["fp32-eager", "fast"]
+WARMUP_STEPS = 10
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIVELM_BENCH_CACHE", Path.home() / ".cache" / "livelm" / "bench"))
+
+
+def prepared_data(corpus: Path) -> Path:
+    """Tokenize the corpus with a character tokenizer once; reuse it while the corpus is unchanged."""
+    from livelm.data.prepare import prepare
+
+    if not corpus.is_file():
+        sys.exit(f"corpus not found: {corpus} (expected tiny Shakespeare at repo_root/../shared/data/tinyshakespeare)")
+    out = cache_dir() / "tinyshakespeare_char"
+    stamp = {"corpus": str(corpus.resolve()), "bytes": corpus.stat().st_size, "mtime": corpus.stat().st_mtime}
+    stamp_path = out / "bench_source.json"
+    if (out / "meta.json").is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        return out
+    log(f"preparing {corpus} -> {out} (character tokenizer)")
+    prepare([corpus], out, tokenizer_kind="char", val_fraction=0.1, progress=False)
+    stamp_path.write_text(json.dumps(stamp))
+    return out
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds all processes on the machine have used since boot (0 where /proc/stat is missing)."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")   # everything but idle and iowait
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# ---- one setting, in this process ---------------------------------------------------
+def run_setting(spec: dict) -> dict:
+    """Train one setting with livelm's trainer; return timings and losses."""
+    import torch
+    from livelm.config import resolve_config
+    from livelm.data.shards import TokenData
+    from livelm.models.gpt import GPT
+    from livelm.tokenizer import Tokenizer
+    from livelm.train.objectives import lm_loss
+    from livelm.train.trainer import train
+
+    t_start = time.perf_counter()
+    busy0, own0 = cpu_busy_s(), own_cpu_s()
+    data_dir = Path(spec["data"])
+    cfg = resolve_config(**spec["config"])
+    data = TokenData(data_dir)
+    tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model_config(data.vocab_size))
+
+    stamps: list[tuple[str, float]] = []   # (split, time) of every batch request
+
+    def get_batch(split, index):
+        stamps.append((split, time.perf_counter()))
+        return data.batch(split, index, cfg.batch_size, cfg.block_size, cfg.seed)
+
+    run_dir = Path(tempfile.mkdtemp(prefix="livelm-bench-"))
+    try:
+        result = train(cfg, run_dir, model, tokenizer, get_batch=get_batch, objective=lm_loss,
+                       run_config={"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict()},
+                       bytes_per_token=data.bytes_per_token("val"))
+        evals = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    wall = time.perf_counter() - t_start
+    busy = (cpu_busy_s() - busy0 - (own_cpu_s() - own0)) / wall
+
+    # step s runs between the train-batch requests of s and s+1; drop intervals holding an evaluation
+    train_t = [t for split, t in stamps if split == "train"]
+    marks = [split for split, _ in stamps]
+    steps, k = [], 0
+    for i, (split, t) in enumerate(stamps):
+        if split != "train":
+            continue
+        if k >= WARMUP_STEPS and i + 1 < len(stamps) and marks[i + 1] == "train":
+            steps.append(stamps[i + 1][1] - t)
+        k += 1
+    steps.sort()
+    median = steps[len(steps) // 2] if steps else float("nan")
+    vals = [e["val_loss"] for e in evals if "val_loss" in e]
+    return {
+        "setting": spec["name"], "iters": cfg.max_iters, "threads": torch.get_num_threads(),
+        "ms_iter": median * 1e3, "tok_s": cfg.batch_size * cfg.block_size / median if steps else 0.0,
+        "first_steps_s": train_t[min(WARMUP_STEPS, len(train_t) - 1)] - train_t[0] if train_t else 0.0,
+        "val_loss": result.val_loss, "best_val": min(vals) if vals else float("nan"),
+        "wall_s": wall, "busy": busy,
+    }
+
+
+def run_in_subprocess(name: str, config: dict, data: Path) -> dict:
+    spec = {"name": name, "config": config, "data": str(data)}
+    log(f"--- {name}: " + " ".join(f"{k}={v}" for k, v in config.items() if k not in RECIPE or RECIPE[k] != v))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+                          stdout=subprocess.PIPE, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"setting {name} failed (exit {proc.returncode})")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    log(f"    {res['ms_iter']:.1f} ms/iter, {res['tok_s']:,.0f} tok/s, val {res['val_loss']:.4f}, "
+        f"wall {res['wall_s']:.0f}s, others busy {res['busy']:.2f} cores")
+    return res
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| setting | iters | threads | ms/iter | tokens/s | first 10 steps (s) | final val loss | best val loss "
+            "| wall (s) | others' CPU (cores) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['iters']} | {r['threads']} | {r['ms_iter']:.1f} | {r['tok_s']:,.0f} "
+                     f"| {r['first_steps_s']:.1f} | {r['val_loss']:.4f} | {r['best_val']:.4f} | {r['wall_s']:.0f} "
+                     f"| {r['busy']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", default=None,
+                   help=f"comma-separated, from {', '.join(SETTINGS)} (default {','.join(DEFAULT_SETTINGS)})")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default 2000; --quick 60)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 60 iterations, evals every 30 on 4 batches")
+    p.add_argument("--budget", type=float, default=0,
+                   help="also rerun each setting with as many iterations as fit in this many seconds of wall "
+                        "time (schedule stretched to match), e.g. 180")
+    p.add_argument("--corpus", type=Path, default=CORPUS, help="tiny Shakespeare input.txt")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.worker:
+        print(json.dumps(run_setting(json.loads(a.worker))))
+        return 0
+
+    names = (a.settings.split(",") if a.settings else QUICK_SETTINGS if a.quick else DEFAULT_SETTINGS)
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        p.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    recipe = dict(RECIPE)
+    if a.quick:
+        recipe.update(max_iters=60, eval_interval=30, eval_iters=4)
+    if a.iters:
+        recipe["max_iters"] = a.iters
+    data = prepared_data(a.corpus)
+
+    rows = []
+    for name in names:
+        rows.append(run_in_subprocess(name, {**recipe, **SETTINGS[name]}, data))
+    if a.budget:
+        for name, first in zip(names, list(rows)):
+            # wall = fixed cost (startup, compile, evals, saves) + iters * ms/iter; keep the eval count as in the recipe
+            fixed = max(0.0, first["wall_s"] - first["iters"] * first["ms_iter"] / 1e3)
+            iters = int((a.budget - fixed) / (first["ms_iter"] / 1e3) * 0.97)   # 3% slack for noise
+            if iters <= recipe["warmup_iters"]:
+                log(f"{name}: no room for training in {a.budget:.0f}s")
+                continue
+            iters -= iters % 10
+            cfg = {**recipe, **SETTINGS[name], "max_iters": iters,
+                   "eval_interval": max(1, iters * recipe["eval_interval"] // recipe["max_iters"])}
+            res = run_in_subprocess(f"{name} @ {a.budget:.0f}s", cfg, data)
+            rows.append(res)
+    print(f"nanoGPT CPU recipe on tiny Shakespeare (chars), {os.cpu_count()} CPUs, "
+          f"torch {__import__('torch').__version__}; batch 12 x block 64 = 768 tokens/iter\n")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())

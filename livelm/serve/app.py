@@ -1,0 +1,529 @@
+"""`livelm serve`: an OpenAI-compatible HTTP API and a web chat page over one model.
+
+    livelm serve runs/assistant/chat                      # http://127.0.0.1:8000/
+    curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"你好"}]}'
+
+Layout of the package:
+    app.py            this file: the FastAPI app, auth, errors, small routes, the CLI
+    completions.py    the two generation endpoints (JSON and Server-Sent Events)
+    scheduler.py      the thread that owns the Engine
+    openai_schema.py  request bodies
+    metrics.py        Prometheus text
+    static/           the chat page (plain HTML/JS/CSS, no build step)
+
+The model loads on a background thread after the socket is bound, so the
+server answers from the first moment: /health and generation say 503 until the
+model is ready, then the URL is printed on stdout. SIGINT/SIGTERM stop taking
+requests, let running ones finish for --shutdown-timeout seconds, then fail the
+rest (streams get an error event) and exit.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
+from livelm.serve import completions
+from livelm.serve.completions import APIError, Generation, parse
+from livelm.serve.metrics import CONTENT_TYPE, Metrics
+from livelm.serve.openai_schema import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+from livelm.serve.scheduler import Scheduler
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback")
+log = logging.getLogger("livelm.serve")
+
+
+def tenant_of(key: str | None) -> str:
+    """Who is calling, for feedback ownership: a short hash of the API key (the key itself is never stored)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12] if key else "default"
+
+
+def fingerprint(path: Path) -> str | None:
+    """Version of a weights file: the first 12 hex digits of its sha256."""
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+class ServeState:
+    """What every route shares: the model (once loaded), the scheduler, the feedback store, the keys."""
+
+    def __init__(self, run, adapters=(), *, api_keys=(), max_batch: int = 16, max_queue: int = 256,
+                 max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
+                 served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None):
+        from livelm.infer.loader import resolve_base
+        self.run = Path(run)
+        self.adapter_dirs = [Path(a) for a in adapters]
+        self.api_keys = {k: tenant_of(k) for k in api_keys}
+        self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
+        self.device, self.max_body = device, max_body_bytes
+        self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
+
+        # Model ids are known before loading: the base run and each adapter (by directory name, as the loader names them).
+        run_is_adapter = (self.run / "adapter_config.json").is_file() and not (self.run / "model.safetensors").is_file()
+        base_dir = resolve_base(self.run) if run_is_adapter else self.run
+        if not (base_dir / "config.json").is_file():
+            raise ValueError(f"{base_dir} is not a livelm run (no config.json); pass a run directory")
+        all_adapters = ([self.run] if run_is_adapter else []) + self.adapter_dirs
+        self.base_id = served_model_name or base_dir.resolve().name
+        self.models: dict[str, str | None] = {self.base_id: None}   # model id -> adapter name (None = base)
+        self.weights: dict[str, Path] = {self.base_id: base_dir / "model.safetensors"}
+        for a in all_adapters:
+            name = a.resolve().name
+            if name in self.models:
+                raise ValueError(f"two models would be called {name!r}; rename an adapter directory "
+                                 f"or pass --served-model-name")
+            self.models[name] = name
+            self.weights[name] = a / "adapter_model.safetensors"
+        self.default_model = all_adapters[0].resolve().name if run_is_adapter else self.base_id
+        self.versions: dict[str, str | None] = {}
+        self.created = int(time.time())
+
+        self.feedback = FeedbackStore(feedback_db or self.run / "feedback.sqlite")
+        self.engine = None
+        self.tokenizer = None
+        self.scheduler: Scheduler | None = None
+        self.metrics = Metrics(running=lambda: len(self.engine.running) if self.engine else 0,
+                               waiting=lambda: len(self.engine.waiting) if self.engine else 0)
+        self.ready = threading.Event()       # set when loading ended, well or not
+        self.load_error: str | None = None
+        self.draining = False
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def start_loading(self) -> None:
+        threading.Thread(target=self._load_model, name="livelm-loader", daemon=True).start()
+
+    def _load_model(self) -> None:
+        try:
+            from livelm.infer.engine import Engine
+            from livelm.models import lora
+            load = self._load
+            if load is None:
+                from livelm.infer.loader import load
+            model, tokenizer, _, names = load(self.run, self.adapter_dirs, self.device)
+            engine = Engine(model, tokenizer, max_batch=self.max_batch)
+            if names:
+                # the adapter is chosen per request (per batch row), never globally
+                lora.set_active(model, None)
+                engine.set_adapters = lora.set_row_adapters
+            self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
+            self.tokenizer, self.engine = tokenizer, engine
+            self.scheduler = Scheduler(engine, max_queue=self.max_queue, metrics=self.metrics).start()
+        except Exception as e:
+            log.exception("loading the model failed")
+            self.load_error = f"{type(e).__name__}: {e}"
+        finally:
+            self.ready.set()
+
+    def begin_shutdown(self, grace: float) -> None:
+        self.draining = True
+        if self.scheduler:
+            self.scheduler.begin_shutdown(grace)
+
+    def close(self) -> None:
+        if self.scheduler:
+            self.scheduler.stop()
+        self.feedback.close()
+
+    # ---- per request --------------------------------------------------------------
+    def authenticate(self, request: Request) -> str:
+        if not self.api_keys:
+            return "default"
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'",
+                           type="authentication_error", code="invalid_api_key")
+        key = key.strip()
+        for known, tenant in self.api_keys.items():
+            if hmac.compare_digest(known.encode(), key.encode()):
+                return tenant
+        raise APIError(401, "incorrect API key", type="authentication_error", code="invalid_api_key")
+
+    def require_ready(self) -> None:
+        if self.draining:
+            raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+        if not self.ready.is_set():
+            raise APIError(503, "the model is still loading; retry shortly", type="server_error",
+                           code="model_loading", headers={"Retry-After": "2"})
+        if self.load_error:
+            raise APIError(503, f"the model failed to load: {self.load_error}", type="server_error",
+                           code="model_load_failed")
+
+    def resolve(self, model: str | None) -> tuple[str, str | None]:
+        if model is None or model == "":
+            return self.default_model, self.models[self.default_model]
+        if model not in self.models:
+            raise APIError(404, f"The model `{model}` does not exist. Available: {', '.join(self.models)}",
+                           param="model", code="model_not_found")
+        return model, self.models[model]
+
+    def model_card(self, mid: str) -> dict:
+        adapter = self.models[mid]
+        return {"id": mid, "object": "model", "created": self.created, "owned_by": "livelm",
+                "root": str(self.weights[mid].parent), "parent": self.base_id if adapter else None,
+                "max_model_len": self.engine.max_len if self.engine else None,
+                "version": self.versions.get(mid)}
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    """The body as a JSON object: 413 if too large, 422 if not UTF-8 JSON, 400 if not an object."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"the request body is {int(length)} bytes; the limit is {limit}", code="request_too_large")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise APIError(413, f"the request body is over the {limit}-byte limit", code="request_too_large")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise APIError(422, f"the request body is not valid UTF-8 (bad byte at offset {e.start})",
+                       code="invalid_json") from None
+
+    def no_constants(name):   # NaN and Infinity are not JSON
+        raise ValueError(f"{name} is not valid JSON")
+    try:
+        data = json.loads(text, parse_constant=no_constants)
+    except json.JSONDecodeError as e:
+        raise APIError(422, f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+                       code="invalid_json") from None
+    except ValueError as e:
+        raise APIError(422, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_parameter")
+    try:   # "\ud800" alone parses as a lone surrogate, which no tokenizer can encode
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the request contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)",
+                       code="invalid_parameter") from None
+    return data
+
+
+class CountRequests:
+    """ASGI middleware counting answered requests by route and status (plain ASGI: streams pass through untouched)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            path = scope.get("path", "")
+            path = path if path in ROUTES or path.startswith("/v1/models/") else "other"
+            self.metrics.requests.inc(1, "/v1/models" if path.startswith("/v1/models/") else path, str(status[0]))
+
+
+def error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def create_app(run, adapters=(), **options) -> FastAPI:
+    """The app for one deployment. Options: see ServeState. The model loads when the app starts (lifespan)."""
+    state = ServeState(run, adapters, **options)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state.start_loading()
+        yield
+        state.close()
+
+    app = FastAPI(title="livelm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.live = state
+    app.add_middleware(CountRequests, metrics=state.metrics)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return error_response(APIError(e.status_code, str(e.detail), code=code))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_query(request, e: RequestValidationError):
+        err = e.errors()[0]
+        return error_response(APIError(400, f"{'.'.join(map(str, err['loc']))}: {err['msg']}",
+                                       param=str(err["loc"][-1]), code="invalid_parameter"))
+
+    @app.exception_handler(Exception)
+    async def _crash(request, e: Exception):
+        log.exception("unhandled error")
+        return error_response(APIError(500, f"internal error: {type(e).__name__}", type="server_error",
+                                       code="internal_error"))
+
+    # ---- open routes: page, health, metrics ---------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/health")
+    async def health():
+        # answered on the event loop, never waiting for the model thread
+        if state.draining:
+            return JSONResponse({"status": "shutting_down"}, status_code=503)
+        if not state.ready.is_set():
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+        if state.load_error:
+            return JSONResponse({"status": "error", "message": state.load_error}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    # ---- /v1: API key required when keys are configured -----------------------------------
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        state.authenticate(request)
+        return {"object": "list", "data": [state.model_card(m) for m in state.models]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request):
+        state.authenticate(request)
+        mid, _ = state.resolve(model_id)
+        return state.model_card(mid)
+
+    async def generate(request: Request, chat: bool):
+        state.authenticate(request)
+        state.require_ready()
+        body = await read_json(request, state.max_body)
+        req = parse(ChatCompletionRequest if chat else CompletionRequest, body)
+        completions.check_stream_options(req)
+        model, adapter = state.resolve(req.model)
+        tok = state.tokenizer
+        if chat:
+            prompts, fmt, field = [completions.chat_prompt(req, tok)], completions.ChatFormat(tok), "messages"
+        else:
+            prompts, fmt, field = completions.completion_prompts(req, tok), completions.CompletionFormat(tok), "prompt"
+        if len(prompts) * req.n > completions.MAX_SEQUENCES:
+            raise APIError(400, f"{len(prompts)} prompts x n={req.n} is more than {completions.MAX_SEQUENCES} "
+                                f"sequences in one request", param="n", code="invalid_parameter")
+        params = []
+        for ids in prompts:
+            p = completions.sampling_params(req, len(ids), state.engine.max_len, state.max_tokens_limit, field)
+            params += completions.per_choice(p, req.n)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        gen = Generation(state.scheduler, fmt, model, prompts, params, adapter, req.stream, include_usage,
+                         want_logprobs=req.logprobs_k is not None)
+        if req.stream:
+            return StreamingResponse(gen.events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await gen.collect(request.is_disconnected))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def text_completions(request: Request):
+        return await generate(request, chat=False)
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: Request):
+        tenant = state.authenticate(request)
+        req = parse(FeedbackRequest, await read_json(request, state.max_body))
+        if req.model is not None:
+            state.resolve(req.model)   # 404 for a model this server does not have
+        item = Feedback(kind=req.kind, conversation=req.conversation, answer=req.answer, correction=req.correction,
+                        chosen=req.chosen, rejected=req.rejected, model=req.model,
+                        model_version=state.versions.get(req.model or state.default_model), tenant=tenant)
+        try:
+            item = await run_in_threadpool(state.feedback.add, item)   # an fsync: keep it off the event loop
+        except FeedbackError as e:
+            raise APIError(400, str(e), code="invalid_parameter") from None
+        return {"object": "feedback", **feedback_json(item)}
+
+    @app.get("/v1/feedback")
+    async def list_feedback(request: Request, limit: int = 100, after: int = 0):
+        tenant = state.authenticate(request)
+        if not 1 <= limit <= 1000:
+            raise APIError(400, "limit must be between 1 and 1000", param="limit", code="invalid_parameter")
+        items = await run_in_threadpool(state.feedback.list, tenant, limit, after)
+        return {"object": "list", "data": [{"object": "feedback", **feedback_json(i)} for i in items]}
+
+    return app
+
+
+def feedback_json(item: Feedback) -> dict:
+    d = item.to_dict()
+    d.pop("tenant", None)   # callers only ever see their own items
+    return d
+
+
+# ---- the command line ----------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory (or a LoRA adapter directory)")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="LoRA adapter to serve beside the base model; requests pick it by its directory name "
+                        "as `model` (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                      help="require 'Authorization: Bearer KEY' on /v1 (repeatable; default: $LIVELM_API_KEY if set)")
+    keys.add_argument("--api-key-file", metavar="FILE", help="file with one API key per line")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
+                                                              "beyond it requests get 429 (default 256)")
+    p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
+                   help="largest max_tokens a request may ask for (default: the context window)")
+    p.add_argument("--feedback-db", type=Path, default=None, help="SQLite file for feedback (default RUN/feedback.sqlite)")
+    p.add_argument("--served-model-name", default=None, help="model id of the base run (default: its directory name)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGINT/SIGTERM, how long running requests may take to finish (default 10)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+
+
+def read_api_keys(a) -> list[str]:
+    if a.api_key_file:
+        path = Path(a.api_key_file)
+        if not path.is_file():
+            raise ValueError(f"--api-key-file {path}: no such file")
+        keys = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and not ln.strip().startswith("#")]
+        if not keys:
+            raise ValueError(f"--api-key-file {path} has no keys (one per line)")
+        return keys
+    if a.api_key:
+        return a.api_key
+    env = os.environ.get("LIVELM_API_KEY", "").strip()
+    return [env] if env else []
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so --port 0 reveals its real port before we print the URL."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def cmd_serve(a) -> int:
+    import uvicorn
+
+    for name in ("max_batch", "max_queue"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if a.max_tokens_limit is not None and a.max_tokens_limit < 1:
+        raise ValueError("--max-tokens-limit must be at least 1")
+    keys = read_api_keys(a)
+    app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
+                     max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
+                     served_model_name=a.served_model_name)
+    state: ServeState = app.state.live
+    sock = bind(a.host, a.port)
+    port = sock.getsockname()[1]
+    url = f"http://{'[' + a.host + ']' if ':' in a.host else a.host}:{port}"
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        print(f"livelm serve: warning: listening on {a.host} without an API key; anyone who can reach this "
+              f"machine can use the model (pass --api-key or --api-key-file)", file=sys.stderr, flush=True)
+
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    for handler in log_config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"   # stdout carries only the URL
+    log_config["loggers"]["livelm.serve"] = {"handlers": ["default"], "level": a.log_level.upper()}
+    config = uvicorn.Config(app, log_config=log_config, log_level=a.log_level,
+                            timeout_graceful_shutdown=int(a.shutdown_timeout) + 5)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # First refuse new work and start the grace clock, then let uvicorn stop accepting connections
+            # and wait for open requests. Unlike uvicorn's own handler we do not re-raise the signal after
+            # the graceful stop, so a clean shutdown exits 0. A second Ctrl-C forces the exit.
+            state.begin_shutdown(a.shutdown_timeout)
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+    server = Server(config)
+    failed = []
+
+    def announce():
+        state.ready.wait()
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if state.load_error:
+            print(f"livelm serve: error: {state.load_error}", file=sys.stderr, flush=True)
+            failed.append(True)
+            server.should_exit = True
+            return
+        print(f"livelm serve: {', '.join(state.models)} ready; web chat at {url}/ , API at {url}/v1",
+              file=sys.stderr, flush=True)
+        print(url, flush=True)
+
+    print(f"livelm serve: loading {a.run} ...", file=sys.stderr, flush=True)
+    threading.Thread(target=announce, name="livelm-announce", daemon=True).start()
+    server.run(sockets=[sock])
+    return 1 if failed else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web chat",
+                       description="Serve a run (and LoRA adapters) over an OpenAI-compatible API with continuous "
+                                   "batching, plus a web chat page at /. Prints the URL on stdout when ready.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m livelm.serve.app ...` = `livelm serve ...`."""
+    p = argparse.ArgumentParser(prog="livelm serve", description="Serve a run over an OpenAI-compatible API.")
+    add_arguments(p)
+    a = p.parse_args(argv)
+    from livelm.train.checkpoint import CheckpointError
+    try:
+        return cmd_serve(a)
+    except (ValueError, CheckpointError, FileNotFoundError, PermissionError) as e:
+        print(f"livelm serve: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

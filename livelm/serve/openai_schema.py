@@ -1,0 +1,101 @@
+"""Request bodies of the OpenAI-compatible API, as pydantic models.
+
+Only what livelm acts on is declared; unknown fields are ignored (as vLLM and
+OpenAI's own server do), so newer SDKs that send extra fields keep working.
+Range checks that SamplingParams.validate() also makes are left to it, so
+there is one source of truth for them; here we check types and the
+API-specific rules (n, top_logprobs, stream_options).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_N = 8               # choices per request: each is a sequence in the batch
+MAX_STOP = 16           # stop strings per request
+MAX_LOGPROBS = 20
+SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields shared by both endpoints (OpenAI's names, plus vLLM's extras)."""
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None          # vLLM extra; -1 and 0 both mean off
+    min_p: float | None = None        # vLLM extra
+    repetition_penalty: float | None = None   # vLLM extra
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None   # vLLM extra
+    ignore_eos: bool = False                  # vLLM extra
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        if v is None:
+            return []
+        v = [v] if isinstance(v, str) else v
+        if len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        if any(not s for s in v):
+            raise ValueError("stop strings must be non-empty")
+        return v
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @property
+    def token_limit(self) -> int | None:
+        # max_completion_tokens is OpenAI's newer name; it wins when both are given (as in vLLM)
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
+
+
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback: one judgement of one answer (see livelm/learn/feedback.py)."""
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["up", "down", "correction", "preference", "fact"]
+    conversation: list[dict[str, Any]] = Field(default_factory=list)   # the messages before the answer
+    answer: str | None = None
+    correction: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    model: str | None = None

@@ -1,0 +1,129 @@
+import pytest
+import torch
+
+from livelm.infer.engine import Engine, PromptTooLong
+from livelm.infer.sampling import SamplingParams
+from livelm.infer.textstream import TextStream
+from livelm.models.gpt import GPT, GPTConfig, PRESETS
+from livelm.tokenizer import Tokenizer
+
+TEXT = ["你好，世界！🙂 Hello world. 枫叶小铺的乌龙茶 ¥56。Mixed 中英 text 👍🏽 émoji", "ab" * 20]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train_bpe(TEXT * 30, vocab_size=320, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, d_model=32,
+                         **PRESETS["llama"])).eval()
+
+
+def test_seeded_sampling_is_reproducible(model, tok):
+    eng = Engine(model, tok, max_batch=4)
+    p = SamplingParams(max_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=7, ignore_eos=True)
+    a = eng.generate([tok.encode("你好")], p)[0]
+    b = eng.generate([tok.encode("你好")], p)[0]
+    c = eng.generate([tok.encode("你好")], SamplingParams(**{**p.__dict__, "seed": 8}))[0]
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 20
+    assert a.token_ids != c.token_ids
+
+
+def test_batched_prompts_of_different_lengths_match_alone(model, tok):
+    prompts = [tok.encode(t) for t in ("你好", "Hello world. 枫叶小铺的乌龙茶", "ab")]
+    params = [SamplingParams(max_tokens=12, temperature=0.8, seed=i, ignore_eos=True) for i in range(3)]
+    together = Engine(model, tok, max_batch=3).generate(prompts, [p.copy() for p in params])
+    for prompt, p, got in zip(prompts, params, together):
+        alone = Engine(model, tok, max_batch=1).generate([prompt], p.copy())[0]
+        assert got.token_ids == alone.token_ids
+
+
+def test_continuous_batching_admits_new_work_while_others_run(model, tok):
+    eng = Engine(model, tok, max_batch=2)
+    long = eng.add(tok.encode("ab"), SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+    for _ in range(3):
+        eng.step()
+    short = eng.add(tok.encode("你好"), SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    steps = 0
+    while not short.finished:
+        eng.step()
+        steps += 1
+    assert steps <= 4 and not long.finished  # the short request did not wait for the long one
+    assert eng.free_slots == [] or len(eng.free_slots) == 1
+
+
+def test_greedy_matches_argmax_of_full_forward(model, tok):
+    prompt = tok.encode("Hello")
+    out = Engine(model, tok).generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(8):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert ids[0, len(prompt):].tolist() == out.token_ids
+
+
+def test_streaming_never_yields_broken_characters(model, tok):
+    eng = Engine(model, tok)
+    for seed in range(5):
+        p = SamplingParams(max_tokens=40, temperature=1.5, seed=seed, ignore_eos=True)
+        deltas = list(eng.stream(tok.encode("你好🙂"), p))
+        full = eng.generate([tok.encode("你好🙂")], p.copy())[0]
+        assert "".join(deltas) == full.text
+        for d in deltas:
+            d.encode("utf-8")  # no lone surrogates
+            # a partial multi-byte character would have come out as U+FFFD
+        if "\ufffd" not in tok.decode(full.token_ids):
+            assert all("\ufffd" not in d for d in deltas)
+
+
+def test_text_stream_holds_back_possible_stop_strings(tok):
+    ids = tok.encode("你好，世界！🙂 Hello world.")
+    s = TextStream(tok, stops=["世界！", "world"])
+    out = []
+    for i in ids:
+        delta, stopped = s.push(i)
+        out.append(delta)
+        if stopped:
+            break
+    assert "".join(out) == "你好，"
+    assert all("世" not in d for d in out)
+    s2 = TextStream(tok, stops=["Hello world!"])  # a prefix appears but never completes
+    text = "".join(s2.push(i)[0] for i in ids) + s2.finish()
+    assert text == tok.decode(ids)
+
+
+def test_stop_string_straddling_tokens_and_finish_reasons(model, tok):
+    eng = Engine(model, tok)
+    base = eng.generate([tok.encode("ab")], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))[0]
+    assert base.finish_reason == "length" and len(base.token_ids) == 30
+    # a stop string made of the end of token 5 and the start of token 6
+    b = len(tok.decode(base.token_ids[:6]))
+    stop = base.text[b - 2:b + 1]
+    assert len(stop) == 3
+    out = eng.generate([tok.encode("ab")], SamplingParams(max_tokens=30, temperature=0, stop=(stop,), ignore_eos=True))[0]
+    assert out.finish_reason == "stop" and out.text == base.text[:base.text.find(stop)]
+
+
+def test_prompt_too_long_is_refused_not_truncated(model, tok):
+    eng = Engine(model, tok)
+    with pytest.raises(PromptTooLong, match="context window is 64"):
+        eng.add(list(range(10, 80)), SamplingParams())
+    with pytest.raises(ValueError, match="top_p"):
+        eng.add([5], SamplingParams(top_p=0))
+
+
+def test_generation_stops_at_context_window(model, tok):
+    out = Engine(model, tok).generate([[5] * 60], SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+
+
+def test_cancel_frees_the_slot(model, tok):
+    eng = Engine(model, tok, max_batch=1)
+    seq = eng.add([5, 6], SamplingParams(max_tokens=50, ignore_eos=True))
+    eng.step()
+    eng.cancel(seq)
+    eng.step()
+    assert seq.finish_reason == "cancelled" and eng.free_slots == [0] and not eng.running
