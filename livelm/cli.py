@@ -79,6 +79,9 @@ def cmd_train(a) -> int:
     if not data_dir:
         raise CLIError("--data DIR is required (a folder written by `livelm prepare`)")
     cfg = resolve_config(a, base=base)
+    if cfg.arch != "gpt":  # the other architectures (livelm/train/archs.py) share this loop and run layout
+        from livelm.train.archs import train_arch
+        return train_arch(a, cfg, data_dir)
     data = TokenData(data_dir)
     tokenizer = Tokenizer.load(Path(data_dir) / "tokenizer.json")
     torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed reproduces
@@ -123,6 +126,10 @@ def cmd_generate(a) -> int:
 def cmd_eval(a) -> int:
     import torch
     from livelm.data.shards import TokenData
+    from livelm.train.checkpoint import read_config
+    if read_config(a.run).get("arch", "gpt") != "gpt":
+        from livelm.train.archs import eval_arch
+        return eval_arch(a)
     model, tok, config = load_run(a.run, a.device)
     data = TokenData(a.data)
     if data.vocab_size != model.cfg.vocab_size:

@@ -14,10 +14,13 @@ import yaml
 
 from livelm.models.gpt import PRESETS, GPTConfig
 
+ARCHS = ("gpt", "bert", "seq2seq", "lstm")
+
 
 @dataclass
 class TrainConfig:
     # --- model (see livelm/models/gpt.py) ---
+    arch: str = "gpt"              # gpt | bert | seq2seq | lstm
     preset: str = "gpt2"           # gpt2 | llama: sets position/norm/mlp/bias/tying/n_kv_head defaults
     block_size: int = 256
     n_layer: int = 4
@@ -91,7 +94,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         flag = "--" + f.name.replace("_", "-")
         kind = types[f.name]
         default = f.default if f.default is not MISSING else None
-        choices = sorted(PRESETS) if f.name == "preset" else None
+        choices = {"preset": sorted(PRESETS), "arch": list(ARCHS)}.get(f.name)
         if kind is bool:
             group.add_argument(flag, dest=f.name, type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
                                metavar="BOOL", help=f"(default: {default})")

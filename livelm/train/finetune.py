@@ -111,6 +111,9 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, args: argp
 
 
 def cmd_finetune(a) -> int:
+    if a.task != "chat":
+        from livelm.train.archs import finetune_task
+        return finetune_task(a)
     lcfg = lora.LoRAConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
                            target_modules=a.lora_targets.split(",")) if a.lora else None
     result, _, n_train = finetune(a.run, a.data, a.out, args=a, val_data=a.val_data, val_fraction=a.val_fraction,
@@ -129,7 +132,10 @@ def register(sub) -> None:
                        description="Supervised fine-tuning on OpenAI-style {\"messages\":[...]} or Alpaca-style "
                                    "{\"instruction\",\"input\",\"output\"} JSON/JSONL. Loss on assistant tokens only.")
     p.add_argument("run", help="pretrained run directory")
-    p.add_argument("--data", required=True, help="training conversations (.jsonl or .json)")
+    p.add_argument("--task", choices=["chat", "classify", "tag"], default="chat",
+                   help="chat SFT (GPT runs), or sequence/token classification (BERT runs)")
+    p.add_argument("--data", required=True, help="training data: conversations (.jsonl/.json) for chat; "
+                                                  "label<TAB>text, CSV or JSONL for classify")
     p.add_argument("--out", required=True, type=Path, help="output: a run directory, or an adapter directory with --lora")
     p.add_argument("--val-data", help="held-out conversations (default: a fixed slice of --data)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="held-out slice when no --val-data (default 0.05)")
