@@ -208,9 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # commands that live beside their feature
     from livelm.chat import repl
-    from livelm.train import finetune
+    from livelm.learn import rl
+    from livelm.train import archs, finetune
     repl.register(sub)
     finetune.register(sub)
+    archs.register(sub)
+    rl.register(sub)
     return parser
 
 

@@ -117,26 +117,33 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     if cfg.compile:
         step_model = torch.compile(step_model)
 
+    def to_device(x):
+        if torch.is_tensor(x):
+            return x.to(device, non_blocking=True)
+        return {k: to_device(v) for k, v in x.items()} if isinstance(x, dict) else x
+
     def batch_on_device(split, index):
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in get_batch(split, index).items()}
+        return to_device(get_batch(split, index))
 
     @torch.no_grad()
     def evaluate() -> dict:
+        out = {}
         model.eval()
-        total = torch.zeros(2, device=device)  # (sum of losses, count)
-        for i in range(ddp.rank, cfg.eval_iters, ddp.world):
-            with autocast(device, dtype):
-                loss = objective(step_model, batch_on_device("val", i))
-            total += torch.stack([loss.float().detach(), torch.ones((), device=device)])
-        if ddp.world > 1:
-            dist.all_reduce(total)
-        model.train()
-        val_loss = (total[0] / total[1]).item()
-        out = {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))}
-        if bytes_per_token:
-            out["bits_per_byte"] = val_loss / math.log(2) / bytes_per_token
+        if cfg.eval_iters > 0:  # objectives without a held-out loss (RL) set eval_iters=0
+            total = torch.zeros(2, device=device)  # (sum of losses, count)
+            for i in range(ddp.rank, cfg.eval_iters, ddp.world):
+                with autocast(device, dtype):
+                    loss = objective(step_model, batch_on_device("val", i))
+                total += torch.stack([loss.float().detach(), torch.ones((), device=device)])
+            if ddp.world > 1:
+                dist.all_reduce(total)
+            val_loss = (total[0] / total[1]).item()
+            out = {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))}
+            if bytes_per_token:
+                out["bits_per_byte"] = val_loss / math.log(2) / bytes_per_token
         if extra_eval is not None and ddp.is_main:
             out.update(extra_eval(model))
+        model.train()
         return out
 
     def save(step):
@@ -161,7 +168,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         is_last = step == cfg.max_iters
         if (step % cfg.eval_interval == 0 and step > start_step) or is_last:
             last = evaluate()
-            best_val = min(best_val, last["val_loss"])
+            best_val = min(best_val, last.get("val_loss", best_val))
             if ddp.is_main:
                 _append_metrics(metrics_path, {"step": step, **last})
                 pbar.write(f"step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in last.items()
@@ -181,7 +188,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         ntok = 0
         for micro in range(accum_per_rank):
             batch = batch_on_device("train", step * cfg.grad_accum + ddp.rank * accum_per_rank + micro)
-            ntok += batch["idx"].numel()
+            ntok += batch["idx"].numel() if "idx" in batch else 0
             if ddp.world > 1:
                 step_model.require_backward_grad_sync = micro == accum_per_rank - 1
             with autocast(device, dtype):
@@ -209,7 +216,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     pbar.close()
     if ddp.world > 1:
         dist.barrier()
-    return TrainResult(step=step, val_loss=last["val_loss"], metrics_path=metrics_path)
+    return TrainResult(step=step, val_loss=last.get("val_loss", float("nan")), metrics_path=metrics_path)
 
 
 def _append_metrics(path: Path, record: dict) -> None:

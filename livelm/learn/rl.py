@@ -1,0 +1,177 @@
+"""`livelm rl`: reward-driven reinforcement learning (GRPO-style) on a LoRA adapter.
+
+Each step: take a few prompts, sample a group of G answers for each from the
+current policy (the shared Engine), score every answer with the user's reward
+function, and set each answer's advantage to its reward minus its group's
+mean — no value network, the group is the baseline. Then one policy-gradient
+step on the adapter (objective `grpo_loss`), optionally with a KL penalty to
+the starting model (the same weights with the adapter switched off).
+
+The reward is any Python function `reward(messages, answer) -> float`, named as
+`module:function` (e.g. `livelm.learn.rewards:same_language`).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from livelm.chat.template import prompt_ids, validate
+from livelm.config import add_config_flags, resolve_config
+from livelm.infer.engine import Engine
+from livelm.infer.sampling import SamplingParams
+from livelm.learn.objectives import answer_batch, grpo_loss, token_logprobs
+from livelm.models import lora
+from livelm.train.trainer import log, train
+
+
+def load_reward(spec: str):
+    module, sep, name = spec.partition(":")
+    if not sep:
+        raise ValueError(f"--reward must be module:function, got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load reward {spec!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r} is not callable")
+    return fn
+
+
+def read_prompts(path: str | Path) -> list[list[dict]]:
+    """JSONL of {"messages": [...]} (without the answer) or {"prompt": "..."}; or plain text, one prompt a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompts file not found: {path}")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+            msgs = rec.get("messages") if isinstance(rec, dict) else None
+            if msgs is None and isinstance(rec, dict) and "prompt" in rec:
+                msgs = [{"role": "user", "content": str(rec["prompt"])}]
+            try:
+                msgs = validate(msgs)
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
+            out.append([m for m in msgs if m["role"] != "assistant" or m is not msgs[-1]])
+        else:
+            out.append([{"role": "user", "content": line}])
+    if not out:
+        raise ValueError(f"{path} holds no prompts")
+    return out
+
+
+class GroupSampler:
+    """Builds GRPO batches on the fly from the current policy."""
+
+    def __init__(self, model, tokenizer, prompts, reward_fn, group: int, per_step: int, max_tokens: int,
+                 temperature: float, seed: int, block_size: int):
+        self.model, self.tok, self.prompts, self.reward_fn = model, tokenizer, prompts, reward_fn
+        self.group, self.per_step, self.max_tokens, self.temperature = group, per_step, max_tokens, temperature
+        self.seed, self.block_size = seed, block_size
+        self.rewards: list[float] = []      # mean reward of each training step, for the curve
+
+    def batch(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, index])
+        chosen = [self.prompts[i] for i in rng.choice(len(self.prompts), self.per_step, replace=False)] \
+            if self.per_step <= len(self.prompts) else [self.prompts[i] for i in rng.integers(0, len(self.prompts), self.per_step)]
+        was_training = self.model.training
+        engine = Engine(self.model, self.tok, max_batch=self.group * len(chosen))
+        prompts, params, convs = [], [], []
+        for p_i, msgs in enumerate(chosen):
+            for g in range(self.group):
+                prompts.append(prompt_ids(msgs, self.tok))
+                params.append(SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
+                                             seed=int(rng.integers(2**31))))
+                convs.append(msgs)
+        outs = engine.generate(prompts, params)
+        rewards = torch.tensor([float(self.reward_fn(c, o.text)) for c, o in zip(convs, outs)])
+        grouped = rewards.view(len(chosen), self.group)
+        adv = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+        self.rewards.append(rewards.mean().item())
+        b = answer_batch(convs, [o.text for o in outs], self.tok, self.block_size)
+        b["adv"] = adv
+        with torch.no_grad():  # the reference policy: the same weights with the adapter off
+            lora.set_active(self.model, None)
+            b["ref_tok"] = token_logprobs(self.model, b)
+            lora.set_active(self.model, "rl")
+        self.model.train(was_training)
+        return b
+
+    def mean_reward(self, prompts, greedy: bool = True) -> float:
+        engine = Engine(self.model, self.tok, max_batch=32)
+        outs = engine.generate([prompt_ids(m, self.tok) for m in prompts],
+                               SamplingParams(max_tokens=self.max_tokens, temperature=0 if greedy else self.temperature, seed=0))
+        return float(np.mean([self.reward_fn(m, o.text) for m, o in zip(prompts, outs)]))
+
+
+def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=None, group: int = 8, per_step: int = 4,
+           max_tokens: int = 48, temperature: float = 1.0, kl: float = 0.02, rank: int = 8, val_fraction: float = 0.2,
+           **overrides) -> dict:
+    from livelm.infer.loader import load
+    reward_fn = load_reward(reward)
+    prompts = read_prompts(prompts_file)
+    model, tok, saved, _ = load(run)
+    base_train = {**saved.get("train", {}), "max_iters": 30, "lr": 3e-3, "min_lr": 3e-4, "warmup_iters": 0,
+                  "eval_interval": 10, "eval_iters": 0, "grad_clip": 1.0, "dropout": 0.0}
+    cfg = resolve_config(args, base=base_train, **overrides)
+    order = np.random.default_rng(cfg.seed).permutation(len(prompts))
+    n_val = max(1, int(len(prompts) * val_fraction)) if len(prompts) > 4 else 0
+    val = [prompts[i] for i in order[:n_val]] or prompts
+    train_prompts = [prompts[i] for i in order[n_val:]] or prompts
+    lcfg = lora.LoRAConfig(r=rank, lora_alpha=2 * rank)
+    lora.add_adapter(model, "rl", lcfg)
+    lora.set_active(model, "rl")
+    sampler = GroupSampler(model, tok, train_prompts, reward_fn, group, per_step, max_tokens, temperature,
+                           cfg.seed, model.cfg.block_size)
+    start = sampler.mean_reward(val)
+    log(f"RL on {len(train_prompts)} prompts ({len(val)} held out), group {group}; held-out reward before: {start:.3f}")
+
+    def extra_eval(m):
+        recent = sampler.rewards[-cfg.eval_interval:]
+        return {"reward_train": float(np.mean(recent)) if recent else float("nan"), "reward_heldout": sampler.mean_reward(val)}
+
+    def save_fn(run_dir, m, step, state):
+        lora.save_adapter(run_dir, m, "rl", lcfg, str(Path(run).resolve()), extra={"livelm_step": step, "reward": reward})
+
+    train(cfg, out, model, tok, lambda split, i: sampler.batch(i), lambda m, b: grpo_loss(m, b, kl),
+          {"arch": "gpt"}, extra_eval=extra_eval, trainable=lambda m: lora.only_adapter_trainable(m, "rl"),
+          save_fn=save_fn)
+    end = sampler.mean_reward(val)
+    return {"out": str(out), "reward_heldout_before": start, "reward_heldout_after": end,
+            "reward_train_per_step": [round(r, 3) for r in sampler.rewards]}
+
+
+def cmd_rl(a) -> int:
+    result = run_rl(a.run, a.prompts, a.reward, a.out, args=a, group=a.group, per_step=a.prompts_per_step,
+                    max_tokens=a.max_tokens, temperature=a.temperature, kl=a.kl, rank=a.lora_rank)
+    print(json.dumps(result))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rl", help="reinforcement learning from a reward function (GRPO-style, LoRA)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="chat run to improve")
+    p.add_argument("--prompts", required=True, help="prompts: JSONL ({messages} or {prompt}) or text lines")
+    p.add_argument("--reward", required=True, help="module:function, called as f(messages, answer) -> float")
+    p.add_argument("--out", required=True, type=Path, help="adapter directory to write")
+    p.add_argument("--group", type=int, default=8, help="answers sampled per prompt (default 8)")
+    p.add_argument("--prompts-per-step", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=48, help="answer length limit while sampling")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--kl", type=float, default=0.02, help="KL penalty to the starting model (0 = off)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    add_config_flags(p)
+    p.set_defaults(func=cmd_rl)
