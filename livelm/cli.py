@@ -208,12 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # commands that live beside their feature
     from livelm.chat import repl
-    from livelm.learn import rl
+    from livelm.learn import cli as learn_cli, rl
     from livelm.train import archs, finetune
     repl.register(sub)
     finetune.register(sub)
     archs.register(sub)
     rl.register(sub)
+    learn_cli.register(sub)
     return parser
 
 

@@ -28,6 +28,10 @@ HELP = """commands:
   /save FILE       save the conversation as JSON
   /load FILE       load a conversation saved with /save (or any {"messages": [...]} file)
   /retry           regenerate the last answer
+  /good, /bad      thumbs up / down on the last answer (stored as feedback)
+  /correct TEXT    what the last answer should have been (used as memory at once)
+  /remember TEXT   a fact to keep in mind ("delivery is free above ¥99")
+  /forget N        forget feedback item N (ids are printed when stored)
   /quit            leave (Ctrl-D works too)"""
 
 
@@ -35,7 +39,8 @@ class ChatSession:
     """The conversation state and how it becomes a prompt. Front ends (REPL, tests) drive it."""
 
     def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None,
-                 few_shot: list[dict] | None = None, user_template: str | None = None):
+                 few_shot: list[dict] | None = None, user_template: str | None = None,
+                 feedback=None, tenant: str = "default", memory: bool = True, model_name: str | None = None):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.params = params
@@ -44,6 +49,11 @@ class ChatSession:
         self.user_template = user_template
         self.history: list[dict] = []   # user/assistant turns only
         self.notices: list[str] = []
+        self.feedback = feedback        # a FeedbackStore, or None
+        self.tenant = tenant
+        self.model_name = model_name
+        from livelm.learn.memory import Memory
+        self.memory = Memory(feedback) if (feedback is not None and memory) else None
 
     def messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -54,7 +64,10 @@ class ChatSession:
         budget = self.engine.max_len - min(self.params.max_tokens, self.engine.max_len // 4)
         dropped = 0
         while True:
-            ids = prompt_ids(self.messages(), self.tokenizer)
+            msgs = self.messages()
+            if self.memory is not None:  # relevant remembered facts/corrections go into the system prompt
+                msgs = self.memory.apply(self.tenant, msgs)
+            ids = prompt_ids(msgs, self.tokenizer)
             if len(ids) <= budget:
                 break
             if len(self.history) <= 1:
@@ -102,6 +115,22 @@ class ChatSession:
 
     def reset(self):
         self.history.clear()
+
+    def give_feedback(self, kind: str, text: str | None = None) -> int:
+        """Store feedback on the last answer (or a fact); returns the item id."""
+        from livelm.learn.feedback import Feedback
+        if self.feedback is None:
+            raise ValueError("feedback is off (no --feedback-db)")
+        if kind == "fact":
+            item = Feedback(kind="fact", conversation=[], correction=text, tenant=self.tenant, model=self.model_name)
+        else:
+            if not self.history or self.history[-1]["role"] != "assistant":
+                raise ValueError("there is no answer to give feedback on yet")
+            conv = self.messages()[:-1]
+            answer = self.history[-1]["content"]
+            item = Feedback(kind=kind, conversation=conv, answer=answer, correction=text, tenant=self.tenant,
+                            model=self.model_name)
+        return self.feedback.add(item).id
 
     def save(self, path: str) -> None:
         from livelm import io
@@ -157,6 +186,20 @@ def command(session: ChatSession, line: str, out) -> bool | None:
             session.notices.append(f"loaded {len(session.history)} turn(s) from {arg}")
         elif name == "/retry":
             stream_answer(session, session.retry(), out)
+        elif name in ("/good", "/bad"):
+            n = session.give_feedback("up" if name == "/good" else "down")
+            session.notices.append(f"feedback #{n} stored")
+        elif name in ("/correct", "/remember"):
+            if not arg:
+                raise ValueError(f"usage: {name} TEXT")
+            n = session.give_feedback("correction" if name == "/correct" else "fact", arg)
+            session.notices.append(f"feedback #{n} stored; it is used from the next question on")
+        elif name == "/forget":
+            if session.feedback is None:
+                raise ValueError("feedback is off (no --feedback-db)")
+            if not session.feedback.forget(session.tenant, int(arg)):
+                raise ValueError(f"no feedback item #{arg} for this tenant")
+            session.notices.append(f"forgot #{arg}")
         else:
             session.notices.append(f"unknown command {name}; /help lists them")
     except ValueError as e:
@@ -250,7 +293,12 @@ def cmd_chat(a) -> int:
     setup = prompts.resolve(system=a.system, system_file=a.system_file, few_shot_file=a.few_shot,
                             template=a.template, templates_file=a.templates, variables=a.var)
     engine = Engine(model, tokenizer, max_batch=1)
-    session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user)
+    feedback = None
+    if a.feedback_db != "off":
+        from livelm.learn.feedback import FeedbackStore
+        feedback = FeedbackStore(a.feedback_db or Path(a.run) / "feedback.sqlite")
+    session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user,
+                          feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name)
     return repl(session)
 
 
@@ -261,6 +309,11 @@ def register(sub) -> None:
                                    "is not a terminal.\n\n" + HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory (or a LoRA adapter directory)")
     p.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory to apply")
+    g = p.add_argument_group("feedback and memory")
+    g.add_argument("--feedback-db", help="SQLite file for /good /bad /correct /remember (default RUN/feedback.sqlite; "
+                                         "'off' disables)")
+    g.add_argument("--tenant", default="default", help="whose feedback and memory this chat uses")
+    g.add_argument("--no-memory", action="store_true", help="do not put remembered facts/corrections into prompts")
     g = p.add_argument_group("prompt engineering")
     g.add_argument("--system", help="system prompt text")
     g.add_argument("--system-file", help="read the system prompt from a file")

@@ -1,0 +1,131 @@
+"""Memory: facts and corrections put back into the prompt (instant, per tenant, reversible).
+
+A tenant's `fact` items ("remember: delivery is free above ¥99") and
+`correction` items (the answer it should have given) are indexed with BM25.
+For each new question the most relevant ones — above a score threshold, so
+unrelated questions are left alone — go into the system prompt as notes, the
+format the default assistant was trained to prefer over what it memorized:
+
+    You are the assistant of Maple Leaf Shop.
+    Notes:
+    - Delivery costs ¥12.
+
+BM25 rather than embeddings: the items are a handful of short sentences per
+tenant, so a lexical index is instant to rebuild, needs no model call, and is
+easy to reason about. Chinese is indexed by character unigrams and bigrams
+(no word segmenter needed), English by lower-cased words.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+_WORD = re.compile(r"[a-z0-9¥$€£%.]+|[\u3400-\u9fff]")
+_CJK = re.compile(r"[\u3400-\u9fff]")
+# very common words carry no signal about which fact is asked
+STOP = set("""a an the is are was were do does did you your we our i my me to of in on at for and or with
+what how when where which who can could would will please tell about much many there this that it be""".split())
+
+
+def terms(text: str) -> list[str]:
+    toks = [t for t in _WORD.findall(text.lower()) if t not in STOP]
+    out = list(toks)
+    cjk = [t for t in toks if _CJK.match(t)]
+    out += [a + b for a, b in zip(cjk, cjk[1:])]   # adjacent-character bigrams (approximate for split runs)
+    return out
+
+
+@dataclass
+class MemoryItem:
+    id: int
+    text: str        # the note put into the prompt
+    key: str         # what it is indexed by (for a correction: the question + the corrected answer)
+
+
+class BM25:
+    def __init__(self, items: list[MemoryItem], k1: float = 1.2, b: float = 0.75):
+        self.items, self.k1, self.b = items, k1, b
+        self.docs = [Counter(terms(it.key)) for it in items]
+        self.lens = [sum(d.values()) for d in self.docs]
+        self.avg = sum(self.lens) / max(1, len(self.lens))
+        df = Counter(t for d in self.docs for t in d)
+        n = len(items)
+        self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
+
+    def search(self, query: str, k: int = 3, min_score: float = 1.0) -> list[tuple[float, MemoryItem]]:
+        q = set(terms(query))
+        scored = []
+        for item, d, length in zip(self.items, self.docs, self.lens):
+            s = 0.0
+            for t in q & d.keys():
+                tf = d[t]
+                s += self.idf[t] * tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * length / self.avg))
+            if s >= min_score:
+                scored.append((s, item))
+        scored.sort(key=lambda x: -x[0])
+        return scored[:k]
+
+
+def items_from_feedback(rows) -> list[MemoryItem]:
+    """Feedback rows (with kind/conversation/correction, oldest first) -> memory items.
+
+    A later correction of the same question replaces the earlier one, so notes never contradict each other."""
+    by_question: dict[str, MemoryItem] = {}
+    facts = []
+    for r in rows:
+        if r.kind == "fact" and r.correction:
+            facts.append(MemoryItem(r.id, r.correction.strip(), r.correction))
+        elif r.kind == "correction" and r.correction:
+            question = next((m["content"] for m in reversed(r.conversation) if m["role"] == "user"), "")
+            by_question[" ".join(question.lower().split())] = MemoryItem(r.id, r.correction.strip(),
+                                                                         question + " " + r.correction)
+    return facts + list(by_question.values())
+
+
+def language(text: str) -> str:
+    return "zh" if _CJK.search(text) else "en"
+
+
+def with_notes(messages: list[dict], notes: list[str]) -> list[dict]:
+    """Return messages whose system prompt carries `notes` (adding the default system prompt if none)."""
+    if not notes:
+        return messages
+    from livelm.data.builtin import notes_block, system_prompt
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    lang = language(question)
+    msgs = [dict(m) for m in messages]
+    if msgs and msgs[0]["role"] == "system":
+        msgs[0]["content"] = msgs[0]["content"].rstrip() + "\n" + notes_block(notes, lang)
+    else:
+        msgs.insert(0, {"role": "system", "content": system_prompt(lang, notes)})
+    return msgs
+
+
+class Memory:
+    """Per-tenant BM25 indexes over a FeedbackStore, rebuilt when the tenant's items change."""
+
+    def __init__(self, store, k: int = 3, min_score: float = 1.0):
+        self.store, self.k, self.min_score = store, k, min_score
+        self._cache: dict[str, tuple[tuple, BM25]] = {}
+
+    def index(self, tenant: str) -> BM25:
+        rows = [r for r in self.store.list(tenant, limit=100_000) if not getattr(r, "forgotten", 0)
+                and r.kind in ("fact", "correction")]
+        key = tuple(r.id for r in rows)
+        cached = self._cache.get(tenant)
+        if cached is None or cached[0] != key:
+            cached = (key, BM25(items_from_feedback(rows)))
+            self._cache[tenant] = cached
+        return cached[1]
+
+    def notes(self, tenant: str, question: str) -> list[str]:
+        index = self.index(tenant)
+        if not index.items:
+            return []
+        return [item.text for _, item in index.search(question, self.k, self.min_score)]
+
+    def apply(self, tenant: str, messages: list[dict]) -> list[dict]:
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return with_notes(messages, self.notes(tenant, question))

@@ -1,0 +1,211 @@
+"""One adapter update for one tenant: feedback -> training data -> LoRA -> probe -> publish or reject.
+
+Run as its own process (`python -m livelm.learn.update ...`, started by the
+server's learner at low priority with one thread), so training never holds the
+serving process's interpreter or its CPU threads, and a crash here cannot take
+the server down. The result is one JSON line on stdout.
+
+Training data, rebuilt from all of the tenant's feedback each time (so
+/forget and rollback are simple and nothing compounds):
+    correction  -> SFT on (conversation, correction) and DPO correction > answer
+    preference  -> DPO chosen > rejected
+    up / down   -> KTO desirable / undesirable
+    + replay    -> SFT on samples of the run's own chat training data, against forgetting
+Facts are not trained on: they live in memory (livelm/learn/memory.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import torch
+
+from livelm.config import resolve_config
+from livelm.learn.adapters import AdapterStore
+from livelm.learn.feedback import FeedbackStore
+from livelm.learn.memory import BM25, MemoryItem
+from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logprob
+from livelm.models import lora
+from livelm.train.checkpoint import load_model
+from livelm.train.trainer import train
+
+
+@dataclass
+class UpdateConfig:
+    steps: int = 40
+    rank: int = 8
+    lr: float = 3e-3
+    replay: int = 8              # replayed training conversations per step
+    beta: float = 0.1            # DPO/KTO temperature
+    probe_size: int = 60         # held-out built-in questions in the probe
+    max_drop: float = 0.05       # reject if probe accuracy drops by more than this
+    regression_file: str | None = None   # operator's JSONL: {"messages": [...], "expect": "substring"}
+    modes: str = "sft,dpo,kto"
+    seed: int = 0
+
+
+def last_user(conv: list[dict]) -> str:
+    return next((m["content"] for m in reversed(conv) if m["role"] == "user"), "")
+
+
+def replay_pool(run_config: dict) -> list[list[dict]]:
+    """The run's own chat training data (fine-tuned runs record it as config['data'])."""
+    path = Path(run_config.get("data") or "")
+    if path.suffix != ".jsonl" or not path.is_file():
+        return []
+    from livelm.chat.data import read_conversations
+    convs, _ = read_conversations(path, skip_bad=True)
+    return convs
+
+
+def probe_set(size: int, seed: int, regression_file: str | None) -> list[dict]:
+    """Held-out built-in questions (both languages) plus the operator's regression checks."""
+    from livelm.data import builtin
+    held = builtin.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
+    random.Random(seed).shuffle(held)
+    probes = [{"messages": c["messages"][:-1], "fact": c["fact"], "lang": c["lang"]} for c in held[:size]]
+    if regression_file:
+        for n, line in enumerate(Path(regression_file).read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                rec = json.loads(line)
+                probes.append({"messages": rec["messages"], "expect": rec["expect"]})
+    return probes
+
+
+def probe_accuracy(model, tokenizer, probes: list[dict]) -> float:
+    from livelm.chat.template import prompt_ids
+    from livelm.data.builtin import FACTS_BY_KEY, check_answer
+    from livelm.infer.engine import Engine
+    from livelm.infer.sampling import SamplingParams
+    if not probes:
+        return float("nan")
+    engine = Engine(model, tokenizer, max_batch=min(64, len(probes)))
+    outs = engine.generate([prompt_ids(p["messages"], tokenizer) for p in probes],
+                           SamplingParams(max_tokens=48, temperature=0))
+    ok = 0
+    for p, o in zip(probes, outs):
+        if "expect" in p:
+            ok += p["expect"] in o.text
+        else:
+            ok += check_answer(FACTS_BY_KEY[p["fact"]], o.text, p["lang"])
+    return ok / len(probes)
+
+
+def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: int):
+    """Fixed feedback parts (with reference log-probs) + a replay sampler; returns get_batch(split, i)."""
+    modes = set(cfg.modes.split(","))
+    sft = [(r.conversation, r.correction) for r in items if r.kind == "correction"]
+    pairs = [(r.conversation, r.correction, r.answer) for r in items if r.kind == "correction" and r.answer]
+    pairs += [(r.conversation, r.chosen, r.rejected) for r in items if r.kind == "preference"]
+    marks = [(r.conversation, r.answer, 1 if r.kind == "up" else -1) for r in items if r.kind in ("up", "down")]
+    fixed = {"beta": cfg.beta}
+    with torch.no_grad():
+        lora.set_active(model, None)  # reference = the model before this update
+        if pairs and "dpo" in modes:
+            convs = [p[0] for p in pairs] * 2
+            answers = [p[1] for p in pairs] + [p[2] for p in pairs]
+            b = answer_batch(convs, answers, tokenizer, block_size)
+            b["ref"] = sequence_logprob(model, b)
+            fixed["dpo"] = b
+        if marks and "kto" in modes:
+            b = answer_batch([m[0] for m in marks], [m[1] for m in marks], tokenizer, block_size)
+            b["ref"] = sequence_logprob(model, b)
+            b["label"] = torch.tensor([m[2] for m in marks])
+            fixed["kto"] = b
+        lora.set_active(model, "update")
+    if "sft" not in modes:
+        sft = []
+
+    def get_batch(split, i):
+        rng = random.Random(cfg.seed * 100003 + i)
+        convs = [c for c, _ in sft]
+        answers = [a for _, a in sft]
+        for conv in rng.sample(pool, min(cfg.replay, len(pool))) if pool and sft else []:
+            convs.append(conv[:-1])
+            answers.append(conv[-1]["content"])
+        batch = dict(fixed)
+        if convs:
+            batch["sft"] = answer_batch(convs, answers, tokenizer, block_size)
+        batch["idx"] = batch.get("sft", batch.get("dpo", batch.get("kto")))["idx"]
+        return batch
+
+    return get_batch, {"sft": len(sft), "dpo": len(pairs) if "dpo" in fixed else 0,
+                       "kto": len(marks) if "kto" in fixed else 0}
+
+
+def unrelated(probes: list[dict], items) -> list[dict]:
+    """Probe questions the tenant has not corrected: those must not get worse.
+
+    A correction legitimately changes the answers to its own question and its
+    rephrasings; those probes are left out of the guard by lexical similarity."""
+    corrected = [MemoryItem(i, last_user(r.conversation), last_user(r.conversation))
+                 for i, r in enumerate(items) if r.kind in ("correction", "preference")]
+    if not corrected:
+        return probes
+    index = BM25(corrected)
+    return [p for p in probes if "expect" in p or not index.search(last_user(p["messages"]), k=1, min_score=2.0)]
+
+
+def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | Path, cfg: UpdateConfig) -> dict:
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, run_config = load_model(run)
+    feedback = FeedbackStore(db)
+    items = [r for r in feedback.list(tenant, limit=100_000) if not getattr(r, "forgotten", 0)]
+    feedback.close()
+    last_id = max((r.id for r in items), default=0)
+    if not any(r.kind in ("correction", "preference", "up", "down") for r in items):
+        return {"tenant": tenant, "status": "skipped", "reason": "no trainable feedback", "last_id": last_id}
+    probes = unrelated(probe_set(cfg.probe_size, cfg.seed, cfg.regression_file), items)
+    before = probe_accuracy(model, tokenizer, probes)
+
+    lcfg = lora.LoRAConfig(r=cfg.rank, lora_alpha=2 * cfg.rank)
+    lora.add_adapter(model, "update", lcfg)
+    lora.set_active(model, "update")
+    block = model.cfg.block_size
+    get_batch, counts = build_batches(model, tokenizer, items, replay_pool(run_config), cfg, block)
+    tcfg = resolve_config(None, base={**run_config.get("train", {})}, max_iters=cfg.steps, lr=cfg.lr,
+                          min_lr=cfg.lr / 10, warmup_iters=0, eval_iters=0, eval_interval=cfg.steps,
+                          progress=False, dropout=0.0, compile=False, seed=cfg.seed)
+    store = AdapterStore(store_root)
+    vdir = store.new_version_dir(tenant)
+    train(tcfg, vdir, model, tokenizer, get_batch, feedback_loss, {"arch": "gpt"},
+          trainable=lambda m: lora.only_adapter_trainable(m, "update"),
+          save_fn=lambda d, m, step, state: lora.save_adapter(d, m, "update", lcfg, str(Path(run).resolve())))
+    model.eval()
+    after = probe_accuracy(model, tokenizer, probes)
+    accepted = not (after < before - cfg.max_drop)
+    meta = {"tenant": tenant, "status": "live" if accepted else "rejected", "created_at": time.time(),
+            "probe_before": before, "probe_after": after, "probe_size": len(probes), "max_drop": cfg.max_drop,
+            "trained_on": counts, "last_feedback_id": last_id, "config": asdict(cfg),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    from livelm import io
+    io.write_json(vdir / "meta.json", meta)
+    if accepted:
+        store.publish(tenant, vdir)
+    return {"version": vdir.name, "path": str(vdir), **meta}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m livelm.learn.update", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True)
+    p.add_argument("--db", required=True)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--config", default="{}", help="UpdateConfig fields as JSON")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    result = run_update(a.run, a.db, a.tenant, a.store, UpdateConfig(**json.loads(a.config)))
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
