@@ -29,8 +29,16 @@ STOP = set("""a an the is are was were do does did you your we our i my me to of
 what how when where which who can could would will please tell about much many there this that it be""".split())
 
 
+def stem(word: str) -> str:
+    """Crude English suffix stripping (costs -> cost, opening -> open): enough for short shop questions."""
+    for suffix in ("ing", "es", "ed", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix) and word.isalpha():
+            return word[: -len(suffix)]
+    return word
+
+
 def terms(text: str) -> list[str]:
-    toks = [t for t in _WORD.findall(text.lower()) if t not in STOP]
+    toks = [stem(t) for t in _WORD.findall(text.lower()) if t not in STOP]
     out = list(toks)
     cjk = [t for t in toks if _CJK.match(t)]
     out += [a + b for a, b in zip(cjk, cjk[1:])]   # adjacent-character bigrams (approximate for split runs)
@@ -54,7 +62,7 @@ class BM25:
         n = len(items)
         self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
 
-    def search(self, query: str, k: int = 3, min_score: float = 1.0) -> list[tuple[float, MemoryItem]]:
+    def search(self, query: str, k: int = 3, min_score: float = 0.3) -> list[tuple[float, MemoryItem]]:
         q = set(terms(query))
         scored = []
         for item, d, length in zip(self.items, self.docs, self.lens):
@@ -79,8 +87,10 @@ def items_from_feedback(rows) -> list[MemoryItem]:
             facts.append(MemoryItem(r.id, r.correction.strip(), r.correction))
         elif r.kind == "correction" and r.correction:
             question = next((m["content"] for m in reversed(r.conversation) if m["role"] == "user"), "")
-            by_question[" ".join(question.lower().split())] = MemoryItem(r.id, r.correction.strip(),
-                                                                         question + " " + r.correction)
+            # indexed by the question, the corrected answer and the answer it replaces: a rephrased
+            # question rarely shares words with the original, but the answers share many
+            key = " ".join([question, r.correction, r.answer or ""])
+            by_question[" ".join(question.lower().split())] = MemoryItem(r.id, r.correction.strip(), key)
     return facts + list(by_question.values())
 
 
@@ -106,7 +116,7 @@ def with_notes(messages: list[dict], notes: list[str]) -> list[dict]:
 class Memory:
     """Per-tenant BM25 indexes over a FeedbackStore, rebuilt when the tenant's items change."""
 
-    def __init__(self, store, k: int = 3, min_score: float = 1.0):
+    def __init__(self, store, k: int = 3, min_score: float = 0.3):
         self.store, self.k, self.min_score = store, k, min_score
         self._cache: dict[str, tuple[tuple, BM25]] = {}
 

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+from livelm.learn.adapters import AdapterStore, AdapterStoreError
+from livelm.learn.feedback import Feedback, FeedbackStore
+from livelm.learn.memory import Memory, with_notes
+from livelm.learn.objectives import dpo_loss, grpo_loss, kto_loss
+
+
+def conv(q):
+    return [{"role": "user", "content": q}]
+
+
+def test_memory_retrieves_relevant_corrections_only(tmp_path):
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    store.add(Feedback(kind="correction", conversation=conv("How much is delivery?"), answer="Delivery costs ¥8.",
+                       correction="Delivery costs ¥12.", tenant="a"))
+    store.add(Feedback(kind="correction", conversation=conv("运费多少钱？"), answer="运费是¥8。",
+                       correction="运费是¥12。", tenant="a"))
+    store.add(Feedback(kind="fact", conversation=[], correction="Delivery is free above ¥150.", tenant="a"))
+    mem = Memory(store)
+    assert "Delivery costs ¥12." in mem.notes("a", "what does delivery cost?")
+    assert "运费是¥12。" in mem.notes("a", "请问运费是多少？")
+    assert mem.notes("a", "When do you open on weekends?") == []
+    assert mem.notes("b", "How much is delivery?") == []          # tenants never share memory
+    # a newer correction of the same question replaces the older one
+    store.add(Feedback(kind="correction", conversation=conv("How much is delivery?"), answer="x",
+                       correction="Delivery costs ¥15.", tenant="a"))
+    notes = mem.notes("a", "How much is delivery?")
+    assert "Delivery costs ¥15." in notes and "Delivery costs ¥12." not in notes
+    msgs = with_notes(conv("How much is delivery?"), notes)
+    assert msgs[0]["role"] == "system" and "Notes:" in msgs[0]["content"] and "¥15" in msgs[0]["content"]
+    zh = with_notes([{"role": "system", "content": "你是枫叶小铺的客服助手。"}] + conv("运费？"), ["运费是¥12。"])
+    assert zh[0]["content"].startswith("你是枫叶小铺的客服助手。\n") and "运费是¥12。" in zh[0]["content"]
+
+
+def test_adapter_store_publish_and_rollback(tmp_path):
+    store = AdapterStore(tmp_path)
+    assert store.current("t") is None
+    v1 = store.new_version_dir("t")
+    store.publish("t", v1)
+    v2 = store.new_version_dir("t")
+    (v2 / "meta.json").write_text(json.dumps({"status": "rejected"}))
+    v3 = store.new_version_dir("t")
+    store.publish("t", v3)
+    assert store.current("t") == v3 and [v["version"] for v in store.versions("t")] == ["v0001", "v0002", "v0003"]
+    assert store.rollback("t") == "v0001"          # the rejected v0002 never went live
+    assert store.rollback("t") is None             # back to the base model
+    with pytest.raises(AdapterStoreError, match="already on the base"):
+        store.rollback("t")
+    assert store.rollback("t", to="v0003") == "v0003"
+    with pytest.raises(AdapterStoreError, match="invalid tenant"):
+        store.current("../etc")
+
+
+class LinearLM(torch.nn.Module):
+    """A bigram model: logits depend on the current token only. Enough to check objective signs."""
+    def __init__(self, V=8):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(V, V))
+
+    def forward(self, idx, targets=None):
+        logits = self.table[idx]
+        if targets is None:
+            return logits
+        return logits, torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+
+def train_steps(model, loss_fn, steps=50):
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(steps):
+        loss = loss_fn(model)
+        opt.zero_grad(); loss.backward(); opt.step()
+
+
+def test_preference_objectives_move_probability_the_right_way():
+    idx = torch.tensor([[1], [1]])
+    b = {"idx": idx, "targets": torch.tensor([[3], [4]]), "ref": torch.tensor([-2.0794, -2.0794])}  # chosen 3, rejected 4
+    m = LinearLM()
+    train_steps(m, lambda mm: dpo_loss(mm, b, beta=1.0))
+    assert m.table[1, 3] > m.table[1, 4]
+    k = {"idx": idx, "targets": torch.tensor([[5], [6]]), "ref": torch.tensor([-2.0794, -2.0794]), "label": torch.tensor([1, -1])}
+    m = LinearLM()
+    train_steps(m, lambda mm: kto_loss(mm, k, beta=1.0))
+    assert m.table[1, 5] > 0 > m.table[1, 6]
+    g = {"idx": torch.tensor([[1], [1], [1], [1]]), "targets": torch.tensor([[2], [2], [7], [7]]),
+         "adv": torch.tensor([0.5, 0.5, -0.5, -0.5])}
+    m = LinearLM()
+    train_steps(m, lambda mm: grpo_loss(mm, g))
+    assert m.table[1, 2] > m.table[1, 7]
