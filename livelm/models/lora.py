@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -42,6 +43,11 @@ class LoRAConfig:
                 "inference_mode": True, "modules_to_save": None}
 
 
+def _key(name: str) -> str:
+    """ParameterDict keys may not contain '.' nor shadow its methods ('update', 'keys'...): prefix and escape."""
+    return "ad_" + re.sub(r"[^0-9A-Za-z_]", lambda m: f"_{ord(m.group()):x}_", name)
+
+
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear):
         super().__init__()
@@ -54,16 +60,32 @@ class LoRALinear(nn.Module):
         self.row_adapters: list[str | None] | None = None  # per-row adapters (batched serving)
         self.merged: str | None = None
 
+    def has(self, name: str) -> bool:
+        return _key(name) in self.lora_A
+
+    def A(self, name: str) -> nn.Parameter:
+        return self.lora_A[_key(name)]
+
+    def B(self, name: str) -> nn.Parameter:
+        return self.lora_B[_key(name)]
+
     def add(self, name: str, r: int, alpha: float, dropout: float) -> None:
-        self.lora_A[name] = nn.Parameter(torch.empty(r, self.base.in_features, device=self.base.weight.device))
-        self.lora_B[name] = nn.Parameter(torch.zeros(self.base.out_features, r, device=self.base.weight.device))
-        nn.init.kaiming_uniform_(self.lora_A[name], a=math.sqrt(5))  # PEFT's default init
+        k = _key(name)
+        self.lora_A[k] = nn.Parameter(torch.empty(r, self.base.in_features, device=self.base.weight.device))
+        self.lora_B[k] = nn.Parameter(torch.zeros(self.base.out_features, r, device=self.base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A[k], a=math.sqrt(5))  # PEFT's default init
         self.scaling[name] = alpha / r
-        self.dropout[name] = nn.Dropout(dropout)
+        self.dropout[k] = nn.Dropout(dropout)
+
+    def remove(self, name: str) -> None:
+        k = _key(name)
+        del self.lora_A[k], self.lora_B[k], self.dropout[k]
+        self.scaling.pop(name)
 
     def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        A, B = self.lora_A[name], self.lora_B[name]
-        return (self.dropout[name](x) @ A.t().to(x.dtype)) @ B.t().to(x.dtype) * self.scaling[name]
+        k = _key(name)
+        A, B = self.lora_A[k], self.lora_B[k]
+        return (self.dropout[k](x) @ A.t().to(x.dtype)) @ B.t().to(x.dtype) * self.scaling[name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -80,14 +102,14 @@ class LoRALinear(nn.Module):
     def merge(self, name: str) -> None:
         if self.merged is not None:
             raise ValueError(f"adapter {self.merged!r} is already merged")
-        self.base.weight += (self.lora_B[name] @ self.lora_A[name]) * self.scaling[name]
+        self.base.weight += (self.B(name) @ self.A(name)) * self.scaling[name]
         self.merged = name
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged is None:
             return
-        self.base.weight -= (self.lora_B[self.merged] @ self.lora_A[self.merged]) * self.scaling[self.merged]
+        self.base.weight -= (self.B(self.merged) @ self.A(self.merged)) * self.scaling[self.merged]
         self.merged = None
 
 
@@ -112,23 +134,22 @@ def add_adapter(model: nn.Module, name: str, cfg: LoRAConfig) -> None:
         raise AdapterError(f"no layer matches target modules {sorted(targets)}")
     for mod_name, m in wrapped.items():
         if mod_name.rsplit(".", 1)[-1] in targets:
-            if name in m.lora_A:
+            if m.has(name):
                 raise AdapterError(f"adapter {name!r} is already loaded")
             m.add(name, cfg.r, cfg.lora_alpha, cfg.lora_dropout)
 
 
 def remove_adapter(model: nn.Module, name: str) -> None:
     for m in lora_modules(model).values():
-        if name in m.lora_A:
+        if m.has(name):
             if m.merged == name:
                 m.unmerge()
-            del m.lora_A[name], m.lora_B[name], m.dropout[name]
-            m.scaling.pop(name)
+            m.remove(name)
 
 
 def set_active(model: nn.Module, name: str | None) -> None:
     for m in lora_modules(model).values():
-        m.active = name if (name is None or name in m.lora_A) else None
+        m.active = name if (name is None or m.has(name)) else None
         m.row_adapters = None
 
 
@@ -142,7 +163,7 @@ def set_row_adapters(model: nn.Module, names: list[str | None]) -> None:
 def adapter_names(model: nn.Module) -> list[str]:
     names: set[str] = set()
     for m in lora_modules(model).values():
-        names |= set(m.lora_A.keys())
+        names |= set(m.scaling)
     return sorted(names)
 
 
@@ -150,14 +171,14 @@ def only_adapter_trainable(model: nn.Module, name: str) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     for m in lora_modules(model).values():
-        if name in m.lora_A:
-            m.lora_A[name].requires_grad_(True)
-            m.lora_B[name].requires_grad_(True)
+        if m.has(name):
+            m.A(name).requires_grad_(True)
+            m.B(name).requires_grad_(True)
 
 
 def merge(model: nn.Module, name: str) -> None:
     for m in lora_modules(model).values():
-        if name in m.lora_A:
+        if m.has(name):
             m.merge(name)
 
 
@@ -169,9 +190,9 @@ def unmerge(model: nn.Module) -> None:
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     out = {}
     for mod_name, m in lora_modules(model).items():
-        if name in m.lora_A:
-            out[f"{PREFIX}{mod_name}.lora_A.weight"] = m.lora_A[name].detach().cpu().contiguous()
-            out[f"{PREFIX}{mod_name}.lora_B.weight"] = m.lora_B[name].detach().cpu().contiguous()
+        if m.has(name):
+            out[f"{PREFIX}{mod_name}.lora_A.weight"] = m.A(name).detach().cpu().contiguous()
+            out[f"{PREFIX}{mod_name}.lora_B.weight"] = m.B(name).detach().cpu().contiguous()
     return out
 
 
@@ -208,18 +229,18 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, name: str) -> LoRACo
     expected = set()
     try:
         for mod_name, m in modules.items():
-            if name not in m.lora_A:
+            if not m.has(name):
                 continue
-            for part, store in (("lora_A", m.lora_A), ("lora_B", m.lora_B)):
+            for part, param in (("lora_A", m.A(name)), ("lora_B", m.B(name))):
                 key = f"{PREFIX}{mod_name}.{part}.weight"
                 expected.add(key)
                 if key not in tensors:
                     raise AdapterError(f"{adapter_dir}: missing tensor {key}")
-                if tensors[key].shape != store[name].shape:
+                if tensors[key].shape != param.shape:
                     raise AdapterError(f"{adapter_dir}: {key} has shape {tuple(tensors[key].shape)}, "
-                                       f"expected {tuple(store[name].shape)} — adapter for a different base model?")
+                                       f"expected {tuple(param.shape)} — adapter for a different base model?")
                 with torch.no_grad():
-                    store[name].copy_(tensors[key])
+                    param.copy_(tensors[key])
         extra = set(tensors) - expected
         if extra:
             raise AdapterError(f"{adapter_dir}: tensors for layers this model does not have: {sorted(extra)[:3]}")

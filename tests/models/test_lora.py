@@ -32,7 +32,7 @@ def test_merge_equals_unmerged_and_unmerge_restores():
     base_out = model(x)
     lora.add_adapter(model, "a", lora.LoRAConfig(r=4))
     for m in lora.lora_modules(model).values():
-        torch.nn.init.normal_(m.lora_B["a"], std=0.1)
+        torch.nn.init.normal_(m.B("a"), std=0.1)
     lora.set_active(model, "a")
     unmerged = model(x)
     assert (unmerged - base_out).abs().max() > 1e-3
@@ -48,7 +48,7 @@ def test_save_load_round_trip_in_peft_layout(tmp_path):
     model = tiny().eval()
     lora.add_adapter(model, "a", lora.LoRAConfig(r=4, target_modules=["q_proj", "v_proj"]))
     for m in lora.lora_modules(model).values():
-        torch.nn.init.normal_(m.lora_B["a"], std=0.1)
+        torch.nn.init.normal_(m.B("a"), std=0.1)
     lora.set_active(model, "a")
     x = torch.randint(0, 50, (1, 10))
     want = model(x)
@@ -69,7 +69,7 @@ def test_rows_use_their_own_adapters_in_one_batch():
     for name in ("a", "b"):
         lora.add_adapter(model, name, lora.LoRAConfig(r=2))
         for m in lora.lora_modules(model).values():
-            torch.nn.init.normal_(m.lora_B[name], std=0.2)
+            torch.nn.init.normal_(m.B(name), std=0.2)
     x = torch.randint(0, 50, (3, 8))
     alone = []
     for row, name in enumerate(["a", None, "b"]):

@@ -1,0 +1,67 @@
+"""Adapter updates from feedback: the answer changes, the guard rejects poison, rollback restores."""
+import json
+
+import pytest
+
+from livelm.chat.template import prompt_ids
+from livelm.infer.engine import Engine
+from livelm.infer.loader import load
+from livelm.infer.sampling import SamplingParams
+from livelm.learn.adapters import AdapterStore
+from livelm.learn.feedback import Feedback, FeedbackStore
+from livelm.learn.update import UpdateConfig, run_update
+from livelm.models import lora
+
+Q_A = [{"role": "user", "content": "How much is delivery?"}]
+Q_B = [{"role": "user", "content": "周末几点开门？"}]
+
+
+def answer(run, conv, adapter_dir=None):
+    model, tok, _, _ = load(run, [adapter_dir] if adapter_dir else [])
+    out = Engine(model, tok).generate([prompt_ids(conv, tok)], SamplingParams(max_tokens=16, temperature=0))
+    return out[0].text
+
+
+@pytest.fixture()
+def setup(tiny_chat_run, tmp_path):
+    run = tiny_chat_run / "chat"
+    return run, FeedbackStore(tmp_path / "fb.sqlite"), tmp_path / "adapters"
+
+
+def test_update_changes_the_answer_and_rollback_restores_it(setup, tmp_path):
+    run, fb, store_root = setup
+    before = answer(run, Q_A)
+    fb.add(Feedback(kind="correction", conversation=Q_A, answer=before, correction="运费12元。", tenant="alice"))
+    res = run_update(run, fb.path, "alice", store_root, UpdateConfig(steps=40, lr=1e-2, probe_size=8, max_drop=1.0))
+    assert res["status"] == "live" and res["trained_on"]["sft"] == 1 and res["trained_on"]["dpo"] == 1
+    store = AdapterStore(store_root)
+    live = store.current("alice")
+    assert (live / "adapter_model.safetensors").is_file() and (live / "adapter_config.json").is_file()
+    assert answer(run, Q_A, live) == "运费12元。"
+    # another tenant has no adapter: its answers come from the base model, unchanged
+    assert store.current("bob") is None and answer(run, Q_A) == before
+    assert store.rollback("alice") is None
+    assert store.current("alice") is None
+
+
+def test_guard_rejects_an_update_that_breaks_the_probe_set(setup, tmp_path):
+    run, fb, store_root = setup
+    # the operator's regression file: answers the model gives today that must keep working
+    reg = tmp_path / "regression.jsonl"
+    today = answer(run, Q_B)
+    reg.write_text(json.dumps({"messages": Q_B, "expect": today}, ensure_ascii=False) + "\n", encoding="utf-8")
+    # poison: many "corrections" that teach it to answer the regression question with garbage
+    for _ in range(4):
+        fb.add(Feedback(kind="correction", conversation=Q_B, answer=today, correction="zzz zzz zzz", tenant="mallory"))
+    res = run_update(run, fb.path, "mallory", store_root,
+                     UpdateConfig(steps=40, lr=1e-2, probe_size=0, regression_file=str(reg), max_drop=0.05))
+    assert res["status"] == "rejected" and res["probe_before"] == 1.0 and res["probe_after"] < 1.0
+    store = AdapterStore(store_root)
+    assert store.current("mallory") is None
+    assert [v["status"] for v in store.versions("mallory")] == ["rejected"]
+
+
+def test_no_trainable_feedback_is_skipped(setup):
+    run, fb, store_root = setup
+    fb.add(Feedback(kind="fact", conversation=[], correction="We open at 7am.", tenant="carol"))
+    assert run_update(run, fb.path, "carol", store_root, UpdateConfig())["status"] == "skipped"
