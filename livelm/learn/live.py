@@ -1,0 +1,174 @@
+"""The live learner inside `livelm serve`: feedback in, better answers out, per tenant, while serving.
+
+Three ways to learn, each switchable (`--learn memory,adapter`):
+  memory   facts and corrections go into the next prompts at once (livelm/learn/memory.py);
+  adapter  a background update trains a LoRA adapter on the tenant's feedback in a separate,
+           low-priority process (livelm/learn/update.py), checks it on the probe set, and — if
+           it passes the guard — it is hot-swapped into the running engine between decode steps.
+  (RL runs offline: `livelm rl`.)
+
+Hot swap: every published version is loaded into the model under its own name
+("tenant/v0003"); new requests of that tenant use the newest, requests already
+running keep the name they started with and finish on the old weights. Old
+versions are unloaded once no sequence uses them. All model surgery happens on
+the scheduler thread between steps (Scheduler.call_between_steps), never
+during a forward pass.
+
+Rate limiting: at most one update per tenant at a time, at most one every
+`min_interval` seconds, and only once `every_n` new trainable items arrived.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from livelm.learn.adapters import AdapterStore
+from livelm.learn.memory import Memory
+from livelm.learn.update import UpdateConfig
+from livelm.models import lora
+
+log = logging.getLogger("livelm.learn")
+TRAINABLE = ("correction", "preference", "up", "down")
+
+
+@dataclass
+class LearnConfig:
+    modes: tuple[str, ...] = ("memory", "adapter")
+    every_n: int = 1              # new trainable feedback items that trigger an update
+    min_interval: float = 2.0     # seconds between two updates of one tenant
+    nice: int = 10                # the update process runs at lower CPU priority than serving
+    threads: int = 1
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+
+
+class LiveLearner:
+    def __init__(self, run: Path, db_path: Path, store_root: Path, scheduler, feedback_store, cfg: LearnConfig):
+        self.run, self.db_path, self.cfg = Path(run), Path(db_path), cfg
+        self.store = AdapterStore(store_root)
+        self.scheduler = scheduler
+        self.engine = scheduler.engine
+        self.memory = Memory(feedback_store) if "memory" in cfg.modes else None
+        self.feedback = feedback_store
+        self.loaded: dict[str, str] = {}        # tenant -> adapter name live in the engine
+        self._state_mtime: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self._last_update: dict[str, float] = {}
+        self._seen: dict[str, int] = {}         # tenant -> last feedback id an update has covered
+        self._lock = threading.Lock()
+        self.history: list[dict] = []           # results of updates, newest last (for /metrics and tests)
+        for tenant in self.store.tenants():     # a restarted server comes back with each tenant's live version
+            self._sync(tenant)
+
+    # ---- per request --------------------------------------------------------------
+    def apply_memory(self, tenant: str, messages: list[dict]) -> list[dict]:
+        return self.memory.apply(tenant, messages) if self.memory else messages
+
+    def adapter_for(self, tenant: str) -> str | None:
+        """The engine adapter name for this tenant's requests (None = the base model)."""
+        if "adapter" not in self.cfg.modes:
+            return None
+        self._sync(tenant)
+        return self.loaded.get(tenant)
+
+    # ---- versions -----------------------------------------------------------------
+    def _sync(self, tenant: str) -> None:
+        """Follow the tenant's state.json (changed by an update, the API or `livelm adapters rollback`)."""
+        path = self.store.root / tenant / "state.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except (FileNotFoundError, ValueError):
+            mtime = 0
+        if self._state_mtime.get(tenant) == mtime:
+            return
+        with self._lock:
+            if self._state_mtime.get(tenant) == mtime:
+                return
+            current = self.store.current(tenant)
+            name = f"{tenant}/{current.name}" if current else None
+            if name and name != self.loaded.get(tenant):
+                self.scheduler.call_between_steps(lambda: self._load(name, current)).result(timeout=60)
+            if name:
+                self.loaded[tenant] = name
+            else:
+                self.loaded.pop(tenant, None)
+            self._state_mtime[tenant] = mtime
+            self.scheduler.call_between_steps(self._unload_unused)
+
+    def _load(self, name: str, path: Path) -> None:
+        # runs on the scheduler thread: no forward pass is in flight
+        if name not in lora.adapter_names(self.engine.model):
+            lora.load_adapter(self.engine.model, path, name)
+            lora.set_active(self.engine.model, None)
+        self.engine.set_adapters = lora.set_row_adapters
+
+    def _unload_unused(self) -> None:
+        in_use = {s.adapter for s in list(self.engine.running) + list(self.engine.waiting)}
+        keep = set(self.loaded.values()) | in_use
+        for name in lora.adapter_names(self.engine.model):
+            if "/" in name and name not in keep:   # only learned versions; operator adapters stay
+                lora.remove_adapter(self.engine.model, name)
+
+    def versions(self, tenant: str) -> list[dict]:
+        return self.store.versions(tenant)
+
+    def rollback(self, tenant: str, to: str | None = None) -> str | None:
+        current = self.store.rollback(tenant, to)
+        self._sync(tenant)
+        return current
+
+    # ---- learning -----------------------------------------------------------------
+    def on_feedback(self, tenant: str) -> bool:
+        """Called after a feedback item is stored; starts an update if one is due. Returns True if started."""
+        if "adapter" not in self.cfg.modes:
+            return False
+        items = [r for r in self.feedback.list(tenant, limit=100_000, after_id=self._seen.get(tenant, 0))
+                 if r.kind in TRAINABLE]
+        with self._lock:
+            due = (len(items) >= self.cfg.every_n and tenant not in self._busy
+                   and time.monotonic() - self._last_update.get(tenant, -1e9) >= self.cfg.min_interval)
+            if not due:
+                return False
+            self._busy.add(tenant)
+        threading.Thread(target=self._update, args=(tenant,), name=f"livelm-learn-{tenant}", daemon=True).start()
+        return True
+
+    def _update(self, tenant: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            cmd = [sys.executable, "-m", "livelm.learn.update", "--run", str(self.run), "--db", str(self.db_path),
+                   "--tenant", tenant, "--store", str(self.store.root), "--threads", str(self.cfg.threads),
+                   "--config", json.dumps(asdict(self.cfg.update))]
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.cfg.threads)}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
+                                  preexec_fn=(lambda: os.nice(self.cfg.nice)) if hasattr(os, "nice") else None)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "update failed")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            self._seen[tenant] = max(self._seen.get(tenant, 0), int(result.get("last_feedback_id") or 0))
+            if result.get("status") == "live":
+                self._sync(tenant)   # hot swap: load the new version between decode steps
+            result["latency_s"] = round(time.perf_counter() - t0, 2)
+            log.info("update for %s: %s", tenant, {k: result.get(k) for k in ("status", "version", "probe_before",
+                                                                               "probe_after", "latency_s")})
+        except Exception as e:  # a failed update never takes serving down
+            result = {"tenant": tenant, "status": "failed", "error": str(e)}
+            log.error("update for %s failed: %s", tenant, e)
+        finally:
+            with self._lock:
+                self._busy.discard(tenant)
+                self._last_update[tenant] = time.monotonic()
+        self.history.append(result)
+        # feedback that arrived during the update gets its own update, once the interval has passed
+        timer = threading.Timer(self.cfg.min_interval, self.on_feedback, args=(tenant,))
+        timer.daemon = True
+        timer.start()
+
+    def busy(self) -> bool:
+        return bool(self._busy)
