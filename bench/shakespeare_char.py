@@ -45,7 +45,7 @@ CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 # nanoGPT's CPU recipe, as TrainConfig fields
 RECIPE = dict(preset="gpt2", n_layer=4, n_head=4, d_model=128, block_size=64, batch_size=12, dropout=0.0,
               max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99,
-              eval_interval=250, eval_iters=20, log_interval=10, seed=1337, device="cpu")
+              eval_interval=250, eval_iters=20, log_interval=10, seed=1337, device="cpu", progress=False)
 
 # Named runtime settings (TrainConfig fields only). `fast` is the recommended one.
 SETTINGS = {
@@ -121,10 +121,10 @@ def run_setting(spec: dict) -> dict:
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model_config(data.vocab_size))
 
-    stamps: list[tuple[str, float]] = []   # (split, time) of every batch request
+    stamps: list[tuple[str, float, float]] = []   # (split, wall time, process CPU time) of every batch request
 
     def get_batch(split, index):
-        stamps.append((split, time.perf_counter()))
+        stamps.append((split, time.perf_counter(), time.process_time()))
         return data.batch(split, index, cfg.batch_size, cfg.block_size, cfg.seed)
 
     run_dir = Path(tempfile.mkdtemp(prefix="livelm-bench-"))
@@ -139,21 +139,22 @@ def run_setting(spec: dict) -> dict:
     busy = (cpu_busy_s() - busy0 - (own_cpu_s() - own0)) / wall
 
     # step s runs between the train-batch requests of s and s+1; drop intervals holding an evaluation
-    train_t = [t for split, t in stamps if split == "train"]
-    marks = [split for split, _ in stamps]
-    steps, k = [], 0
-    for i, (split, t) in enumerate(stamps):
+    train_t = [t for split, t, _ in stamps if split == "train"]
+    steps, cpu, k = [], [], 0
+    for (split, t, c), nxt in zip(stamps, stamps[1:]):
         if split != "train":
             continue
-        if k >= WARMUP_STEPS and i + 1 < len(stamps) and marks[i + 1] == "train":
-            steps.append(stamps[i + 1][1] - t)
+        if k >= WARMUP_STEPS and nxt[0] == "train":
+            steps.append(nxt[1] - t)
+            cpu.append(nxt[2] - c)
         k += 1
     steps.sort()
+    cpu.sort()
     median = steps[len(steps) // 2] if steps else float("nan")
     vals = [e["val_loss"] for e in evals if "val_loss" in e]
     return {
         "setting": spec["name"], "iters": cfg.max_iters, "threads": torch.get_num_threads(),
-        "ms_iter": median * 1e3, "tok_s": cfg.batch_size * cfg.block_size / median if steps else 0.0,
+        "ms_iter": median * 1e3, "cpu_ms_iter": cpu[len(cpu) // 2] * 1e3 if cpu else float("nan"), "tok_s": cfg.batch_size * cfg.block_size / median if steps else 0.0,
         "first_steps_s": train_t[min(WARMUP_STEPS, len(train_t) - 1)] - train_t[0] if train_t else 0.0,
         "val_loss": result.val_loss, "best_val": min(vals) if vals else float("nan"),
         "wall_s": wall, "busy": busy,
@@ -174,13 +175,12 @@ def run_in_subprocess(name: str, config: dict, data: Path) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| setting | iters | threads | ms/iter | tokens/s | first 10 steps (s) | final val loss | best val loss "
-            "| wall (s) | others' CPU (cores) |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(f"| {r['setting']} | {r['iters']} | {r['threads']} | {r['ms_iter']:.1f} | {r['tok_s']:,.0f} "
-                     f"| {r['first_steps_s']:.1f} | {r['val_loss']:.4f} | {r['best_val']:.4f} | {r['wall_s']:.0f} "
-                     f"| {r['busy']:.2f} |")
+    cols = [("setting", "{setting}"), ("iters", "{iters}"), ("threads", "{threads}"), ("ms/iter", "{ms_iter:.1f}"),
+            ("tokens/s", "{tok_s:,.0f}"), ("CPU ms/iter", "{cpu_ms_iter:.1f}"), ("first 10 iters (s)", "{first_steps_s:.1f}"),
+            ("final val loss", "{val_loss:.4f}"), ("best val loss", "{best_val:.4f}"), ("wall (s)", "{wall_s:.0f}"),
+            ("others' CPU (cores)", "{busy:.2f}")]
+    lines = ["| " + " | ".join(name for name, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt.format(**r) for _, fmt in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 

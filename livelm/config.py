@@ -60,6 +60,18 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0               # torch intra-op threads; 0 = leave PyTorch's default
     progress: bool = True
+    # --- other architectures (--arch bert|seq2seq|lstm; livelm/train/archs.py). The GPT ignores these.
+    # Shared fields mean the same there: n_layer, n_head, d_model, mlp_ratio, dropout, block_size.
+    mlm_prob: float = 0.15         # bert: share of real tokens chosen for masked-LM prediction
+    nsp: bool = True               # bert: also train next-sentence prediction (50% real / 50% random)
+    n_enc_layer: int = 0           # seq2seq: encoder layers (0 = n_layer); the decoder has n_layer
+    label_smoothing: float = 0.1   # seq2seq: label-smoothed cross-entropy on the target tokens
+    shared_vocab: bool = True      # seq2seq: one tokenizer and embedding for both sides, else one each
+    bpe_vocab: int = 8000          # seq2seq: BPE vocabulary trained on the pairs (per side if not shared)
+    reverse: bool = False          # seq2seq: translate column 2 -> column 1 of the pairs file
+    holdout: int = 1000            # seq2seq: pairs held out (fixed by seed) for validation and `eval`
+    lstm_hidden: int = 0           # lstm: LSTM width (0 = d_model, the embedding size)
+    carry_chunks: int = 8          # lstm: consecutive block_size chunks the hidden state flows through
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         model_fields = {f.name for f in fields(GPTConfig)}

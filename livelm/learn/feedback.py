@@ -10,6 +10,8 @@ step (live learning) can turn it into training data:
     fact         `correction` holds a statement the model should know
                  (the conversation may be empty)
 
+An item can later be marked `forgotten` by its tenant: kept for audit, not learned from.
+
 Why SQLite: one file, no server, atomic commits, and readers never block the
 writer in WAL mode. Every `add()` is committed (and, with synchronous=FULL,
 on disk) before it returns, so an acknowledged item survives a crash.
@@ -46,6 +48,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX feedback_tenant_id ON feedback (tenant, id);
     """,
+    # 1 -> 2: a user can take an item back (`/forget N` in the REPL); it stays for audit but is not learned from
+    """
+    ALTER TABLE feedback ADD COLUMN forgotten INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -66,6 +72,7 @@ class Feedback:
     tenant: str = "default"
     id: int | None = None
     created_at: float | None = None
+    forgotten: int = 0
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -146,12 +153,19 @@ class FeedbackStore:
             cur = self._db.execute(sql, args)
             cols = [c[0] for c in cur.description]
             rows = cur.fetchall()
+        known = set(Feedback.__dataclass_fields__)   # columns a later migration adds are ignored here
         out = []
         for r in rows:
-            d = dict(zip(cols, r))
+            d = {k: v for k, v in zip(cols, r) if k in known}
             d["conversation"] = json.loads(d["conversation"])
             out.append(Feedback(**d))
         return out
+
+    def forget(self, tenant: str, item_id: int) -> bool:
+        """Mark one of a tenant's items forgotten; False if the tenant has no such item."""
+        with self._lock:
+            cur = self._db.execute("UPDATE feedback SET forgotten = 1 WHERE tenant = ? AND id = ?", (tenant, item_id))
+        return cur.rowcount == 1
 
     def count(self, tenant: str | None = None) -> int:
         with self._lock:

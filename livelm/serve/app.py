@@ -36,7 +36,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -347,7 +347,10 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         if req.stream:
             return StreamingResponse(gen.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return JSONResponse(await gen.collect(request.is_disconnected))
+        try:
+            return JSONResponse(await gen.collect(request.is_disconnected))
+        except completions.ClientGone:
+            return Response(status_code=499)   # nginx's "client closed request": nobody reads it, metrics do
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -410,6 +413,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=None, help="model id of the base run (default: its directory name)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long running requests may take to finish (default 10)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the model (default: cores - 1, leaving one core to the HTTP side; "
+                        "$OMP_NUM_THREADS if set)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
 
@@ -433,7 +439,9 @@ def read_api_keys(a) -> list[str]:
 def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket ourselves, so --port 0 reveals its real port before we print the URL."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP;
+    # with proto 0 every streamed chunk would wait up to 40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -445,6 +453,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def set_threads(n: int | None) -> None:
+    """One core stays free for the event loop (HTTP, JSON, SSE). On a small machine this matters a lot:
+    with every core in torch's pool, its worker threads spin while the event loop wants the CPU, and a
+    decode step gets several times slower (measured on 2 cores: see bench/serve_load.py in bench/RESULTS.md)."""
+    import torch
+    if n is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return
+        n = max(1, (os.cpu_count() or 2) - 1)
+    if n < 1:
+        raise ValueError("--threads must be at least 1")
+    torch.set_num_threads(n)
+
+
 def cmd_serve(a) -> int:
     import uvicorn
 
@@ -454,6 +476,7 @@ def cmd_serve(a) -> int:
     if a.max_tokens_limit is not None and a.max_tokens_limit < 1:
         raise ValueError("--max-tokens-limit must be at least 1")
     keys = read_api_keys(a)
+    set_threads(a.threads)
     app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
                      max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
                      served_model_name=a.served_model_name)

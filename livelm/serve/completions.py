@@ -29,11 +29,16 @@ from pydantic import ValidationError
 
 from livelm.chat.template import ChatFormatError, prompt_ids, validate
 from livelm.infer.sampling import SamplingParams
-from livelm.serve.openai_schema import MAX_N, SEED_MAX, SEED_MIN, ChatCompletionRequest, CompletionRequest
+from livelm.serve.openai_schema import (MAX_N, SEED_MAX, SEED_MIN, ChatCompletionRequest, CompletionRequest,
+                                        FeedbackRequest, unsupported)
 from livelm.serve.scheduler import Chunk, NotAccepting, QueueFull, Ticket
 
 MAX_SEQUENCES = 4 * MAX_N          # choices x prompts in one request
 DISCONNECT_POLL = 0.25             # seconds between "is the client still there?" checks (non-streaming)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its (non-streamed) answer was ready."""
 
 
 class APIError(Exception):
@@ -55,6 +60,8 @@ def dumps(obj) -> str:
 
 def parse(model_cls, body: dict):
     """Body -> request model; a type or range error is a 400 naming the field (like vLLM, not FastAPI's 422)."""
+    if model_cls is not FeedbackRequest and (name := unsupported(body)):
+        raise APIError(400, f"{name} is not supported by livelm serve", param=name, code="unsupported_parameter")
     try:
         return model_cls.model_validate(body)
     except ValidationError as e:
@@ -95,7 +102,7 @@ def sampling_params(req, prompt_len: int, max_len: int, limit: int | None, promp
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        stop=tuple(req.stop),
+        stop=tuple(req.stop or ()),
         stop_token_ids=tuple(req.stop_token_ids) if req.stop_token_ids is not None else None,
         ignore_eos=req.ignore_eos,
         seed=req.seed,
@@ -267,12 +274,19 @@ class Generation:
         tokens = 0
         try:
             done = 0
+            checked = time.monotonic()
             while done < self.k:
+                queue = self.ticket.queue
                 try:
-                    c = await asyncio.wait_for(self.ticket.queue.get(), DISCONNECT_POLL)
+                    c = queue.get_nowait() if not queue.empty() else await asyncio.wait_for(queue.get(), DISCONNECT_POLL)
                 except TimeoutError:
+                    c = None
+                # chunks may arrive every few ms, so poll the connection by the clock, not on timeouts only
+                if time.monotonic() - checked >= DISCONNECT_POLL:
+                    checked = time.monotonic()
                     if await is_disconnected():
-                        raise asyncio.CancelledError()
+                        raise ClientGone()
+                if c is None:
                     continue
                 if c.error:
                     raise _chunk_error(c)
@@ -298,26 +312,31 @@ class Generation:
             return f"data: {dumps(payload)}\n\n"
 
         try:
-            for i in range(self.k):
-                first = self.fmt.first(i)
-                if first is not None:
-                    yield sse(self._envelope(obj, [first], **extra))
+            firsts = [self.fmt.first(i) for i in range(self.k)]
+            if firsts[0] is not None:
+                yield "".join(sse(self._envelope(obj, [f], **extra)) for f in firsts)
             done, tokens = 0, 0
+            queue = self.ticket.queue
             while done < self.k:
-                c = await self.ticket.queue.get()
-                if c.error:
-                    yield sse(_chunk_error(c).body())
-                    yield "data: [DONE]\n\n"
-                    return
-                if c.delta or (c.logprobs and self.want_logprobs):
-                    lp = self.fmt.logprobs(c.index, c.logprobs) if self.want_logprobs else None
-                    yield sse(self._envelope(obj, [self.fmt.delta(c.index, c.delta, lp)], **extra))
-                if c.finish_reason:
-                    yield sse(self._envelope(obj, [self.fmt.final(c.index, c.finish_reason)], **extra))
-                    tokens += c.completion_tokens
-                    done += 1
-            if self.include_usage:
-                yield sse(self._envelope(obj, [], usage=self._usage(tokens)))
-            yield "data: [DONE]\n\n"
+                out = []
+                c = await queue.get()
+                while True:   # whatever else is already queued goes out in the same write
+                    if c.error:
+                        yield "".join(out) + sse(_chunk_error(c).body()) + "data: [DONE]\n\n"
+                        return
+                    if c.delta or (c.logprobs and self.want_logprobs):
+                        lp = self.fmt.logprobs(c.index, c.logprobs) if self.want_logprobs else None
+                        out.append(sse(self._envelope(obj, [self.fmt.delta(c.index, c.delta, lp)], **extra)))
+                    if c.finish_reason:
+                        out.append(sse(self._envelope(obj, [self.fmt.final(c.index, c.finish_reason)], **extra)))
+                        tokens += c.completion_tokens
+                        done += 1
+                    if queue.empty():
+                        break
+                    c = queue.get_nowait()
+                if out:
+                    yield "".join(out)
+            tail = sse(self._envelope(obj, [], usage=self._usage(tokens))) if self.include_usage else ""
+            yield tail + "data: [DONE]\n\n"
         finally:
             self.scheduler.cancel(self.ticket)

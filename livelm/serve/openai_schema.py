@@ -18,6 +18,26 @@ MAX_LOGPROBS = 20
 SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
+# Fields that change what the answer means: silently ignoring them would mislead, so they are a 400.
+# (Fields that only describe the caller, like `user`, are accepted and ignored.)
+UNSUPPORTED = ("logit_bias", "tools", "tool_choice", "functions", "function_call", "suffix", "best_of",
+               "prompt_logprobs", "guided_json", "guided_regex", "guided_choice")
+
+
+def unsupported(body: dict) -> str | None:
+    """The first unsupported field the request actually uses, if any."""
+    for name in UNSUPPORTED:
+        value = body.get(name)
+        if value not in (None, [], {}, "none") and not (name == "best_of" and value == body.get("n", 1)):
+            return name
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        return "response_format"
+    if body.get("echo") is True:
+        return "echo"
+    return None
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
@@ -77,7 +97,6 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: bool = False
 
     @property
     def token_limit(self) -> int | None:

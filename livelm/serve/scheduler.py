@@ -75,6 +75,11 @@ class _Track:
     last_token_at: float | None = None
 
 
+def _deliver(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
+    for queue, chunk in items:
+        queue.put_nowait(chunk)
+
+
 class Scheduler:
     def __init__(self, engine: Engine, max_queue: int = 256, metrics=None):
         self.engine = engine
@@ -86,6 +91,7 @@ class Scheduler:
         self.accepting = True
         self.deadline: float | None = None   # shutdown: give up on unfinished work after this
         self.stopped = False
+        self.outbox: dict[asyncio.AbstractEventLoop, list] = {}   # chunks of the current step, per event loop
         self.thread = threading.Thread(target=self._run, name="livelm-scheduler", daemon=True)
 
     def start(self) -> "Scheduler":
@@ -197,6 +203,7 @@ class Scheduler:
                 self.metrics.steps.observe(now - t0)
             for ev in events:
                 self._route(ev, now)
+            self._flush()
 
     def _route(self, ev: Event, now: float) -> None:
         seq = ev.seq
@@ -232,10 +239,16 @@ class Scheduler:
         self._post(track.ticket, chunk)
 
     def _post(self, ticket: Ticket, chunk: Chunk) -> None:
-        try:
-            ticket.loop.call_soon_threadsafe(ticket.queue.put_nowait, chunk)
-        except RuntimeError:   # the event loop is closed: nobody is listening any more
-            pass
+        self.outbox.setdefault(ticket.loop, []).append((ticket.queue, chunk))
+
+    def _flush(self) -> None:
+        """Hand this step's chunks over: one wake-up of each event loop per step, not one per sequence."""
+        outbox, self.outbox = self.outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:   # the event loop is closed: nobody is listening any more
+                pass
 
     def _abort_all(self, message: str, code: str) -> None:
         """Retire every sequence and tell each waiting client why."""
@@ -249,3 +262,4 @@ class Scheduler:
             tracks, self.tracks = self.tracks, {}
         for track in tracks.values():
             self._post(track.ticket, Chunk(track.index, error=message, error_code=code))
+        self._flush()
