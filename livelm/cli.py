@@ -209,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     # commands that live beside their feature
     from livelm.chat import repl
     from livelm.learn import cli as learn_cli, rl
+    from livelm.serve import app as serve_app
     from livelm.train import archs, finetune
     repl.register(sub)
+    serve_app.register(sub)
     finetune.register(sub)
     archs.register(sub)
     rl.register(sub)

@@ -50,7 +50,8 @@ from livelm.serve.scheduler import Scheduler
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback")
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback",
+          "/v1/adapters", "/v1/adapters/rollback")
 log = logging.getLogger("livelm.serve")
 
 
@@ -75,7 +76,8 @@ class ServeState:
 
     def __init__(self, run, adapters=(), *, api_keys=(), max_batch: int = 16, max_queue: int = 256,
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
-                 served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None):
+                 served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
+                 learn=None, adapter_store=None):
         from livelm.infer.loader import resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
@@ -104,7 +106,13 @@ class ServeState:
         self.versions: dict[str, str | None] = {}
         self.created = int(time.time())
 
-        self.feedback = FeedbackStore(feedback_db or self.run / "feedback.sqlite")
+        self.feedback_path = Path(feedback_db or self.run / "feedback.sqlite")
+        self.feedback = FeedbackStore(self.feedback_path)
+        # live learning (livelm/learn/live.py): a LearnConfig, or None for off
+        self.base_dir = base_dir
+        self.learn_config = learn
+        self.adapter_store = Path(adapter_store or base_dir / "adapters")
+        self.learner = None
         self.engine = None
         self.tokenizer = None
         self.scheduler: Scheduler | None = None
@@ -134,6 +142,10 @@ class ServeState:
             self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
             self.tokenizer, self.engine = tokenizer, engine
             self.scheduler = Scheduler(engine, max_queue=self.max_queue, metrics=self.metrics).start()
+            if self.learn_config is not None and self.learn_config.modes:
+                from livelm.learn.live import LiveLearner
+                self.learner = LiveLearner(self.base_dir, self.feedback_path, self.adapter_store, self.scheduler,
+                                           self.feedback, self.learn_config)
         except Exception as e:
             log.exception("loading the model failed")
             self.load_error = f"{type(e).__name__}: {e}"
@@ -323,12 +335,19 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         return state.model_card(mid)
 
     async def generate(request: Request, chat: bool):
-        state.authenticate(request)
+        tenant = state.authenticate(request)
         state.require_ready()
         body = await read_json(request, state.max_body)
         req = parse(ChatCompletionRequest if chat else CompletionRequest, body)
         completions.check_stream_options(req)
         model, adapter = state.resolve(req.model)
+        learner = state.learner
+        if learner is not None and chat and adapter is None:
+            # live learning: this tenant's remembered facts go into the prompt, its learned adapter (if any)
+            # answers; other tenants are untouched. Loading a new version may wait for one decode step.
+            if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in req.messages):
+                req.messages = await run_in_threadpool(learner.apply_memory, tenant, req.messages)
+            adapter = await run_in_threadpool(learner.adapter_for, tenant)
         tok = state.tokenizer
         if chat:
             prompts, fmt, field = [completions.chat_prompt(req, tok)], completions.ChatFormat(tok), "messages"
@@ -373,7 +392,40 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             item = await run_in_threadpool(state.feedback.add, item)   # an fsync: keep it off the event loop
         except FeedbackError as e:
             raise APIError(400, str(e), code="invalid_parameter") from None
-        return {"object": "feedback", **feedback_json(item)}
+        learning = False
+        if state.learner is not None:
+            learning = await run_in_threadpool(state.learner.on_feedback, tenant)
+        return {"object": "feedback", "learning_started": learning, **feedback_json(item)}
+
+    @app.get("/v1/adapters")
+    async def list_adapters(request: Request):
+        """This tenant's learned adapter versions (live, previous, rejected) with their probe figures."""
+        tenant = state.authenticate(request)
+        state.require_ready()
+        if state.learner is None:
+            return {"object": "list", "data": [], "current": None, "learning": False}
+        versions = await run_in_threadpool(state.learner.versions, tenant)
+        current = next((v["version"] for v in versions if v.get("live")), None)
+        return {"object": "list", "data": versions, "current": current or "base",
+                "learning": state.learner.busy()}
+
+    @app.post("/v1/adapters/rollback")
+    async def rollback_adapter(request: Request):
+        """Return this tenant to its previous live version (or {"to": "vNNNN" | "base"})."""
+        tenant = state.authenticate(request)
+        state.require_ready()
+        if state.learner is None:
+            raise APIError(400, "live learning is off on this server (--learn off)", code="learning_off")
+        body = await read_json(request, state.max_body) if request.headers.get("content-length", "0") != "0" else {}
+        to = body.get("to")
+        if to is not None and not isinstance(to, str):
+            raise APIError(400, "`to` must be a version name like v0003, or 'base'", param="to", code="invalid_parameter")
+        from livelm.learn.adapters import AdapterStoreError
+        try:
+            current = await run_in_threadpool(state.learner.rollback, tenant, to)
+        except AdapterStoreError as e:
+            raise APIError(400, str(e), param="to", code="invalid_parameter") from None
+        return {"object": "adapter.rollback", "current": current or "base"}
 
     @app.get("/v1/feedback")
     async def list_feedback(request: Request, limit: int = 100, after: int = 0):
@@ -416,6 +468,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the model (default: cores - 1, leaving one core to the HTTP side; "
                         "$OMP_NUM_THREADS if set)")
+    g = p.add_argument_group("live learning (see livelm/learn/live.py)")
+    g.add_argument("--learn", default="memory,adapter",
+                   help="comma-separated: memory (facts/corrections into prompts at once), adapter (background "
+                        "LoRA updates, hot-swapped); 'off' disables (default memory,adapter)")
+    g.add_argument("--adapter-store", type=Path, default=None, help="where learned adapters are kept (default RUN/adapters)")
+    g.add_argument("--learn-every", type=int, default=1, metavar="N", help="new trainable feedback items per update (default 1)")
+    g.add_argument("--learn-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="minimum seconds between two updates of one tenant (default 2)")
+    g.add_argument("--learn-steps", type=int, default=40, help="training steps per update (default 40)")
+    g.add_argument("--learn-rank", type=int, default=8, help="LoRA rank of learned adapters (default 8)")
+    g.add_argument("--learn-lr", type=float, default=3e-3, help="learning rate of updates (default 3e-3)")
+    g.add_argument("--learn-modes", default="sft,dpo,kto", help="objectives used by updates (default sft,dpo,kto)")
+    g.add_argument("--probe-size", type=int, default=60, help="held-out built-in questions in the guard's probe (default 60)")
+    g.add_argument("--max-probe-drop", type=float, default=0.05,
+                   help="reject an update whose probe accuracy drops by more than this (default 0.05)")
+    g.add_argument("--regression-file", default=None, help="operator's JSONL probes: {\"messages\": [...], \"expect\": \"text\"}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
 
@@ -467,6 +535,21 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
+def learn_config(a):
+    """--learn* flags -> LearnConfig (None when learning is off)."""
+    from livelm.learn.live import LearnConfig
+    from livelm.learn.update import UpdateConfig
+    modes = tuple(m for m in a.learn.split(",") if m and m != "off")
+    unknown = set(modes) - {"memory", "adapter"}
+    if unknown:
+        raise ValueError(f"--learn: unknown mode(s) {', '.join(sorted(unknown))}; use memory, adapter or off")
+    if not modes:
+        return None
+    update = UpdateConfig(steps=a.learn_steps, rank=a.learn_rank, lr=a.learn_lr, modes=a.learn_modes,
+                          probe_size=a.probe_size, max_drop=a.max_probe_drop, regression_file=a.regression_file)
+    return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, update=update)
+
+
 def cmd_serve(a) -> int:
     import uvicorn
 
@@ -479,7 +562,7 @@ def cmd_serve(a) -> int:
     set_threads(a.threads)
     app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
                      max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
-                     served_model_name=a.served_model_name)
+                     served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store)
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]
