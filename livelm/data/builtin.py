@@ -1208,9 +1208,34 @@ def _random_price(rng: random.Random, fact: Fact) -> tuple[str, str]:
             return f"¥{m}", f"¥{m}"
 
 
+def _random_digits(rng: random.Random, fact: Fact) -> tuple[str, str] | None:
+    """Replace every number in the value by a fresh one, the same way in both languages
+    ("9am to 9pm" / "早上9点到晚上9点" -> "7am to 4pm" / "早上7点到晚上4点"). None when the
+    two values do not carry the same numbers (e.g. Chinese numerals like 九折)."""
+    nums = re.findall(r"\d+", fact.value_en)
+    if not nums or nums != re.findall(r"\d+", fact.value_zh):
+        return None
+    fresh = {}
+    for n in nums:
+        if n not in fresh:
+            lo, hi = (1, 9) if len(n) == 1 else (10 ** (len(n) - 1), 10 ** len(n) - 1)
+            m = n
+            while m == n:
+                m = str(rng.randint(lo, hi))
+            fresh[n] = m
+    sub = lambda text: re.sub(r"\d+", lambda mo: fresh[mo.group()], text)  # noqa: E731
+    return sub(fact.value_en), sub(fact.value_zh)
+
+
 def _counterfactual(rng: random.Random, fact: Fact) -> tuple[str, str]:
+    # Mostly fresh random numbers: with only the few listed alternatives a small model learns
+    # to recall them instead of copying from the notes, and memory then fails on new values.
     if _is_plain_price(fact) and rng.random() < 0.35:
         return _random_price(rng, fact)
+    if rng.random() < 0.7:
+        fresh = _random_digits(rng, fact)
+        if fresh is not None:
+            return fresh
     return rng.choice(fact.alternatives)
 
 
