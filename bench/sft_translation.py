@@ -43,8 +43,8 @@ def final_val(metrics: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretrain-iters", type=int, default=600)
-    p.add_argument("--sft-iters", type=int, default=400)
+    p.add_argument("--pretrain-iters", type=int, default=400)
+    p.add_argument("--sft-iters", type=int, default=300)
     p.add_argument("--work", type=Path, default=None, help="working directory (default: a temp dir)")
     a = p.parse_args()
     from livelm.chat.template import prompt_ids
@@ -70,7 +70,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     prepare([work / "text.txt"], work / "data", vocab_size=4096, progress=False)
-    cfg = resolve_config(None, preset="llama", n_layer=4, n_head=4, n_kv_head=2, d_model=192, block_size=128,
+    cfg = resolve_config(None, preset="llama", n_layer=4, n_head=4, n_kv_head=2, d_model=128, block_size=128,
                          batch_size=16, max_iters=a.pretrain_iters, lr=2e-3, min_lr=2e-4, warmup_iters=50,
                          eval_interval=a.pretrain_iters, eval_iters=10, progress=True)
     data = TokenData(work / "data")

@@ -151,11 +151,21 @@ def run_setting(spec: dict) -> dict:
     steps.sort()
     cpu.sort()
     median = steps[len(steps) // 2] if steps else float("nan")
+    # each evaluation is a run of val-batch requests: its span, scaled up by one batch
+    evals_s, run = [], []
+    for split, t, _ in stamps + [("train", 0.0, 0.0)]:
+        if split == "val":
+            run.append(t)
+        elif run:
+            evals_s.append((run[-1] - run[0]) * len(run) / max(1, len(run) - 1))
+            run = []
     vals = [e["val_loss"] for e in evals if "val_loss" in e]
     return {
         "setting": spec["name"], "iters": cfg.max_iters, "threads": torch.get_num_threads(),
         "ms_iter": median * 1e3, "cpu_ms_iter": cpu[len(cpu) // 2] * 1e3 if cpu else float("nan"), "tok_s": cfg.batch_size * cfg.block_size / median if steps else 0.0,
         "first_steps_s": train_t[min(WARMUP_STEPS, len(train_t) - 1)] - train_t[0] if train_t else 0.0,
+        "first_eval_s": evals_s[0] if evals_s else 0.0,
+        "eval_s": sum(evals_s[1:]) / max(1, len(evals_s) - 1),
         "val_loss": result.val_loss, "best_val": min(vals) if vals else float("nan"),
         "wall_s": wall, "busy": busy,
     }
@@ -177,6 +187,7 @@ def run_in_subprocess(name: str, config: dict, data: Path) -> dict:
 def markdown(rows: list[dict]) -> str:
     cols = [("setting", "{setting}"), ("iters", "{iters}"), ("threads", "{threads}"), ("ms/iter", "{ms_iter:.1f}"),
             ("tokens/s", "{tok_s:,.0f}"), ("CPU ms/iter", "{cpu_ms_iter:.1f}"), ("first 10 iters (s)", "{first_steps_s:.1f}"),
+            ("1st / later eval (s)", "{first_eval_s:.1f} / {eval_s:.1f}"),
             ("final val loss", "{val_loss:.4f}"), ("best val loss", "{best_val:.4f}"), ("wall (s)", "{wall_s:.0f}"),
             ("others' CPU (cores)", "{busy:.2f}")]
     lines = ["| " + " | ".join(name for name, _ in cols) + " |", "|" + "---|" * len(cols)]
