@@ -1,14 +1,24 @@
 """nanoGPT's CPU recipe on tiny Shakespeare, through livelm's own machinery.
 
-    .venv/bin/python bench/shakespeare_char.py                 # all settings, 2000 iterations each
-    .venv/bin/python bench/shakespeare_char.py --quick         # smoke run: 60 iterations, fp32-eager and fast
+    .venv/bin/python bench/shakespeare_char.py                 # default settings, 2000 iterations each
+    .venv/bin/python bench/shakespeare_char.py --quick         # smoke run: 60 iterations, 2 settings
     .venv/bin/python bench/shakespeare_char.py --settings fast --budget 180   # + best val loss in 3 minutes
 
 The recipe (nanoGPT README, "I only have a macbook"): character tokens, GPT-2
 blocks (preset gpt2), 4 layers x 4 heads x 128 wide, block 64, batch 12,
 lr 1e-3 -> 1e-4 cosine over 2000 iterations, 100 warmup, beta2 0.99,
 dropout 0, eval every 250 iterations on 20 batches. nanoGPT reports val loss
-1.88 after ~3 minutes on a laptop CPU.
+1.88 after ~3 minutes on a laptop CPU. The same settings via the CLI:
+
+    livelm prepare ../shared/data/tinyshakespeare/input.txt --out DATA --tokenizer char
+    livelm train --data DATA --out RUN --n-layer 4 --n-head 4 --d-model 128 --block-size 64 \
+        --batch-size 12 --beta2 0.99 --dtype bfloat16 --compile --threads 1
+
+Settings (SETTINGS below) vary only the runtime: dtype (fp32, or bf16 autocast),
+torch.compile, and intra-op threads (0 = PyTorch's default of one per core).
+On a machine whose cores are shared with other jobs, use --threads 1: OpenMP's
+threads wait for each other at every operator, so when a neighbour holds one
+of the cores each step stalls (measured 3-10x slower than one thread).
 
 The corpus is prepared once with `livelm.data.prepare.prepare` into a cache
 folder outside the repository (~/.cache/livelm/bench, or $LIVELM_BENCH_CACHE).
@@ -19,11 +29,12 @@ Timing: the trainer fetches one batch per step, so the time between two
 consecutive training-batch requests is one whole step (forward, backward,
 clipping, AdamW, logging). ms/iter is the median of those intervals after the
 first 10 steps (which include torch.compile) and excluding steps with an
-evaluation; the median keeps a busy neighbour on a shared machine from
-skewing a comparison. "busy" is the CPU (in cores) that *other* processes used
-during the run, read from /proc/stat: a comparison is only fair when it is
-near 0. wall is the whole run: model build, compile, training, evaluations and
-checkpoints.
+evaluation; tokens/s = 768 / ms/iter. CPU ms/iter is the process's CPU time
+per step: with 1 thread it is the step's cost even when a neighbour steals
+wall time. "others' CPU" is the CPU (in cores) that *other* processes used
+during the run, read from /proc/stat: wall-clock comparisons are only fair
+when it is near 0. wall is the whole run: model build, compile, training,
+evaluations and checkpoints.
 
 Results are printed as a markdown table on stdout; progress goes to stderr.
 """
@@ -47,17 +58,18 @@ RECIPE = dict(preset="gpt2", n_layer=4, n_head=4, d_model=128, block_size=64, ba
               max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99,
               eval_interval=250, eval_iters=20, log_interval=10, seed=1337, device="cpu", progress=False)
 
-# Named runtime settings (TrainConfig fields only). `fast` is the recommended one.
+# Named runtime settings (TrainConfig fields only). threads 0 = PyTorch's default (one per core).
 SETTINGS = {
-    "fp32-eager": dict(dtype="float32", compile=False, threads=0),
+    "fp32-eager": dict(dtype="float32", compile=False, threads=0),        # `livelm train` out of the box
     "fp32-eager-1t": dict(dtype="float32", compile=False, threads=1),
-    "bf16-eager": dict(dtype="bfloat16", compile=False, threads=0),
-    "fp32-compile": dict(dtype="float32", compile=True, threads=0),
+    "bf16-eager-1t": dict(dtype="bfloat16", compile=False, threads=1),
+    "fp32-compile-1t": dict(dtype="float32", compile=True, threads=1),
+    "bf16-compile-1t": dict(dtype="bfloat16", compile=True, threads=1),   # the fastest here ("fast")
     "bf16-compile": dict(dtype="bfloat16", compile=True, threads=0),
-    "fast": dict(dtype="bfloat16", compile=True, threads=0),
 }
-DEFAULT_SETTINGS = ["fp32-eager", "bf16-eager", "fp32-compile", "fast"]
-QUICK_SETTINGS = ["fp32-eager", "fast"]
+ALIASES = {"fast": "bf16-compile-1t", "baseline": "fp32-eager"}
+DEFAULT_SETTINGS = ["fp32-eager", "fp32-eager-1t", "bf16-compile-1t", "bf16-compile"]
+QUICK_SETTINGS = ["fp32-eager-1t", "bf16-compile-1t"]
 WARMUP_STEPS = 10
 
 
@@ -165,7 +177,7 @@ def run_setting(spec: dict) -> dict:
         "ms_iter": median * 1e3, "cpu_ms_iter": cpu[len(cpu) // 2] * 1e3 if cpu else float("nan"), "tok_s": cfg.batch_size * cfg.block_size / median if steps else 0.0,
         "first_steps_s": train_t[min(WARMUP_STEPS, len(train_t) - 1)] - train_t[0] if train_t else 0.0,
         "first_eval_s": evals_s[0] if evals_s else 0.0,
-        "eval_s": sum(evals_s[1:]) / max(1, len(evals_s) - 1),
+        "eval_s": sum(evals_s[1:]) / (len(evals_s) - 1) if len(evals_s) > 1 else float("nan"),
         "val_loss": result.val_loss, "best_val": min(vals) if vals else float("nan"),
         "wall_s": wall, "busy": busy,
     }
@@ -199,7 +211,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default=None,
-                   help=f"comma-separated, from {', '.join(SETTINGS)} (default {','.join(DEFAULT_SETTINGS)})")
+                   help=f"comma-separated, from {', '.join(SETTINGS)}, or fast / baseline (default {','.join(DEFAULT_SETTINGS)})")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default 2000; --quick 60)")
     p.add_argument("--quick", action="store_true", help="smoke run: 60 iterations, evals every 30 on 4 batches")
     p.add_argument("--budget", type=float, default=0,
@@ -214,6 +226,7 @@ def main(argv=None) -> int:
         return 0
 
     names = (a.settings.split(",") if a.settings else QUICK_SETTINGS if a.quick else DEFAULT_SETTINGS)
+    names = [ALIASES.get(n, n) for n in names]
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         p.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")

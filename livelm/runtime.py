@@ -27,9 +27,10 @@ def pick_device(name: str = "auto") -> torch.device:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto`: bf16 on GPUs that support it, fp32 elsewhere.
 
-    On this project's CPUs (AVX-512 with bf16) bf16 autocast was measured
-    *slower* than fp32 for small training runs (see bench/RESULTS.md), so the
-    CPU default stays fp32; pass --dtype bfloat16 to try it on your machine.
+    On CPU the default stays fp32: bf16 autocast paid off here only together
+    with --compile (2.2x faster than fp32 eager on the Shakespeare recipe, see
+    bench/RESULTS.md), and compilation costs start-up time and needs a C++
+    compiler. Pass --dtype bfloat16 --compile true to use it.
     """
     if name == "auto":
         if device.type == "cuda":

@@ -72,6 +72,14 @@ def slow_run(tiny_chat_run, tmp_path):
     tok = Tokenizer.load(tiny_chat_run / "chat")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=4096, n_layer=6, n_head=8, d_model=512))
+    # make sure it never ends its turn on its own: the final norm's bias points away from eos/end
+    with torch.no_grad():
+        c = torch.randn(512)
+        c = 3 * c / c.norm()
+        model.ln_f.weight.fill_(0.3)
+        model.ln_f.bias.copy_(c)
+        for t in (tok.eos_id, tok.end_id):
+            model.wte.weight[t] = -10 * c
     save_checkpoint(tmp_path / "slow", model, tok, {"arch": "gpt", "model": model.cfg.to_dict()}, step=0)
     return tmp_path / "slow"
 

@@ -43,17 +43,21 @@ def test_memory_changes_answers_at_once_for_that_tenant_only(tiny_chat_run, tmp_
     s = ServerProcess(tiny_chat_run / "chat", "--api-key-file", keys, "--learn", "memory",
                       "--feedback-db", tmp_path / "fb.sqlite", log_dir=tmp_path)
     try:
-        before = ask(s.url, "key-alice")
-        bob_before = ask(s.url, "key-bob")
+        lp = dict(logprobs=True, top_logprobs=5)
+        before = ask(s.url, "key-alice", **lp)
+        bob_before = ask(s.url, "key-bob", **lp)
         post(s.url, "key-alice", "/v1/feedback", {"kind": "correction", "conversation": [{"role": "user", "content": Q}],
                                                   "answer": before["choices"][0]["message"]["content"],
                                                   "correction": "Delivery costs ¥12. 运费12元。"})
-        after = ask(s.url, "key-alice")
-        # the note is in alice's prompt (it grew) and her answer changed; bob's prompt and answer did not
+        after = ask(s.url, "key-alice", **lp)
+        first = lambda r: r["choices"][0]["logprobs"]["content"][0]["top_logprobs"]  # noqa: E731
+        # the note is in alice's prompt (it grew) and the model's next-token distribution moved;
+        # bob's prompt and distribution did not (the tiny test model may still say the same words)
         assert after["usage"]["prompt_tokens"] > before["usage"]["prompt_tokens"]
-        assert after["choices"][0]["message"]["content"] != before["choices"][0]["message"]["content"]
-        bob_after = ask(s.url, "key-bob")
+        assert first(after) != first(before)
+        bob_after = ask(s.url, "key-bob", **lp)
         assert bob_after["usage"]["prompt_tokens"] == bob_before["usage"]["prompt_tokens"]
+        assert first(bob_after) == first(bob_before)
         assert bob_after["choices"][0]["message"]["content"] == bob_before["choices"][0]["message"]["content"]
         # an unrelated question does not pick up the note
         unrelated = "周末几点开门？"
@@ -88,7 +92,7 @@ def test_adapter_update_hot_swaps_under_load_and_rolls_back(tiny_chat_run, tmp_p
         fb = post(s.url, "key-alice", "/v1/feedback", {"kind": "correction", "conversation": [{"role": "user", "content": Q}],
                                                        "answer": original, "correction": "运费12元。"})
         assert fb["learning_started"] is True
-        while time.perf_counter() - t0 < 180:
+        while time.perf_counter() - t0 < 420:   # ~15 s on an idle 2-core machine; generous for a loaded one
             if get(s.url, "key-alice", "/v1/adapters")["current"] != "base":
                 break
             time.sleep(0.5)

@@ -87,9 +87,10 @@ def serve_dirs(tiny_chat_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(serve_dirs, tmp_path_factory):
     d = tmp_path_factory.mktemp("server")
-    # adapter learning is exercised in tests/learn/test_live_server.py; here it would only add background load
+    # live learning is exercised in tests/learn/test_live_server.py; here notes from one test's feedback
+    # would lengthen later tests' prompts, and updates would only add background load
     s = ServerProcess(serve_dirs["run"], "--adapter", serve_dirs["adapter"], "--max-batch", "16",
-                      "--feedback-db", d / "feedback.sqlite", "--learn", "memory", log_dir=d)
+                      "--feedback-db", d / "feedback.sqlite", "--learn", "off", log_dir=d)
     s.feedback_db = d / "feedback.sqlite"
     yield s
     s.stop()
