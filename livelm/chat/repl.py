@@ -216,7 +216,10 @@ def stream_answer(session: ChatSession, deltas, out) -> None:
                 out.write(delta)
                 out.flush()
             else:
-                out.write(delta)
+                # Through a pipe every answer is exactly one line, so scripts stay aligned with their input
+                # lines: line breaks inside an answer are written as the escapes \n and \r (and a real
+                # backslash as \\), which `printf %b` turns back.
+                out.write(delta.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r"))
     except KeyboardInterrupt:
         gen.close()  # cancels the sequence; the partial answer stays in history
         session.notices.append("stopped")

@@ -824,7 +824,8 @@ def cmd_translate(a) -> int:
     params.validate()
     for line in translate_texts(model, source_tokenizer(a.run, tok), tok, _inputs(a), beam=a.beam,
                                 length_penalty=a.length_penalty, max_tokens=a.max_tokens, params=params):
-        print(line)
+        # one source line in, one translation line out: a stray line break from the model must not shift them
+        print(" ".join(line.splitlines()))
     return 0
 
 

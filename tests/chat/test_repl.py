@@ -1,4 +1,5 @@
 """The chat REPL, driven the way people and scripts drive it: through a pipe and through a terminal."""
+import io
 import json
 import os
 import signal
@@ -8,11 +9,26 @@ import time
 import pexpect
 import pytest
 
+from livelm.chat.repl import stream_answer
 from tests.conftest import LIVELM, ROOT, run_cli
 
 
 def chat(run, lines, *flags):
     return run_cli("chat", run, "--temperature", "0", "--max-tokens", "12", *flags, input="\n".join(lines) + "\n")
+
+
+def escape_line(text):
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def test_piped_answer_is_one_line_whatever_the_model_writes():
+    class Pipe(io.StringIO):
+        def isatty(self):
+            return False
+    out, session = Pipe(), type("S", (), {"notices": []})()
+    stream_answer(session, iter(["第一行\n", "second \\ line\r\n", "🙂"]), out)
+    assert out.getvalue() == "第一行\\nsecond \\\\ line\\r\\n🙂\n"
+    assert out.getvalue().count("\n") == 1
 
 
 def test_pipe_multi_turn_reset_system_save(tiny_chat_run, tmp_path):
@@ -21,12 +37,12 @@ def test_pipe_multi_turn_reset_system_save(tiny_chat_run, tmp_path):
     res = chat(run, ["你好 🙂", "What are your opening hours?", "/system 你是枫叶小铺的客服助手。",
                      "/save " + str(saved), "/reset", "/temp 0.5", "/temp banana", "/nope", "营业时间？", "/quit",
                      "never sent"])
-    answers = res.stdout.splitlines()
+    answers = res.stdout.split("\n")[:-1]
     assert len(answers) == 3  # one line per message, commands print nothing on stdout
     conv = json.loads(saved.read_text(encoding="utf-8"))["messages"]
     assert [m["role"] for m in conv] == ["system", "user", "assistant", "user", "assistant"]
     assert conv[0]["content"] == "你是枫叶小铺的客服助手。" and conv[1]["content"] == "你好 🙂"
-    assert conv[2]["content"] == answers[0].rstrip("\n") or answers[0] == ""
+    assert escape_line(conv[2]["content"]) == answers[0]
     err = res.stderr
     assert "[conversation cleared]" in err and "[temperature = 0.5]" in err
     assert "error: could not convert string to float" in err and "unknown command /nope" in err
@@ -42,7 +58,7 @@ def test_pipe_retry_and_overflow(tiny_chat_run):
     assert res.returncode == 0
     assert "dropped the oldest" in res.stderr
     assert "too long for the 128-token context window" in res.stderr
-    lines = res.stdout.splitlines()
+    lines = res.stdout.split("\n")[:-1]
     # one line per message keeps scripts aligned: 3 answers, the retry, an empty line for the refused message, "hi"
     assert len(lines) == 6 and lines[4] == ""
 
