@@ -18,6 +18,7 @@ must hold `engine.lock` (the server does this).
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import time
@@ -93,7 +94,9 @@ class Engine:
         self.device = next(model.parameters()).device
         dtype = cache_dtype or next(model.parameters()).dtype
         self.cache = KVCache(self.cfg, max_batch, self.max_len, device=self.device, dtype=dtype)
-        self.free_slots = list(range(max_batch - 1, -1, -1))
+        # a min-heap: new sequences take the lowest free rows, so a busy batch occupies rows 0..B-1 and the
+        # attention reads the cache as views instead of gathering it (see GPT.forward)
+        self.free_slots = list(range(max_batch))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.lock = threading.RLock()
@@ -139,7 +142,7 @@ class Engine:
                 events.append(Event(seq, "", True))
             while self.waiting and self.free_slots:
                 seq = self.waiting.popleft()
-                seq.slot = self.free_slots.pop()
+                seq.slot = heapq.heappop(self.free_slots)
                 self.cache.reset(seq.slot)
                 self.running.append(seq)
         for seq in [s for s in self.running if s.cancelled]:
@@ -161,7 +164,7 @@ class Engine:
         # decode: sequences whose next-token logits are pending get a token sampled;
         # the others feed their last token through one batched forward pass first.
         ready = [s for s in self.running if s.prefilled == len(s.prompt_ids)]
-        needs_forward = [s for s in ready if s.next_logits is None]
+        needs_forward = sorted((s for s in ready if s.next_logits is None), key=lambda s: s.slot)
         if needs_forward:
             idx = torch.tensor([[s.out_ids[-1]] for s in needs_forward], device=self.device)
             slots = torch.tensor([s.slot for s in needs_forward], device=self.device)
@@ -210,7 +213,7 @@ class Engine:
             if seq in self.running:
                 self.running.remove(seq)
             if seq.slot is not None:
-                self.free_slots.append(seq.slot)
+                heapq.heappush(self.free_slots, seq.slot)
                 seq.slot = None
 
     # ---- convenience loops -------------------------------------------------

@@ -53,6 +53,22 @@ def test_kv_cache_rows_at_different_positions_batch_correctly():
     assert cache.lengths.tolist() == [16, 0, 8]
 
 
+def test_consecutive_and_scattered_cache_rows_agree():
+    """Consecutive rows read the cache as views, scattered rows gather it: both equal decoding alone."""
+    model = tiny("llama")
+    prompts = [torch.randint(0, 97, (1, n)) for n in (5, 11, 8)]
+    nxt = torch.tensor([[3], [7], [4]])
+    with torch.no_grad():
+        alone = [model(torch.cat([p, nxt[i:i + 1]], 1))[0, -1] for i, p in enumerate(prompts)]
+        for rows in ([0, 1, 2], [3, 1, 0]):
+            cache = KVCache(model.cfg, slots=4, max_len=32)
+            for p, r in zip(prompts, rows):
+                model(p, cache=cache, slots=torch.tensor([r]))
+            out = model(nxt, cache=cache, slots=torch.tensor(rows))[:, -1]
+            for i in range(3):
+                assert (out[i] - alone[i]).abs().max() < 1e-4, rows
+
+
 def test_gqa_and_untied_head_shapes():
     model = tiny("llama")
     assert model.cfg.n_kv_head == 2 and model.blocks[0].attn.k_proj.out_features == 2 * 8
