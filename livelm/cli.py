@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # commands that live beside their feature
     from livelm.chat import repl
+    from livelm.compress import quantize
     from livelm.learn import cli as learn_cli, rl
     from livelm.serve import app as serve_app
     from livelm.train import archs, finetune
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     archs.register(sub)
     rl.register(sub)
     learn_cli.register(sub)
+    quantize.register(sub)
     return parser
 
 

@@ -108,6 +108,9 @@ def load_model(run_dir: str | Path, device="cpu") -> tuple[GPT, Tokenizer, dict]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{run_dir}/config.json has an invalid model section: {e}") from None
     tensors, _ = load_weights(run_dir / "model.safetensors")
+    if "quantization" in config or "sparse" in config:  # written by `livelm quantize` / `livelm prune`
+        from livelm.compress import prepare_load
+        tensors = prepare_load(model, tensors, config)
     load_state(model, tensors, run_dir / "model.safetensors")
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     return model.to(device).eval(), tokenizer, config

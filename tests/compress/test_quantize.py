@@ -1,0 +1,141 @@
+"""int8 / int8-dynamic / int4 quantization: kernels, logit tolerance, run directories through the CLI.
+
+Stated tolerance (trained 2x64 char model, every position of a validation window):
+    max |Δlogit| / max |logit|  <=  2% int8, 3% int8-dynamic, 10% int4
+    greedy next token agrees    >= 95% int8 / int8-dynamic, 90% int4
+    perplexity change           <=  1% int8 / int8-dynamic, 5% int4
+"""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from livelm.cli import main
+from livelm.compress import eval_perplexity
+from livelm.compress.quantize import Int4Linear, Int8Linear, pack_int4, quantize_model, unpack_int4
+from livelm.models.gpt import GPT, GPTConfig
+from livelm.train.checkpoint import load_model
+from tests.conftest import run_cli
+
+TOLERANCE = {"int8": (0.02, 0.95, 0.01), "int8-dynamic": (0.03, 0.95, 0.01), "int4": (0.10, 0.90, 0.05)}
+
+
+def test_int4_pack_round_trip():
+    q = torch.randint(0, 16, (48, 130), generator=torch.Generator().manual_seed(0))
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (48, 65)
+    assert torch.equal(unpack_int4(packed), q.to(torch.uint8))
+    assert packed[0, 0] == q[0, 0] | (q[0, 1] << 4)   # column 2j low nibble, 2j+1 high nibble
+
+
+@pytest.mark.parametrize("out_features", [64, 40])   # 40: not a multiple of 16, the dequantize path
+def test_int4_linear_error_bound_and_kernel(out_features):
+    torch.manual_seed(0)
+    lin = nn.Linear(128, out_features, bias=True)
+    q = Int4Linear.from_linear(lin, group_size=32)
+    assert (q.cpu_packed is not None) == (out_features % 16 == 0)
+    w = lin.weight.detach()
+    # each weight is off by at most half a step (plus bf16 rounding of the zero point)
+    step = q.scales.float().repeat_interleave(32, dim=1)
+    assert ((q.dequantize() - w).abs() <= 0.5 * step + 1e-2 * w.abs().max()).all()
+    x = torch.randn(3, 5, 128)
+    ref = torch.nn.functional.linear(x, q.dequantize(), lin.bias.detach())
+    y = q(x)
+    assert y.shape == (3, 5, out_features) and y.dtype == torch.float32
+    assert (y - ref).abs().max() <= 0.02 * ref.abs().max()      # the bf16 kernel vs the fp32 dequantized matmul
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_int8_linear_close_to_fp32(dynamic):
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 40, bias=True)
+    q = Int8Linear.from_linear(lin, dynamic=dynamic)
+    assert q.weight.dtype == torch.int8 and q.scale.shape == (40,)
+    x = torch.randn(2, 7, 96)
+    ref = lin(x).detach()
+    assert (q(x) - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def test_gpt2_preset_quantizes_with_biases_and_tied_head():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, n_layer=2, n_head=4, d_model=64, block_size=32)).eval()
+    x = torch.randint(0, 300, (2, 16))
+    ref = model(x).detach()
+    record = quantize_model(model, "int8")
+    assert len(record["modules"]) == 2 * 6 and model.lm_head.weight is model.wte.weight  # head stays tied, fp32
+    assert (model(x) - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic", "int4"])
+def test_quantized_logits_within_tolerance(tiny_llama_run, char_data, method):
+    from livelm.data.shards import TokenData
+    model, _, _ = load_model(tiny_llama_run)
+    window = torch.from_numpy(TokenData(char_data).splits["val"][0][:64].astype("int64"))[None]
+    with torch.inference_mode():
+        ref = model(window)
+        before = eval_perplexity(model, char_data)
+    quantize_model(model, method)
+    with torch.inference_mode():
+        out = model(window)
+        after = eval_perplexity(model, char_data)
+    rel, agree, ppl_tol = TOLERANCE[method]
+    drift = ((out - ref).abs().max() / ref.abs().max()).item()
+    agreement = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    change = after["perplexity"] / before["perplexity"] - 1
+    print(f"{method}: max|dlogit|/max|logit| {drift:.4f}, top-1 agreement {agreement:.3f}, "
+          f"perplexity {before['perplexity']:.4f} -> {after['perplexity']:.4f} ({change:+.3%})")
+    assert drift <= rel
+    assert agreement >= agree
+    assert abs(change) <= ppl_tol
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic", "int4"])
+def test_quantized_run_saves_loads_and_generates(tiny_llama_run, char_data, tmp_path, capsys, method):
+    out = tmp_path / method
+    assert main(["quantize", str(tiny_llama_run), "--out", str(out), "--method", method,
+                 "--eval-data", str(char_data)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == method and report["quantized_layers"] == 14
+    assert report["size_mb"] < 0.4 * report["source_size_mb"]
+    assert abs(report["perplexity_change"]) <= TOLERANCE[method][2]
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["method"] == method
+    # the stored tensors are integers, not floats
+    from safetensors import safe_open
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        key = "blocks.0.attn.q_proj." + ("qweight" if method == "int4" else "weight")
+        assert f.get_tensor(key).dtype == (torch.uint8 if method == "int4" else torch.int8)
+    # loads transparently, and the loaded model is the one that was saved
+    model, _, _ = load_model(out)
+    assert isinstance(model.blocks[1].mlp.down_proj, Int4Linear if method == "int4" else Int8Linear)
+    ref_model, _, _ = load_model(tiny_llama_run)
+    quantize_model(ref_model, method)
+    x = torch.randint(0, model.cfg.vocab_size, (1, 20))
+    with torch.inference_mode():
+        assert torch.equal(model(x), ref_model(x))
+    # `livelm eval` and `livelm generate` take it like any run
+    assert main(["eval", str(out), "--data", str(char_data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["perplexity"] == pytest.approx(report["perplexity"], rel=1e-3)
+    assert main(["generate", str(out), "--prompt", "First", "--max-tokens", "20", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_quantized_run_generates_and_chats_in_a_subprocess(tiny_llama_run, tmp_path):
+    out = tmp_path / "q"
+    run_cli("quantize", tiny_llama_run, "--out", out, "--method", "int4")
+    assert run_cli("generate", out, "--prompt", "First", "--max-tokens", "20", "--temperature", "0").stdout.strip()
+    assert run_cli("chat", out, "--temperature", "0", "--max-tokens", "10", input="hello\n").stdout.strip()
+
+
+def test_quantize_cli_errors(tiny_llama_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", str(tiny_llama_run), "--out", str(tmp_path / "x"), "--method", "int3"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--method", "int8"]) == 1
+    assert "run directory not found" in capsys.readouterr().err
+    assert main(["quantize", str(tiny_llama_run), "--out", str(tiny_llama_run), "--method", "int8"]) == 1
+    assert "is the source run" in capsys.readouterr().err
+    assert main(["quantize", str(tiny_llama_run), "--out", str(tmp_path / "q"), "--method", "int4"]) == 0
+    assert main(["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "qq"), "--method", "int8"]) == 1
+    assert "already quantized" in capsys.readouterr().err
