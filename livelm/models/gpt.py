@@ -33,6 +33,7 @@ class GPTConfig:
     n_head: int = 4
     n_kv_head: int = 0             # 0 means n_head (plain multi-head attention)
     d_model: int = 256
+    head_size: int = 0             # 0 means d_model // n_head; set when `livelm prune` removed heads (head_dim stays)
     mlp_ratio: float = 4.0         # hidden = mlp_ratio * d_model (SwiGLU: 2/3 of it, rounded)
     dropout: float = 0.0
     bias: bool = True
@@ -46,7 +47,7 @@ class GPTConfig:
     def __post_init__(self):
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
-        if self.d_model % self.n_head:
+        if self.d_model % self.n_head and not self.head_size:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
@@ -57,7 +58,7 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
 
     @property
     def mlp_hidden(self) -> int:
@@ -164,7 +165,7 @@ class CausalSelfAttention(nn.Module):
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, attn_mask, layer: int, cache: KVCache | None, slots: torch.Tensor | None):
@@ -207,7 +208,7 @@ class CausalSelfAttention(nn.Module):
             # cached prefix every decode step (measured: 4x slower attention at batch 16 on CPU)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal,
                                                enable_gqa=gqa)
-        y = y.transpose(1, 2).reshape(B, S, C)
+        y = y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)
         return self.resid_dropout(self.o_proj(y))
 
 
