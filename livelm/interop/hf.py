@@ -1,0 +1,737 @@
+"""Hugging Face interop: a livelm run <-> a `transformers` model folder.
+
+    livelm export RUN --out DIR [--adapter ADAPTER]    ->  GPT2LMHeadModel or LlamaForCausalLM folder
+    livelm import DIR --out RUN                        <-  such a folder, written by livelm or not
+
+livelm's GPT (livelm/models/gpt.py) is one module with switches; two settings
+of those switches are exactly a Hugging Face architecture:
+
+    learned positions + LayerNorm + GELU-tanh MLP        = GPT2LMHeadModel
+    RoPE ("rotate half") + RMSNorm + SwiGLU MLP (+ GQA)  = LlamaForCausalLM
+
+Anything else (say RoPE with LayerNorm) has no HF class computing the same
+function and is refused. Mapping the weights is renaming, except for GPT-2:
+its Conv1D layers store weights as (in, out), the transpose of nn.Linear, and
+its attention has one fused c_attn projection = [q; k; v] stacked on the
+output axis. livelm applies RoPE in HF Llama's own "rotate half" layout
+(first half of each head pairs with the second half), so q/k_proj need no
+permutation.
+
+Tokenizer: livelm's tokenizer.json *is* a `tokenizers` file, copied unchanged;
+tokenizer_config.json adds the special tokens and the chat template (a Jinja
+version of livelm/chat/template.py, so `apply_chat_template` gives the same ids
+as livelm's renderer). One known difference: HF turns special-token *text*
+inside a message ("<|end|>" typed by a user) into the special id; livelm keeps
+it as plain text (livelm/tokenizer.py).
+
+Importing a folder whose tokenizer lacks livelm's 11 special tokens (ids 0..10,
+livelm/tokenizer.py) — any GPT-2 or Llama-3 style checkpoint — makes room for
+them: the vocabulary is renumbered, the model's own end-of-text token *becomes*
+<|eos|> (and a distinct begin-of-text <|bos|>), keeping its embedding, so
+generation works at once and stops where the model stops; the other specials
+(turn markers, pad, mask...) are new rows initialised to the mean embedding,
+which chat fine-tuning (`livelm finetune`) then teaches. Logits over the
+original tokens are unchanged, only their ids move.
+
+Files are written atomically (livelm/io.py), config.json last, so an
+interrupted export or import never leaves a folder that looks complete.
+Weights are read from safetensors only: pickled checkpoints are refused.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+from tokenizers import Tokenizer as HFTokenizer
+
+from livelm import io
+from livelm.models.gpt import GPT, GPTConfig
+from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerError
+
+# one sentence per architecture that has no faithful HF counterpart; printed as the refusal
+UNSUPPORTED = {
+    "bert": "livelm's BERT encoder is pre-norm (LayerNorm before each sub-layer, one final LayerNorm, none on the "
+            "embeddings), while BertForMaskedLM/BertForSequenceClassification are post-norm (LayerNorm after each "
+            "residual add and on the embeddings): no renaming of weights computes the same function",
+    "seq2seq": "livelm's encoder-decoder is pre-norm with plain learned positions; BART and Marian are post-norm, "
+               "mBART adds a LayerNorm on the embeddings and T5 uses relative position buckets, so none of them "
+               "computes the same function",
+    "lstm": "transformers has no LSTM language model class; the run's model.safetensors is already plain "
+            "torch.nn.LSTM weights (livelm/models/lstm.py)",
+}
+
+
+class InteropError(ValueError):
+    """A folder or run that cannot be converted; the message says why and what to do."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- which HF architecture a livelm GPT is -----------------------------------------------
+def family(cfg: GPTConfig) -> str:
+    """'gpt2' or 'llama', or InteropError naming the switch that has no HF equivalent."""
+    if (cfg.position, cfg.norm, cfg.mlp) == ("learned", "layernorm", "gelu"):
+        if cfg.n_kv_head != cfg.n_head:
+            raise InteropError(f"GPT2LMHeadModel has no grouped-query attention (n_kv_head={cfg.n_kv_head}, "
+                               f"n_head={cfg.n_head}); only the llama layout (rope, rmsnorm, swiglu) exports with GQA")
+        if cfg.n_head * cfg.head_dim != cfg.d_model:
+            raise InteropError(f"GPT2LMHeadModel needs n_head x head size = d_model, here {cfg.n_head} x "
+                               f"{cfg.head_dim} != {cfg.d_model} (heads pruned?); only the llama layout has head_dim")
+        return "gpt2"
+    if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu"):
+        if cfg.d_model % cfg.n_head:
+            raise InteropError(f"transformers' LlamaConfig requires hidden_size divisible by num_attention_heads "
+                               f"even with an explicit head_dim, here d_model={cfg.d_model}, n_head={cfg.n_head}")
+        return "llama"
+    raise InteropError(f"position={cfg.position}, norm={cfg.norm}, mlp={cfg.mlp} has no Hugging Face counterpart: "
+                       f"export supports learned+layernorm+gelu (GPT2LMHeadModel) and rope+rmsnorm+swiglu "
+                       f"(LlamaForCausalLM)")
+
+
+def expected_shapes(cfg: GPTConfig) -> dict[str, torch.Size]:
+    """Tensor name -> shape of a livelm GPT with this config (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    if cfg.tie_embeddings:
+        shapes.pop("lm_head.weight")
+    return shapes
+
+
+def check_tensors(sd: dict[str, torch.Tensor], cfg: GPTConfig, where) -> None:
+    want = expected_shapes(cfg)
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    bad = [k for k in want if k in sd and sd[k].shape != want[k]]
+    if missing or unexpected or bad:
+        raise InteropError(f"{where} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                           f"wrong shape {[(k, tuple(sd[k].shape), tuple(want[k])) for k in bad[:3]]}")
+
+
+# ---- weights: livelm names <-> HF names ----------------------------------------------------
+def _bias(sd, name: str, n: int, like: torch.Tensor) -> torch.Tensor:
+    """livelm with bias=False has no bias tensors; HF GPT-2 always has them: zeros are the same function."""
+    return sd[name] if name in sd else torch.zeros(n, dtype=like.dtype)
+
+
+def to_gpt2(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """livelm gpt2-layout tensors -> GPT2LMHeadModel tensors.
+
+    Conv1D weights are (in, out): nn.Linear's (out, in) transposed. c_attn is
+    [q; k; v] along the output axis: (C, 3C), bias (3C,).
+    """
+    C, out = cfg.d_model, {}
+    out["transformer.wte.weight"] = sd["wte.weight"]
+    out["transformer.wpe.weight"] = sd["wpe.weight"]
+    for i in range(cfg.n_layer):
+        p, h = f"blocks.{i}.", f"transformer.h.{i}."
+        w = sd[p + "ln_1.weight"]
+        for ln in ("ln_1", "ln_2"):
+            out[h + f"{ln}.weight"] = sd[p + f"{ln}.weight"]
+            out[h + f"{ln}.bias"] = _bias(sd, p + f"{ln}.bias", C, w)
+        qkv = [sd[p + f"attn.{x}_proj.weight"] for x in "qkv"]                       # 3 x (C, C)
+        out[h + "attn.c_attn.weight"] = torch.cat(qkv, 0).t().contiguous()          # (C, 3C)
+        out[h + "attn.c_attn.bias"] = torch.cat([_bias(sd, p + f"attn.{x}_proj.bias", C, w) for x in "qkv"])
+        out[h + "attn.c_proj.weight"] = sd[p + "attn.o_proj.weight"].t().contiguous()
+        out[h + "attn.c_proj.bias"] = _bias(sd, p + "attn.o_proj.bias", C, w)
+        up, down = sd[p + "mlp.up_proj.weight"], sd[p + "mlp.down_proj.weight"]   # (F, C), (C, F)
+        out[h + "mlp.c_fc.weight"] = up.t().contiguous()                             # (C, F)
+        out[h + "mlp.c_fc.bias"] = _bias(sd, p + "mlp.up_proj.bias", up.shape[0], w)
+        out[h + "mlp.c_proj.weight"] = down.t().contiguous()                         # (F, C)
+        out[h + "mlp.c_proj.bias"] = _bias(sd, p + "mlp.down_proj.bias", C, w)
+    out["transformer.ln_f.weight"] = sd["ln_f.weight"]
+    out["transformer.ln_f.bias"] = _bias(sd, "ln_f.bias", C, sd["ln_f.weight"])
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    return out
+
+
+def from_gpt2(hf: dict[str, torch.Tensor], n_layer: int, bias: bool) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel tensors (prefix 'transformer.' already stripped) -> livelm names; inverse of to_gpt2."""
+    sd = {"wte.weight": hf["wte.weight"], "wpe.weight": hf["wpe.weight"], "ln_f.weight": hf["ln_f.weight"]}
+    if bias:
+        sd["ln_f.bias"] = hf["ln_f.bias"]
+    if "lm_head.weight" in hf:
+        sd["lm_head.weight"] = hf["lm_head.weight"]
+    for i in range(n_layer):
+        p, h = f"blocks.{i}.", f"h.{i}."
+        for ln in ("ln_1", "ln_2"):
+            sd[p + f"{ln}.weight"] = hf[h + f"{ln}.weight"]
+        q, k, v = hf[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
+        for x, w in zip("qkv", (q, k, v)):
+            sd[p + f"attn.{x}_proj.weight"] = w.contiguous()
+        sd[p + "attn.o_proj.weight"] = hf[h + "attn.c_proj.weight"].t().contiguous()
+        sd[p + "mlp.up_proj.weight"] = hf[h + "mlp.c_fc.weight"].t().contiguous()
+        sd[p + "mlp.down_proj.weight"] = hf[h + "mlp.c_proj.weight"].t().contiguous()
+        if bias:
+            for ln in ("ln_1", "ln_2"):
+                sd[p + f"{ln}.bias"] = hf[h + f"{ln}.bias"]
+            for x, b in zip("qkv", hf[h + "attn.c_attn.bias"].chunk(3)):
+                sd[p + f"attn.{x}_proj.bias"] = b.contiguous()
+            sd[p + "attn.o_proj.bias"] = hf[h + "attn.c_proj.bias"]
+            sd[p + "mlp.up_proj.bias"] = hf[h + "mlp.c_fc.bias"]
+            sd[p + "mlp.down_proj.bias"] = hf[h + "mlp.c_proj.bias"]
+    return sd
+
+
+# Llama is a pure renaming. livelm suffix -> HF suffix, inside block i / layer i:
+_LLAMA_BLOCK = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
+                **{f"attn.{x}_proj.{t}": f"self_attn.{x}_proj.{t}" for x in "qkvo" for t in ("weight", "bias")},
+                **{f"mlp.{x}_proj.{t}": f"mlp.{x}_proj.{t}" for x in ("gate", "up", "down") for t in ("weight", "bias")}}
+_LLAMA_TOP = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight",
+              "lm_head.weight": "lm_head.weight"}
+
+
+def to_llama(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in sd.items():
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+        out[f"model.layers.{m[1]}.{_LLAMA_BLOCK[m[2]]}" if m else _LLAMA_TOP[name]] = t
+    return out
+
+
+def from_llama(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LlamaForCausalLM tensors -> livelm names; unknown names raise InteropError."""
+    block = {v: k for k, v in _LLAMA_BLOCK.items()}
+    top = {v: k for k, v in _LLAMA_TOP.items()}
+    sd = {}
+    for name, t in hf.items():
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+        new = f"blocks.{m[1]}.{block.get(m[2], '?')}" if m else top.get(name)
+        if new is None or new.endswith("?"):
+            raise InteropError(f"unexpected tensor {name!r} in a Llama checkpoint")
+        sd[new] = t
+    return sd
+
+
+# ---- export ---------------------------------------------------------------------------------
+def hf_config(cfg: GPTConfig, fam: str, dtype: torch.dtype, tok: Tokenizer) -> dict:
+    common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
+              "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
+              "dtype": str(dtype).removeprefix("torch."), "use_cache": True,
+              # livelm's own config, so an import restores switches HF cannot show (bias=False, mlp_ratio)
+              "livelm_model": cfg.to_dict()}
+    if fam == "gpt2":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **common,
+                "n_positions": cfg.block_size, "n_embd": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+                "n_inner": cfg.mlp_hidden, "activation_function": "gelu_new", "layer_norm_epsilon": cfg.norm_eps,
+                "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+                "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "initializer_range": 0.02}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+            "hidden_size": cfg.d_model, "intermediate_size": cfg.mlp_hidden, "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
+            "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+            # rope_theta for transformers 4.x readers, rope_parameters for 5.x
+            "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.dropout,
+            "initializer_range": 0.02}
+
+
+def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, dict]:
+    """tokenizer_config.json, special_tokens_map.json and generation_config.json for a livelm tokenizer."""
+    from livelm.chat.template import JINJA_TEMPLATE
+    named = {"bos_token": tok.bos_id, "eos_token": tok.eos_id, "pad_token": tok.pad_id, "unk_token": tok.unk_id,
+             "mask_token": tok.mask_id, "sep_token": tok.sep_id, "cls_token": tok.cls_id}
+    specials = {k: SPECIAL_TOKENS[i] for k, i in named.items()}
+    extra = [SPECIAL_TOKENS[i] for i in (tok.system_id, tok.user_id, tok.assistant_id, tok.end_id)]
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
+               "additional_special_tokens": extra, "model_max_length": block_size,
+               "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+               "chat_template": JINJA_TEMPLATE}
+    # generation stops at end of text and at end of turn, like livelm's engine
+    gen = {"bos_token_id": tok.bos_id, "eos_token_id": [tok.eos_id, tok.end_id], "pad_token_id": tok.pad_id}
+    return {"tokenizer_config.json": tok_cfg, "special_tokens_map.json": {**specials, "additional_special_tokens": extra},
+            "generation_config.json": gen}
+
+
+def _out_dir(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InteropError(f"{out} already exists and is not an empty folder; choose a new --out")
+    return out
+
+
+def export_hf(run_dir, out_dir, adapter_dir=None) -> dict:
+    """Write `run_dir` (a livelm GPT run, or a LoRA adapter directory) as a HF model folder.
+
+    Returns a summary dict (what the CLI prints). With `adapter_dir` (or when
+    run_dir is an adapter), the adapter goes to out_dir/adapter in PEFT's layout
+    for the HF module names.
+    """
+    from livelm.models.lora import read_adapter_config
+    from livelm.train.checkpoint import load_weights, read_config
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InteropError(f"run directory not found: {run_dir}")
+    if (run_dir / "adapter_config.json").is_file() and not (run_dir / "model.safetensors").is_file():
+        if adapter_dir is not None:
+            raise InteropError(f"{run_dir} is an adapter, and --adapter was given too; "
+                               f"run `livelm export BASE_RUN --adapter ADAPTER`")
+        from livelm.infer.loader import resolve_base
+        run_dir, adapter_dir = resolve_base(run_dir), run_dir
+    config = read_config(run_dir)
+    arch = config.get("arch", "gpt")
+    if arch in UNSUPPORTED:
+        raise InteropError(f"{run_dir} is a {arch!r} run, which does not export to Hugging Face: {UNSUPPORTED[arch]}")
+    if arch != "gpt":
+        raise InteropError(f"{run_dir} holds an unknown architecture {arch!r}")
+    try:
+        cfg = GPTConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InteropError(f"{run_dir}/config.json has an invalid model section: {e}") from None
+    fam = family(cfg)
+    sd, _ = load_weights(run_dir / "model.safetensors")
+    check_tensors(sd, cfg, run_dir / "model.safetensors")
+    tok = Tokenizer.load(run_dir / "tokenizer.json")
+    if tok.vocab_size > cfg.vocab_size:
+        raise InteropError(f"{run_dir}: the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")
+    out = _out_dir(out_dir)
+
+    adapter = None
+    if adapter_dir is not None:  # convert first: a bad adapter fails before anything is written
+        adapter = adapter_to_hf(adapter_dir, cfg, fam, out)
+        base = read_adapter_config(adapter_dir)[1].get("base_model_name_or_path")
+        if base and Path(base).resolve() != run_dir.resolve():
+            log(f"note: {adapter_dir} was trained on {base}, not {run_dir}; its shapes fit, so it is exported anyway")
+    hf = to_gpt2(sd, cfg) if fam == "gpt2" else to_llama(sd, cfg)
+    dtype = sd["wte.weight"].dtype
+    io.write_bytes(out / "model.safetensors", save(hf, metadata={"format": "pt"}))
+    io.write_bytes(out / "tokenizer.json", (run_dir / "tokenizer.json").read_bytes())  # unchanged
+    for name, obj in tokenizer_files(tok, cfg.block_size).items():
+        io.write_json(out / name, obj)
+    if adapter is not None:
+        io.write_bytes(out / "adapter" / "adapter_model.safetensors", save(adapter[1], metadata={"format": "pt"}))
+        io.write_json(out / "adapter" / "adapter_config.json", adapter[0])
+    arch_name = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[fam]
+    io.write_json(out / "config.json", hf_config(cfg, fam, dtype, tok))  # last: the folder is complete
+    log(f"exported {run_dir} as {arch_name} ({sum(t.numel() for t in hf.values()) / 1e6:.2f}M parameters) to {out}")
+    return {"format": "hf", "out": str(out), "architecture": arch_name, "run": str(run_dir),
+            "adapter": str(out / "adapter") if adapter is not None else None,
+            "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())}
+
+
+# ---- adapters -------------------------------------------------------------------------------
+def adapter_to_hf(adapter_dir, cfg: GPTConfig, fam: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A livelm LoRA adapter -> (PEFT adapter_config, tensors) for the exported HF module names.
+
+    Llama: a renaming. GPT-2: q/k/v live in one fused c_attn, y = x·W_attn + b
+    with W_attn = [Wq; Wk; Wv]; the three updates B_q A_q x, B_k A_k x, B_v A_v x
+    stacked on the output axis are exactly one LoRA of rank n·r (n = how many of
+    q/k/v were adapted):
+        A = [A_q; A_k; A_v]                     (n·r, C)
+        B = blockdiag(B_q, B_k, B_v)            (3C, n·r), zero rows for a part not adapted
+    PEFT's scaling is alpha/r per module, so c_attn gets rank n·r and alpha n·alpha
+    (rank_pattern / alpha_pattern) to keep alpha/r unchanged.
+    """
+    from livelm.models.lora import PREFIX, read_adapter_config
+    from livelm.train.checkpoint import load_weights
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise InteropError(f"adapter directory not found: {adapter_dir}")
+    lcfg, raw = read_adapter_config(adapter_dir)
+    tensors, _ = load_weights(adapter_dir / "adapter_model.safetensors")
+    r, C = lcfg.r, cfg.d_model
+    parts: dict[str, dict[str, torch.Tensor]] = {}          # livelm module -> {"A": (r, in), "B": (out, r)}
+    for key, t in tensors.items():
+        m = re.fullmatch(re.escape(PREFIX) + r"(.+)\.lora_([AB])\.weight", key)
+        if not m:
+            raise InteropError(f"{adapter_dir}: unexpected tensor {key!r} (not a LoRA A/B weight)")
+        parts.setdefault(m[1], {})[m[2]] = t
+    shapes = expected_shapes(cfg)
+    for mod, ab in parts.items():
+        w = shapes.get(mod + ".weight") if mod != "lm_head" else torch.Size((cfg.vocab_size, C))
+        if w is None or len(w) != 2 or set(ab) != {"A", "B"}:
+            raise InteropError(f"{adapter_dir}: adapter tensors for {mod!r} do not fit this model")
+        if ab["A"].shape != (r, w[1]) or ab["B"].shape != (w[0], r):
+            raise InteropError(f"{adapter_dir}: {mod} has shapes {tuple(ab['A'].shape)}/{tuple(ab['B'].shape)}, "
+                               f"expected {(r, w[1])}/{(w[0], r)} — an adapter for a different base model?")
+
+    peft = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(out.resolve()),
+            "r": r, "lora_alpha": lcfg.lora_alpha, "lora_dropout": lcfg.lora_dropout, "bias": "none",
+            "fan_in_fan_out": fam == "gpt2", "inference_mode": True, "modules_to_save": None,
+            "init_lora_weights": True, "use_rslora": False, "use_dora": False,
+            "rank_pattern": {}, "alpha_pattern": {}}
+    out_t, targets = {}, set()
+
+    def put(hf_mod: str, A: torch.Tensor, B: torch.Tensor) -> None:
+        out_t[f"{PREFIX}{hf_mod}.lora_A.weight"] = A.contiguous()
+        out_t[f"{PREFIX}{hf_mod}.lora_B.weight"] = B.contiguous()
+
+    if fam == "llama":
+        for mod, ab in parts.items():
+            m = re.fullmatch(r"blocks\.(\d+)\.(attn|mlp)\.(\w+)", mod)
+            hf_mod = f"model.layers.{m[1]}.{'self_attn' if m[2] == 'attn' else 'mlp'}.{m[3]}" if m else mod
+            put(hf_mod, ab["A"], ab["B"])
+            targets.add(hf_mod.rsplit(".", 1)[-1])
+    else:
+        rename = {"attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
+        n_fused = set()
+        for i in range(cfg.n_layer):
+            p = f"blocks.{i}."
+            qkv = [(j, parts.pop(p + f"attn.{x}_proj")) for j, x in enumerate("qkv") if p + f"attn.{x}_proj" in parts]
+            if qkv:
+                A = torch.cat([ab["A"] for _, ab in qkv], 0)                        # (n r, C)
+                B = torch.zeros(3 * C, len(qkv) * r, dtype=qkv[0][1]["B"].dtype)     # (3C, n r)
+                for col, (j, ab) in enumerate(qkv):
+                    B[j * C:(j + 1) * C, col * r:(col + 1) * r] = ab["B"]
+                put(f"transformer.h.{i}.attn.c_attn", A, B)
+                targets.add("attn.c_attn")
+                n_fused.add(len(qkv))
+            for lv, hv in rename.items():
+                if p + lv in parts:
+                    ab = parts.pop(p + lv)
+                    put(f"transformer.h.{i}.{hv}", ab["A"], ab["B"])
+                    targets.add(hv)
+        if "lm_head" in parts:
+            ab = parts.pop("lm_head")
+            put("lm_head", ab["A"], ab["B"])
+            targets.add("lm_head")
+        if parts:
+            raise InteropError(f"{adapter_dir}: no GPT-2 module for adapted layer(s) {sorted(parts)[:3]}")
+        if len(n_fused) > 1:
+            raise InteropError(f"{adapter_dir}: layers adapt different subsets of q/k/v, which PEFT cannot "
+                               f"express as one c_attn rank")
+        if n_fused and n_fused != {1}:
+            n = n_fused.pop()
+            peft["rank_pattern"] = {"c_attn": n * r}
+            peft["alpha_pattern"] = {"c_attn": n * lcfg.lora_alpha}
+    peft["target_modules"] = sorted(targets)
+    return peft, out_t
+
+
+# ---- import ---------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InteropError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InteropError(f"{path} does not hold a JSON object")
+    return obj
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of model.safetensors, or of the shards listed in model.safetensors.index.json."""
+    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise InteropError(f"{index} has no weight_map")
+        files = [hf_dir / f for f in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise InteropError(f"{hf_dir} is missing shard(s) listed in {index.name}: {', '.join(missing[:3])}")
+    elif any((hf_dir / f).is_file() for f in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise InteropError(f"{hf_dir} holds only pytorch_model.bin: pickled weights are not loaded (unpickling can "
+                           f"run arbitrary code); convert to safetensors, e.g. in Python: "
+                           f"AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR)")
+    else:
+        raise InteropError(f"{hf_dir} has no model.safetensors (nor model.safetensors.index.json)")
+    out = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    out[k] = fh.get_tensor(k)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InteropError(f"{f} is corrupt or truncated ({e})") from None
+    return out
+
+
+def _ratio_for(hidden: int, d_model: int, mlp: str, hint: float | None) -> float:
+    """An mlp_ratio for which GPTConfig.mlp_hidden == hidden (livelm derives the width from the ratio)."""
+    base = int(1.5 * hidden) if mlp == "swiglu" else hidden    # SwiGLU keeps 2/3 of ratio*C, rounded up to 32
+    for ratio in (hint, 4.0, base / d_model, (base + 0.5) / d_model):
+        if ratio and GPTConfig(d_model=d_model, n_head=1, mlp=mlp, mlp_ratio=ratio).mlp_hidden == hidden:
+            return ratio
+    raise InteropError(f"an MLP width of {hidden} cannot be expressed in livelm ({mlp} widths are "
+                       f"{'multiples of 32' if mlp == 'swiglu' else 'int(mlp_ratio * d_model)'})")
+
+
+def _livelm_config(hf: dict, fam: str, hf_dir: Path, block_size: int | None) -> GPTConfig:
+    hint = hf.get("livelm_model") if isinstance(hf.get("livelm_model"), dict) else {}
+    try:
+        if fam == "gpt2":
+            C, H = int(hf["n_embd"]), int(hf["n_head"])
+            act = hf.get("activation_function", "gelu_new")
+            if act not in ("gelu_new", "gelu_pytorch_tanh"):
+                raise InteropError(f"{hf_dir}: activation_function={act!r}; livelm's GPT-2 MLP is the tanh GELU "
+                                   f"(gelu_new)")
+            for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True),
+                            ("add_cross_attention", False)):
+                if hf.get(key, ok) != ok:
+                    raise InteropError(f"{hf_dir}: {key}={hf[key]} is not supported (livelm expects {ok})")
+            n_pos = int(hf.get("n_positions", hf.get("n_ctx", 1024)))
+            if block_size is not None and block_size != n_pos:
+                raise InteropError("--block-size applies to RoPE models only; GPT-2's learned positions fix the "
+                                   f"context window at {n_pos}")
+            hidden = int(hf.get("n_inner") or 4 * C)
+            cfg = dict(position="learned", norm="layernorm", mlp="gelu", block_size=n_pos, n_layer=int(hf["n_layer"]),
+                       n_head=H, n_kv_head=H, d_model=C, norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+                       tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+        else:
+            C, H = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+            if hf.get("hidden_act", "silu") != "silu":
+                raise InteropError(f"{hf_dir}: hidden_act={hf['hidden_act']!r}; livelm's SwiGLU uses silu")
+            rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+            kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
+            if hf.get("rope_scaling") or kind != "default":
+                raise InteropError(f"{hf_dir}: rope scaling ({kind!r}) is not supported: livelm implements plain "
+                                   f"RoPE only")
+            head_dim = int(hf.get("head_dim") or C // H)
+            # livelm's head_size: 0 = d_model // n_head (keep a 0 from livelm's own export for a lossless round trip)
+            head_size = 0 if head_dim == C // H and not hint.get("head_size") else head_dim
+            if hf.get("pretraining_tp", 1) not in (1, None):
+                raise InteropError(f"{hf_dir}: pretraining_tp={hf['pretraining_tp']} is not supported")
+            n_pos = int(hf.get("max_position_embeddings", 2048))
+            if block_size is not None and not 0 < block_size <= n_pos:
+                raise InteropError(f"--block-size must be between 1 and {n_pos} (max_position_embeddings)")
+            hidden = int(hf["intermediate_size"])
+            theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+            cfg = dict(position="rope", norm="rmsnorm", mlp="swiglu", block_size=block_size or n_pos,
+                       n_layer=int(hf["num_hidden_layers"]), n_head=H,
+                       n_kv_head=int(hf.get("num_key_value_heads") or H), d_model=C, head_size=head_size,
+                       norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                       rope_theta=float(theta or hf.get("rope_theta", 10000.0)),
+                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InteropError):
+            raise
+        raise InteropError(f"{hf_dir}/config.json lacks or has a bad {e} for a {fam} model") from None
+    ratio = _ratio_for(hidden, C, cfg["mlp"], hint.get("mlp_ratio"))
+    return GPTConfig(vocab_size=int(hf["vocab_size"]), mlp_ratio=ratio, bias=True,
+                     dropout=float(hint.get("dropout", 0.0)), **cfg)
+
+
+_ARCHS = {"gpt2": ("GPT2LMHeadModel", "GPT2Model"), "llama": ("LlamaForCausalLM", "LlamaModel")}
+
+
+def import_hf(hf_dir, run_dir, block_size: int | None = None) -> dict:
+    """Turn a GPT2LMHeadModel / LlamaForCausalLM folder into a livelm run directory.
+
+    block_size caps the context window of a RoPE model (Llama folders often say
+    128K positions, and livelm's KV cache is sized by it); positions below it are
+    unaffected. Returns a summary dict.
+    """
+    from livelm.config import TrainConfig
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise InteropError(f"Hugging Face model folder not found: {hf_dir}")
+    if not (hf_dir / "config.json").is_file():
+        raise InteropError(f"{hf_dir} has no config.json; it is not a Hugging Face model folder")
+    hf = _read_json(hf_dir / "config.json")
+    if "arch" in hf and "model" in hf:
+        raise InteropError(f"{hf_dir} is already a livelm run; use it directly")
+    fam = hf.get("model_type")
+    archs = hf.get("architectures") or list(_ARCHS.get(fam, ("?",))[:1])
+    if fam not in _ARCHS or any(a not in _ARCHS[fam] for a in archs):
+        raise InteropError(f"{hf_dir} holds a {'/'.join(map(str, archs))} model (model_type {fam!r}); livelm imports "
+                           f"GPT2LMHeadModel (gpt2) and LlamaForCausalLM (llama) folders")
+    run_dir = _out_dir(run_dir)
+    cfg = _livelm_config(hf, fam, hf_dir, block_size)
+    raw = read_hf_weights(hf_dir)
+
+    # strip the base-model prefix HF adds or not depending on the class that saved the folder
+    if fam == "gpt2":
+        raw = {k.removeprefix("transformer."): v for k, v in raw.items()
+               if not k.endswith((".attn.bias", ".attn.masked_bias"))}          # old causal-mask buffers
+        for k in ("wte.weight", "wpe.weight", "ln_f.weight"):
+            if k not in raw:
+                raise InteropError(f"{hf_dir}: tensor transformer.{k} is missing")
+        # HF's GPT-2 always has biases; drop them only for livelm's own bias-free export, still all zero
+        hint = hf.get("livelm_model") if isinstance(hf.get("livelm_model"), dict) else {}
+        zero = all(not t.any() for k, t in raw.items() if k.endswith(".bias"))
+        bias = not (zero and hint.get("bias") is False)
+        try:
+            sd = from_gpt2(raw, cfg.n_layer, bias)
+        except KeyError as e:
+            raise InteropError(f"{hf_dir}: tensor {e} is missing") from None
+        cfg.bias = bias
+    else:
+        raw = {(k if k.startswith(("model.", "lm_head.")) else "model." + k): v for k, v in raw.items()
+               if not k.endswith("rotary_emb.inv_freq")}
+        sd = from_llama(raw)
+        # HF has two bias switches (attention_bias, mlp_bias), livelm one: a missing side is zeros
+        has = {k for k in sd if k.endswith(".bias")}
+        cfg.bias = bool(has)
+        if has:
+            for k, shape in expected_shapes(cfg).items():
+                if k.endswith(".bias") and k not in sd:
+                    sd[k] = torch.zeros(shape, dtype=sd["wte.weight"].dtype)
+    if cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)    # HF ties it to the embedding whatever the file holds
+    elif "lm_head.weight" not in sd:
+        raise InteropError(f"{hf_dir}: tie_word_embeddings is false but there is no lm_head.weight")
+    check_tensors(sd, cfg, hf_dir)
+
+    tok_json, mapping = import_tokenizer(hf_dir, cfg.vocab_size)
+    if mapping is not None:
+        sd, cfg.vocab_size = remap_vocab(sd, mapping), int(mapping.max()) + 1
+        check_tensors(sd, cfg, "the renumbered vocabulary")
+
+    train = TrainConfig(preset=fam, **{k: v for k, v in cfg.to_dict().items() if k in TrainConfig.__dataclass_fields__})
+    io.write_bytes(run_dir / "model.safetensors", save(sd, metadata={"step": "0", "format": "pt"}))
+    io.write_text(run_dir / "tokenizer.json", tok_json)
+    io.write_json(run_dir / "config.json", {"arch": "gpt", "model": cfg.to_dict(), "train": train.to_dict(),
+                                             "imported_from": str(hf_dir.resolve()), "step": 0})
+    n = sum(t.numel() for t in sd.values())
+    log(f"imported {hf_dir} ({archs[0]}, {n / 1e6:.2f}M parameters) into {run_dir}" +
+        ("; livelm's special tokens were added to the vocabulary (see livelm/interop/hf.py)" if mapping is not None
+         else ""))
+    return {"run": str(run_dir), "from": str(hf_dir), "architecture": archs[0], "preset": fam,
+            "vocab_size": cfg.vocab_size, "added_special_tokens": mapping is not None, "params": n}
+
+
+# ---- tokenizer import --------------------------------------------------------------------------
+def import_tokenizer(hf_dir: Path, model_vocab: int) -> tuple[str, torch.Tensor | None]:
+    """(tokenizer.json text for the run, old id -> new id map or None when ids are unchanged)."""
+    path = hf_dir / "tokenizer.json"
+    if not path.is_file():
+        raise InteropError(f"{hf_dir} has no tokenizer.json (livelm needs the fast-tokenizer file; write it with "
+                           f"AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
+    text = path.read_text(encoding="utf-8")
+    try:
+        tok = Tokenizer.load(path)            # a livelm tokenizer already: keep it byte for byte
+    except TokenizerError:
+        tok = None
+    if tok is not None:
+        if tok.vocab_size > model_vocab:
+            raise InteropError(f"{hf_dir}: the tokenizer has {tok.vocab_size} tokens but the model {model_vocab}")
+        return text, None
+    hf = _read_json(path)
+    gen = _read_json(hf_dir / "generation_config.json") if (hf_dir / "generation_config.json").is_file() else {}
+    cfg = _read_json(hf_dir / "config.json")
+
+    def first(key):
+        v = gen.get(key, cfg.get(key))
+        return v[0] if isinstance(v, list) and v else v
+
+    new_json, mapping = add_special_tokens(hf, model_vocab, eos=first("eos_token_id"), bos=first("bos_token_id"))
+    try:
+        Tokenizer(HFTokenizer.from_str(new_json))
+    except TokenizerError as e:
+        raise InteropError(f"{hf_dir}: its tokenizer cannot be used by livelm ({e}); livelm reads byte-level BPE "
+                           f"(GPT-2, Llama 3 style) and its own char tokenizers, not SentencePiece-style ones "
+                           f"(e.g. Llama 2)") from None
+    except Exception as e:  # tokenizers raises plain Exceptions for schema errors
+        raise InteropError(f"{hf_dir}/tokenizer.json could not be rebuilt with livelm's special tokens: {e}") from None
+    return new_json, mapping
+
+
+def add_special_tokens(hf: dict, model_vocab: int, eos: int | None, bos: int | None) -> tuple[str, torch.Tensor]:
+    """Renumber a tokenizers JSON so livelm's specials hold ids 0..10.
+
+    An existing special token becomes a livelm special (keeping its embedding)
+    when it is the model's eos (-> <|eos|>), its bos (-> <|bos|>, if distinct), or
+    already has a livelm special's name. Every other id keeps its order after
+    the 11 specials. Returns (JSON text, mapping (model_vocab,) old id -> new id).
+    """
+    model = hf.get("model") or {}
+    if not isinstance(model.get("vocab"), dict):
+        raise InteropError(f"tokenizer model type {model.get('type')!r} is not supported (livelm reads BPE "
+                           f"and WordLevel tokenizers)")
+    added = hf.get("added_tokens") or []
+    special_added = {t["id"]: t["content"] for t in added if t.get("special")}
+    absorb: dict[int, int] = {}                           # old id -> livelm special id
+    for old, content in special_added.items():
+        if content in SPECIAL_TOKENS:
+            absorb[old] = SPECIAL_TOKENS.index(content)
+    for old, target in ((eos, 2), (bos, 1)):
+        if old in special_added and old not in absorb and target not in absorb.values():
+            absorb[old] = target
+    n_spec = len(SPECIAL_TOKENS)
+    mapping = torch.empty(model_vocab, dtype=torch.long)
+    nxt = n_spec
+    for old in range(model_vocab):
+        if old in absorb:
+            mapping[old] = absorb[old]
+        else:
+            mapping[old] = nxt
+            nxt += 1
+    renamed = {old: SPECIAL_TOKENS[new] for old, new in absorb.items()}
+
+    def new_id(old: int) -> int:
+        if not 0 <= old < model_vocab:
+            raise InteropError(f"tokenizer id {old} is outside the model's {model_vocab}-row embedding")
+        return int(mapping[old])
+
+    vocab = {}
+    for tok, old in model["vocab"].items():
+        vocab[renamed.get(old, tok)] = new_id(old)
+    new_added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True} for i, t in enumerate(SPECIAL_TOKENS)]
+    for t in added:
+        if t["id"] not in absorb:
+            new_added.append({**t, "id": new_id(t["id"])})
+    for i, t in enumerate(SPECIAL_TOKENS):
+        vocab[t] = i
+    hf = {**hf, "model": {**model, "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1]))},
+          "added_tokens": sorted(new_added, key=lambda t: t["id"]),
+          # livelm adds bos/turn markers itself (chat template); a post-processor would add them twice
+          "post_processor": None, "truncation": None, "padding": None}
+    return json.dumps(hf, ensure_ascii=False), mapping
+
+
+def remap_vocab(sd: dict[str, torch.Tensor], mapping: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Move embedding / head rows to their new ids; rows of new specials get the mean embedding."""
+    V = int(mapping.max()) + 1
+    out = dict(sd)
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in sd:
+            old = sd[name]
+            new = old.mean(0, keepdim=True).expand(V, -1).clone()
+            new[mapping] = old
+            out[name] = new
+    return out
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def cmd_export(a) -> int:
+    if a.format == "gguf":
+        if a.adapter:
+            raise InteropError("--adapter is not supported with --format gguf; merge the adapter first "
+                               "(livelm learn --promote) or export to hf")
+        try:
+            from livelm.interop.gguf import export_gguf
+        except ImportError as e:
+            raise InteropError(f"GGUF export is not available in this installation ({e})") from None
+        path = export_gguf(a.run, a.out)
+        print(json.dumps({"format": "gguf", "out": str(path)}, ensure_ascii=False))
+        return 0
+    print(json.dumps(export_hf(a.run, a.out, a.adapter), ensure_ascii=False))
+    return 0
+
+
+def cmd_import(a) -> int:
+    print(json.dumps(import_hf(a.hf_dir, a.out, a.block_size), ensure_ascii=False))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a run as a Hugging Face (or GGUF) model folder",
+                       description="Export a GPT run to a folder that transformers loads with from_pretrained "
+                                   "(gpt2 preset -> GPT2LMHeadModel, llama preset -> LlamaForCausalLM), with the "
+                                   "tokenizer and chat template; --adapter adds a PEFT adapter in out/adapter.")
+    p.add_argument("run", help="run directory (or a LoRA adapter directory: its base run is exported with it)")
+    p.add_argument("--out", required=True, type=Path, help="new folder to write")
+    p.add_argument("--adapter", type=Path, help="LoRA adapter trained on RUN, written to OUT/adapter for PEFT")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf (default) or gguf (llama.cpp/Ollama)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="turn a Hugging Face GPT-2/Llama folder into a run",
+                       description="Import a GPT2LMHeadModel or LlamaForCausalLM folder (config.json, "
+                                   "model.safetensors or sharded safetensors, tokenizer.json) as a livelm run.")
+    p.add_argument("hf_dir", help="Hugging Face model folder")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write (new)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="cap the context window of a RoPE model (default: max_position_embeddings)")
+    p.set_defaults(func=cmd_import)
