@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # commands that live beside their feature
     from livelm.chat import repl
-    from livelm.compress import quantize
+    from livelm.compress import prune, quantize
     from livelm.interop import hf
     from livelm.learn import cli as learn_cli, rl
     from livelm.serve import app as serve_app
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl.register(sub)
     learn_cli.register(sub)
     quantize.register(sub)
+    prune.register(sub)
     hf.register(sub)
     return parser
 

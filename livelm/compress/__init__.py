@@ -31,7 +31,7 @@ def prepare_load(model: torch.nn.Module, tensors: dict[str, torch.Tensor], confi
         prepare_quantized(model, config["quantization"])
     if config.get("sparse"):
         from livelm.compress.prune import densify
-        tensors = densify(tensors, config["sparse"])
+        tensors = densify(tensors, config["sparse"], {k: v.shape for k, v in model.state_dict().items()})
     return tensors
 
 
