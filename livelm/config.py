@@ -58,6 +58,7 @@ class TrainConfig:
     dtype: str = "auto"            # auto | float32 | bfloat16 | float16
     device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
+    fsdp: bool = False             # under torchrun: shard params/grads/optimizer state (FSDP2) instead of DDP
     threads: int = 0               # torch intra-op threads; 0 = leave PyTorch's default
     progress: bool = True
     # --- other architectures (--arch bert|seq2seq|lstm; livelm/train/archs.py). The GPT ignores these.

@@ -4,14 +4,22 @@ An objective is a plain function `objective(model, batch) -> loss` (see
 livelm/train/objectives.py); data is a function `get_batch(split, index) ->
 dict of tensors` that is deterministic in `index`. Everything else — AdamW
 with decay on matrices only, warmup + cosine schedule, gradient accumulation
-and clipping, mixed precision, torch.compile, DDP under torchrun, periodic
-evaluation, sampling, metrics, the loss-curve PNG, atomic checkpoints and
-exact resume — lives here once.
+and clipping, mixed precision, torch.compile, DDP or FSDP under torchrun,
+periodic evaluation, sampling, metrics, the loss-curve PNG, atomic checkpoints
+and exact resume — lives here once.
 
 Step bookkeeping: a checkpoint saved "at step s" holds the model after s
 updates; resuming runs updates s, s+1, ... Micro-batch g of the whole job is
 `step * grad_accum + rank * accum_per_rank + micro`, so 1 process with
 grad_accum=2 sees exactly the batches that 2 processes with grad_accum=2 see.
+
+DDP keeps a full copy of the model and optimizer on every process and averages
+gradients; FSDP (--fsdp) keeps 1/N of each on each of N processes and gathers
+a block's weights only while that block runs (livelm/runtime.py:shard_model).
+Under FSDP every forward pass is a collective, so whatever runs a forward —
+evaluation, samples, extra_eval, the checkpoint gather — runs on every rank
+alike; only rank 0 writes. Its checkpoints are sharded (checkpoint.save_sharded)
+and resume on any process count.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ from tqdm import tqdm
 
 from livelm import io
 from livelm.config import TrainConfig
-from livelm.runtime import Dist, autocast, init_distributed, pick_dtype
+from livelm.runtime import Dist, autocast, init_distributed, pick_dtype, shard_model
 from livelm.train import checkpoint
 from livelm.train.plot import plot_metrics
 
@@ -87,9 +95,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     if ddp.world > 1 and cfg.grad_accum % ddp.world:
         raise ValueError(f"--grad-accum {cfg.grad_accum} must be a multiple of the {ddp.world} processes")
     accum_per_rank = max(1, cfg.grad_accum // ddp.world)
+    if cfg.fsdp and (save_fn is not None or trainable is not None):
+        raise ValueError("--fsdp shards whole models; LoRA and custom checkpoints (finetune --lora, --arch lstm) "
+                         "train with DDP — drop --fsdp")
+    if cfg.fsdp and dtype == torch.float16:
+        raise ValueError("--fsdp trains in bfloat16 or float32 (float16 would need a sharded gradient scaler); "
+                         "pass --dtype bfloat16 or --dtype float32")
+    # One process has nothing to shard: it trains plainly, but keeps the sharded
+    # checkpoint format, so an FSDP run moves between 1 and N processes freely.
+    sharded = cfg.fsdp and ddp.world > 1
 
     torch.manual_seed(cfg.seed + ddp.rank)  # dropout masks; restored exactly on --resume
-    model.to(device)
+    if sharded:
+        model = shard_model(model, device, dtype, ddp.world)  # moves each block to the device as it shards it
+    else:
+        model.to(device)
     if trainable is not None:
         trainable(model)
     optimizer = make_optimizer(model, cfg, device)
@@ -98,8 +118,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     metrics_path = run_dir / "metrics.jsonl"
 
     if resume:
-        state = checkpoint.load_train_state(run_dir)
-        optimizer.load_state_dict(state["optimizer"])
+        # the run's last checkpoint, sharded or not, into this model, FSDP or not, on any process count
+        state = checkpoint.load_resume_state(run_dir, model, optimizer)
         start_step, best_val = int(state["step"]), float(state.get("best_val", best_val))
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
@@ -111,7 +131,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         metrics_path.unlink()  # a fresh run starts a fresh log
 
     step_model = model
-    if ddp.world > 1:
+    if ddp.world > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
         step_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
@@ -131,18 +151,24 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         model.eval()
         if cfg.eval_iters > 0:  # objectives without a held-out loss (RL) set eval_iters=0
             total = torch.zeros(2, device=device)  # (sum of losses, count)
-            for i in range(ddp.rank, cfg.eval_iters, ddp.world):
+            # FSDP: every rank must run the same number of forwards (each is a collective), so a rank
+            # left without a batch of its own runs an uncounted one
+            stop = math.ceil(cfg.eval_iters / ddp.world) * ddp.world if sharded else cfg.eval_iters
+            for i in range(ddp.rank, stop, ddp.world):
                 with autocast(device, dtype):
-                    loss = objective(step_model, batch_on_device("val", i))
-                total += torch.stack([loss.float().detach(), torch.ones((), device=device)])
+                    loss = objective(step_model, batch_on_device("val", i % cfg.eval_iters))
+                if i < cfg.eval_iters:
+                    total += torch.stack([loss.float().detach(), torch.ones((), device=device)])
             if ddp.world > 1:
                 dist.all_reduce(total)
             val_loss = (total[0] / total[1]).item()
             out = {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))}
             if bytes_per_token:
                 out["bits_per_byte"] = val_loss / math.log(2) / bytes_per_token
-        if extra_eval is not None and ddp.is_main:
-            out.update(extra_eval(model))
+        if extra_eval is not None and (ddp.is_main or sharded):
+            extra = extra_eval(model)
+            if ddp.is_main:
+                out.update(extra)
         model.train()
         return out
 
@@ -152,6 +178,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
             state["rng_cuda"] = torch.cuda.get_rng_state()
         if save_fn is not None:
             save_fn(run_dir, model, step, state)
+        elif cfg.fsdp:
+            checkpoint.save_sharded(run_dir, model, optimizer, tokenizer, run_config, step, state)
         else:
             checkpoint.save_checkpoint(run_dir, model, tokenizer, run_config, step, state)
 
@@ -173,11 +201,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
                 _append_metrics(metrics_path, {"step": step, **last})
                 pbar.write(f"step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in last.items()
                                                        if isinstance(v, float)), file=sys.stderr)
-                if cfg.sample_interval and tokenizer is not None and step % cfg.sample_interval == 0:
-                    _print_sample(model, tokenizer, cfg, pbar)
-        if ddp.is_main and ((step % save_every == 0 and step > start_step) or is_last):
-            save(step)
-            plot_metrics(metrics_path, run_dir / "loss.png")
+            if (ddp.is_main or sharded) and cfg.sample_interval and tokenizer is not None \
+                    and step % cfg.sample_interval == 0:
+                _print_sample(model, tokenizer, cfg, pbar, show=ddp.is_main)
+        if (step % save_every == 0 and step > start_step) or is_last:
+            if ddp.is_main or sharded:  # gathering the sharded weights takes every rank
+                save(step)
+            if ddp.is_main:
+                plot_metrics(metrics_path, run_dir / "loss.png")
         if is_last:
             break
 
@@ -189,8 +220,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         for micro in range(accum_per_rank):
             batch = batch_on_device("train", step * cfg.grad_accum + ddp.rank * accum_per_rank + micro)
             ntok += batch["idx"].numel() if "idx" in batch else 0
-            if ddp.world > 1:
+            if ddp.world > 1 and not sharded:
                 step_model.require_backward_grad_sync = micro == accum_per_rank - 1
+            # (FSDP reduce-scatters after every micro-batch: skipping it, as DDP does, would keep
+            # full-size gradients on each rank until the last one, which is what FSDP is there to avoid)
             with autocast(device, dtype):
                 loss = objective(step_model, batch)
             scaler.scale(loss / accum_per_rank).backward()
@@ -240,10 +273,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     io.write_text(path, "".join(l + "\n" for l in keep))
 
 
-def _print_sample(model, tokenizer, cfg: TrainConfig, pbar) -> None:
+def _print_sample(model, tokenizer, cfg: TrainConfig, pbar, show: bool = True) -> None:
     from livelm.infer.engine import Engine, SamplingParams
     engine = Engine(model, tokenizer, max_batch=1)
     prompt = tokenizer.encode(cfg.sample_prompt) or [tokenizer.bos_id]
     out = engine.generate([prompt], SamplingParams(max_tokens=64, temperature=0.8, top_k=50, seed=cfg.seed))[0]
-    pbar.write(f"sample: {cfg.sample_prompt + out.text!r}", file=sys.stderr)
+    if show:
+        pbar.write(f"sample: {cfg.sample_prompt + out.text!r}", file=sys.stderr)
     model.train()
