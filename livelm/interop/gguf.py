@@ -1,0 +1,185 @@
+"""GGUF export for llama.cpp and Ollama: a llama-preset run as one model.gguf + an Ollama Modelfile.
+
+    out_dir/model.gguf   general.architecture = "llama", the llama.* hyperparameters, the
+                         tokenizer (tokenizer.ggml.model = "gpt2": byte-level BPE), special
+                         token ids and the chat template; tensors in fp32 (or fp16)
+    out_dir/Modelfile    FROM ./model.gguf, TEMPLATE with livelm's turn markers, stop at <|end|>
+
+Tensor names (livelm -> GGUF):
+    wte.weight                      token_embd.weight
+    blocks.N.ln_1.weight            blk.N.attn_norm.weight
+    blocks.N.attn.{q,k,v,o}_proj    blk.N.attn_{q,k,v,output}.weight
+    blocks.N.ln_2.weight            blk.N.ffn_norm.weight
+    blocks.N.mlp.{gate,up,down}_proj blk.N.ffn_{gate,up,down}.weight
+    ln_f.weight, lm_head.weight     output_norm.weight, output.weight (omitted when tied)
+
+Rotary layout. livelm rotates dimension i of a head with dimension i + D/2 ("rotate half",
+like Hugging Face's Llama). llama.cpp's llama architecture rotates neighbours (2i, 2i+1).
+So, exactly as llama.cpp's convert_hf_to_gguf.py does for Hugging Face checkpoints, the
+rows of each head in W_q and W_k are reordered: row i of the first half goes to 2i, row i
+of the second half to 2i + 1. q·k is unchanged by the reordering (both sides move alike),
+and V / the output projection do not see positions, so nothing else changes.
+
+The gpt2 preset (learned positions, LayerNorm, GELU, biases) is not exported to GGUF.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from livelm import io
+from livelm.chat.template import JINJA_TEMPLATE
+from livelm.tokenizer import _bytes_to_unicode
+from livelm.train.checkpoint import load_model
+
+
+class GGUFExportError(ValueError):
+    pass
+
+
+def rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(n_heads·D, C) rows in rotate-half order -> llama.cpp's interleaved pair order, per head."""
+    out_features, C = w.shape
+    D = out_features // n_heads
+    return w.view(n_heads, 2, D // 2, C).transpose(1, 2).reshape(out_features, C)
+
+
+def check_supported(cfg, config: dict) -> None:
+    if "quantization" in config:
+        raise GGUFExportError("this run is quantized with livelm's own int8/int4 layout; export the original run "
+                              "and quantize the GGUF with llama.cpp's llama-quantize")
+    llama = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+    differs = [f"{k}={getattr(cfg, k)!r}" for k, v in llama.items() if getattr(cfg, k) != v]
+    if differs:
+        raise GGUFExportError(f"GGUF export supports the llama preset (RoPE, RMSNorm, SwiGLU, no biases); this run has "
+                              f"{', '.join(differs)}. Export a gpt2-preset run to Hugging Face instead "
+                              f"(livelm export --format hf), which llama.cpp's convert_hf_to_gguf.py reads")
+
+
+def gguf_vocab(tokenizer_json: dict, special_ids: frozenset[int]) -> tuple[list[str], list[int], list[str]]:
+    """(tokens by id, token types, merges) in the byte-level BPE form llama.cpp's "gpt2" tokenizer reads."""
+    import gguf
+    model = tokenizer_json["model"]
+    vocab = dict(model["vocab"])
+    vocab.update({t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])})
+    tokens = [""] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text
+    if model["type"] == "BPE":
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    else:
+        # the character tokenizer: write each character as its byte-level form, and give every
+        # multi-byte character the merges that rebuild it from its bytes
+        b2u = _bytes_to_unicode()
+        merges = []
+        for i, text in enumerate(tokens):
+            if i in special_ids:
+                continue
+            parts = [b2u[b] for b in text.encode("utf-8")]
+            tokens[i] = "".join(parts)
+            for j in range(1, len(parts)):
+                merges.append("".join(parts[:j]) + " " + parts[j])
+        # llama.cpp refuses a file without merges; an ASCII-only vocabulary needs none, so it gets one
+        # that never changes a result ("~~" is not in the vocabulary: llama.cpp falls back to "~", "~")
+        merges = list(dict.fromkeys(merges)) or ["~ ~"]
+    types = [int(gguf.TokenType.CONTROL if i in special_ids else gguf.TokenType.NORMAL) for i in range(len(tokens))]
+    return tokens, types, merges
+
+
+def modelfile(block_size: int) -> str:
+    # Ollama renders this Go template; the turn markers are parsed as special tokens, so the prompt
+    # is the token sequence livelm's chat template produces: <|bos|> <|role|> text <|end|> ... <|assistant|>
+    return ('FROM ./model.gguf\n'
+            'TEMPLATE """<|bos|>{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"""\n'
+            'PARAMETER stop "<|end|>"\n'
+            'PARAMETER stop "<|eos|>"\n'
+            f'PARAMETER num_ctx {block_size}\n')
+
+
+def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") -> Path:
+    """Write out_dir/model.gguf and out_dir/Modelfile for a llama-preset run; returns the .gguf path."""
+    import gguf
+    if outtype not in ("f32", "f16"):
+        raise GGUFExportError(f"outtype must be f32 or f16, got {outtype!r}")
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, tokenizer, config = load_model(run_dir)
+    cfg = model.cfg
+    check_supported(cfg, config)
+    tok_json = json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tokens, types, merges = gguf_vocab(tok_json, tokenizer.special_ids)
+    if len(tokens) != cfg.vocab_size:
+        raise GGUFExportError(f"tokenizer has {len(tokens)} tokens but the model's vocabulary is {cfg.vocab_size}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".model.gguf.", suffix=".tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        w = gguf.GGUFWriter(tmp, "llama")
+        w.add_name(run_dir.resolve().name)
+        w.add_file_type(int(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16))
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_context_length(cfg.block_size)
+        w.add_embedding_length(cfg.d_model)
+        w.add_block_count(cfg.n_layer)
+        w.add_feed_forward_length(cfg.mlp_hidden)
+        w.add_head_count(cfg.n_head)
+        w.add_head_count_kv(cfg.n_kv_head)
+        w.add_key_length(cfg.head_dim)            # differs from d_model / n_head after head pruning
+        w.add_value_length(cfg.head_dim)
+        w.add_rope_dimension_count(cfg.head_dim)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")              # GPT-2's split regex; livelm also isolates each CJK character
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(tokenizer.bos_id)
+        w.add_eos_token_id(tokenizer.eos_id)
+        w.add_eot_token_id(tokenizer.end_id)      # end of an assistant turn: chat generation stops here
+        w.add_pad_token_id(tokenizer.pad_id)
+        w.add_unk_token_id(tokenizer.unk_id)
+        w.add_add_bos_token(False)                # livelm never adds <|bos|> to plain text; the template does
+        w.add_chat_template(JINJA_TEMPLATE)
+
+        def add(name: str, t: torch.Tensor) -> None:
+            a = t.detach().float().cpu().numpy()
+            if outtype == "f16" and a.ndim == 2:  # norms stay fp32, as llama.cpp expects
+                a = a.astype(np.float16)
+            w.add_tensor(name, np.ascontiguousarray(a))
+
+        add("token_embd.weight", model.wte.weight)
+        for i, block in enumerate(model.blocks):
+            attn, mlp = block.attn, block.mlp
+            add(f"blk.{i}.attn_norm.weight", block.ln_1.weight)
+            add(f"blk.{i}.attn_q.weight", rope_permute(attn.q_proj.weight, cfg.n_head))
+            add(f"blk.{i}.attn_k.weight", rope_permute(attn.k_proj.weight, cfg.n_kv_head))
+            add(f"blk.{i}.attn_v.weight", attn.v_proj.weight)
+            add(f"blk.{i}.attn_output.weight", attn.o_proj.weight)
+            add(f"blk.{i}.ffn_norm.weight", block.ln_2.weight)
+            add(f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight)
+            add(f"blk.{i}.ffn_up.weight", mlp.up_proj.weight)
+            add(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight)
+        add("output_norm.weight", model.ln_f.weight)
+        if not cfg.tie_embeddings:                # tied: llama.cpp reuses token_embd as the head
+            add("output.weight", model.lm_head.weight)
+
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_dir / "model.gguf")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    io.write_text(out_dir / "Modelfile", modelfile(cfg.block_size))
+    return out_dir / "model.gguf"
