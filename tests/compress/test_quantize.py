@@ -5,6 +5,7 @@ Stated tolerance (trained 2x64 char model, every position of a validation window
     greedy next token agrees    >= 95% int8 / int8-dynamic, 90% int4
     perplexity change           <=  1% int8 / int8-dynamic, 5% int4
 """
+import io
 import json
 
 import pytest
@@ -121,11 +122,14 @@ def test_quantized_run_saves_loads_and_generates(tiny_llama_run, char_data, tmp_
     assert capsys.readouterr().out.strip()
 
 
-def test_quantized_run_generates_and_chats_in_a_subprocess(tiny_llama_run, tmp_path):
+def test_quantized_run_generates_in_a_subprocess_and_chats(tiny_llama_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "q"
     run_cli("quantize", tiny_llama_run, "--out", out, "--method", "int4")
     assert run_cli("generate", out, "--prompt", "First", "--max-tokens", "20", "--temperature", "0").stdout.strip()
-    assert run_cli("chat", out, "--temperature", "0", "--max-tokens", "10", input="hello\n").stdout.strip()
+    # the chat REPL, reading piped lines (one answer per line)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/reset\nFirst\n"))
+    assert main(["chat", str(out), "--temperature", "0", "--max-tokens", "10"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
 
 def test_quantize_cli_errors(tiny_llama_run, tmp_path, capsys):
