@@ -28,7 +28,7 @@ from typing import Iterator
 
 import torch
 
-from livelm.infer.sampling import SamplingParams, sample_next, top_logprobs
+from livelm.infer.sampling import SamplingParams, is_plain, sample_next, sample_plain, top_logprobs
 from livelm.infer.textstream import TextStream
 from livelm.models.gpt import KVCache
 
@@ -172,17 +172,24 @@ class Engine:
             logits = self.model(idx, cache=self.cache, slots=slots, last_only=True)[:, -1]
             for s, row in zip(needs_forward, logits):
                 s.next_logits = row
+        # rows that only use a temperature are sampled together; penalties and filters go row by row
+        plain = [s for s in ready if is_plain(s.params)]
+        tokens = dict(zip((s.id for s in plain),
+                          sample_plain(torch.stack([s.next_logits for s in plain]), [s.params for s in plain],
+                                       [s.generator for s in plain]) if plain else []))
         for seq in ready:
-            events.append(self._sample(seq))
+            events.append(self._sample(seq, tokens.get(seq.id)))
         return events
 
     def _activate_adapters(self, seqs: list[Sequence]) -> None:
         if self.set_adapters is not None:
             self.set_adapters(self.model, [s.adapter for s in seqs])
 
-    def _sample(self, seq: Sequence) -> Event:
-        logits, seq.next_logits = seq.next_logits.float(), None
-        token = sample_next(logits, seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
+    def _sample(self, seq: Sequence, token: int | None = None) -> Event:
+        """Append a token (sampled here unless `token` was already drawn in a batch) and stream its text."""
+        logits, seq.next_logits = seq.next_logits, None
+        if token is None:
+            token = sample_next(logits.float(), seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
         if seq.params.logprobs is not None:
             seq.logprobs.append(top_logprobs(logits, token, seq.params.logprobs, self.tokenizer))
         if seq.first_token_at is None:
@@ -206,6 +213,14 @@ class Engine:
         if stopped:
             self._retire(seq, "stop")
         return Event(seq, delta, stopped)
+
+    def abort(self, seq: Sequence) -> None:
+        """Retire a sequence now, without waiting for a step (the server gives up on it); frees its slot."""
+        with self.lock:
+            if seq in self.waiting:
+                self.waiting.remove(seq)
+            if not seq.finished:
+                self._retire(seq, "cancelled")
 
     def _retire(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason

@@ -88,6 +88,32 @@ def sample_next(logits: torch.Tensor, p: SamplingParams, prompt_ids: list[int], 
     return min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
 
 
+def is_plain(p: SamplingParams) -> bool:
+    """No penalties and no filtering: only a temperature, so the row can be sampled with others at once."""
+    return (p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
+            and not p.top_k and p.top_p >= 1.0 and p.min_p <= 0)
+
+
+def sample_plain(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
+    """sample_next for B rows that are all `is_plain`, with one softmax/cumsum/search for the whole batch.
+
+    logits: (B, V). The draws are the same as sample_next's row by row (one uniform per row from
+    that row's generator, inverse CDF), so a seeded request samples the same tokens alone or in a batch.
+    """
+    temps = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+    greedy = temps == 0
+    out = logits.float().argmax(-1).cpu()                                              # (B,)
+    if bool(greedy.all()):
+        return out.tolist()
+    rows = (~greedy).nonzero().squeeze(1)                                              # (b,)
+    probs = torch.softmax(logits[rows.to(logits.device)].float() / temps[rows, None].to(logits.device), dim=-1)
+    cdf = probs.cumsum(-1).cpu()                                                       # (b, V)
+    u = torch.stack([torch.rand((), generator=generators[i]) for i in rows.tolist()]) * cdf[:, -1]
+    picked = torch.searchsorted(cdf, u[:, None], right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
+    out[rows] = picked
+    return out.tolist()
+
+
 def top_logprobs(logits: torch.Tensor, token: int, k: int, tokenizer) -> dict:
     """Log-probabilities under the model's raw distribution (before sampling filters), as vLLM reports them."""
     logp = torch.log_softmax(logits.float(), dim=-1)

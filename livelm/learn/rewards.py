@@ -23,3 +23,12 @@ def same_language(messages: list[dict], answer: str) -> float:
     if want == "zh":
         return 1.0 if _CJK.search(answer) else 0.0
     return 1.0 if not _CJK.search(answer) and _LATIN.search(answer) else 0.0
+
+
+def states_reference(messages: list[dict], answer: str, reference: str, **_) -> float:
+    """1 if the answer states `reference` (a column of the prompts file) in the question's language.
+
+    A verifiable reward: e.g. the fact a shop question asks for, "¥38" or "上午9点到晚上9点".
+    Numbers must match whole ("¥38" is not in "¥388"); case, width and spacing are ignored."""
+    from livelm.data.builtin import _contains_value
+    return same_language(messages, answer) * float(_contains_value(answer, reference))

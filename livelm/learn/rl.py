@@ -7,14 +7,18 @@ mean — no value network, the group is the baseline. Then one policy-gradient
 step on the adapter (objective `grpo_loss`), optionally with a KL penalty to
 the starting model (the same weights with the adapter switched off).
 
-The reward is any Python function `reward(messages, answer) -> float`, named as
-`module:function` (e.g. `livelm.learn.rewards:same_language`).
+The reward is any Python function `reward(messages, answer, **columns) -> float`,
+named as `module:function` (e.g. `livelm.learn.rewards:same_language`); `columns`
+are the prompt record's other JSONL fields, such as a reference answer
+(`livelm.learn.rewards:states_reference`). Worked example: bench/rl_facts.py.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,17 +38,28 @@ def load_reward(spec: str):
     module, sep, name = spec.partition(":")
     if not sep:
         raise ValueError(f"--reward must be module:function, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())   # like `python -m`: a reward module next to the user's data imports
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot load reward {spec!r}: {e}") from None
     if not callable(fn):
         raise ValueError(f"reward {spec!r} is not callable")
-    return fn
+    # hand over only the columns the function names (all of them if it takes **kwargs), so a reward
+    # written as f(messages, answer) still works on a prompts file that carries extra fields
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return fn
+    names = {p.name for p in params}
+    return lambda messages, answer, **cols: fn(messages, answer, **{k: v for k, v in cols.items() if k in names})
 
 
-def read_prompts(path: str | Path) -> list[list[dict]]:
-    """JSONL of {"messages": [...]} (without the answer) or {"prompt": "..."}; or plain text, one prompt a line."""
+def read_prompts(path: str | Path) -> list[tuple[list[dict], dict]]:
+    """JSONL of {"messages": [...]} (without the answer) or {"prompt": "..."}; or plain text, one prompt a line.
+
+    Returns (messages, columns): any other fields of a JSONL record (e.g. "reference") are handed to the
+    reward function as keyword arguments, as TRL's GRPOTrainer does with dataset columns."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompts file not found: {path}")
@@ -64,9 +79,10 @@ def read_prompts(path: str | Path) -> list[list[dict]]:
                 msgs = validate(msgs)
             except ValueError as e:
                 raise ValueError(f"{path}:{n}: {e}") from None
-            out.append([m for m in msgs if m["role"] != "assistant" or m is not msgs[-1]])
+            columns = {k: v for k, v in rec.items() if k not in ("messages", "prompt")}
+            out.append(([m for m in msgs if m["role"] != "assistant" or m is not msgs[-1]], columns))
         else:
-            out.append([{"role": "user", "content": line}])
+            out.append(([{"role": "user", "content": line}], {}))
     if not out:
         raise ValueError(f"{path} holds no prompts")
     return out
@@ -88,15 +104,16 @@ class GroupSampler:
             if self.per_step <= len(self.prompts) else [self.prompts[i] for i in rng.integers(0, len(self.prompts), self.per_step)]
         was_training = self.model.training
         engine = Engine(self.model, self.tok, max_batch=self.group * len(chosen))
-        prompts, params, convs = [], [], []
-        for p_i, msgs in enumerate(chosen):
+        prompts, params, convs, columns = [], [], [], []
+        for msgs, cols in chosen:
             for g in range(self.group):
                 prompts.append(prompt_ids(msgs, self.tok))
                 params.append(SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
                                              seed=int(rng.integers(2**31))))
                 convs.append(msgs)
+                columns.append(cols)
         outs = engine.generate(prompts, params)
-        rewards = torch.tensor([float(self.reward_fn(c, o.text)) for c, o in zip(convs, outs)])
+        rewards = torch.tensor([float(self.reward_fn(c, o.text, **cols)) for c, o, cols in zip(convs, outs, columns)])
         grouped = rewards.view(len(chosen), self.group)
         adv = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
         self.rewards.append(rewards.mean().item())
@@ -111,9 +128,9 @@ class GroupSampler:
 
     def mean_reward(self, prompts, greedy: bool = True) -> float:
         engine = Engine(self.model, self.tok, max_batch=32)
-        outs = engine.generate([prompt_ids(m, self.tok) for m in prompts],
+        outs = engine.generate([prompt_ids(m, self.tok) for m, _ in prompts],
                                SamplingParams(max_tokens=self.max_tokens, temperature=0 if greedy else self.temperature, seed=0))
-        return float(np.mean([self.reward_fn(m, o.text) for m, o in zip(prompts, outs)]))
+        return float(np.mean([self.reward_fn(m, o.text, **cols) for (m, cols), o in zip(prompts, outs)]))
 
 
 def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=None, group: int = 8, per_step: int = 4,
@@ -165,7 +182,7 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="chat run to improve")
     p.add_argument("--prompts", required=True, help="prompts: JSONL ({messages} or {prompt}) or text lines")
-    p.add_argument("--reward", required=True, help="module:function, called as f(messages, answer) -> float")
+    p.add_argument("--reward", required=True, help="module:function, called as f(messages, answer, **other JSONL fields) -> float")
     p.add_argument("--out", required=True, type=Path, help="adapter directory to write")
     p.add_argument("--group", type=int, default=8, help="answers sampled per prompt (default 8)")
     p.add_argument("--prompts-per-step", type=int, default=4)

@@ -253,12 +253,8 @@ class Scheduler:
     def _abort_all(self, message: str, code: str) -> None:
         """Retire every sequence and tell each waiting client why."""
         with self.engine.lock:
-            for seq in list(self.engine.waiting):
-                self.engine.waiting.remove(seq)
-                seq.finish_reason = "cancelled"
-            for seq in list(self.engine.running):
-                # Engine has no public abort; _retire is what a cancelled step would do
-                self.engine._retire(seq, "cancelled")
+            for seq in list(self.engine.waiting) + list(self.engine.running):
+                self.engine.abort(seq)
             tracks, self.tracks = self.tracks, {}
         for track in tracks.values():
             self._post(track.ticket, Chunk(track.index, error=message, error_code=code))
