@@ -1,17 +1,20 @@
-"""GGUF export for llama.cpp and Ollama: a llama-preset run as one model.gguf + an Ollama Modelfile.
+"""GGUF export for llama.cpp and Ollama: a run as one model.gguf + an Ollama Modelfile.
 
-    out_dir/model.gguf   general.architecture = "llama", the llama.* hyperparameters, the
-                         tokenizer (tokenizer.ggml.model = "gpt2": byte-level BPE), special
-                         token ids and the chat template; tensors in fp32 (or fp16)
+    out_dir/model.gguf   general.architecture = "llama" (llama preset) or "gpt2" (gpt2 preset),
+                         its hyperparameters, the tokenizer (tokenizer.ggml.model = "gpt2":
+                         byte-level BPE), special token ids and the chat template; tensors in
+                         fp32 (or fp16)
     out_dir/Modelfile    FROM ./model.gguf, TEMPLATE with livelm's turn markers, stop at <|end|>
 
 Tensor names (livelm -> GGUF):
-    wte.weight                      token_embd.weight
-    blocks.N.ln_1.weight            blk.N.attn_norm.weight
-    blocks.N.attn.{q,k,v,o}_proj    blk.N.attn_{q,k,v,output}.weight
-    blocks.N.ln_2.weight            blk.N.ffn_norm.weight
-    blocks.N.mlp.{gate,up,down}_proj blk.N.ffn_{gate,up,down}.weight
-    ln_f.weight, lm_head.weight     output_norm.weight, output.weight (omitted when tied)
+    wte.weight, wpe.weight           token_embd.weight, position_embd.weight (gpt2)
+    blocks.N.ln_1                    blk.N.attn_norm
+    blocks.N.attn.{q,k,v}_proj       llama: blk.N.attn_{q,k,v}; gpt2: one fused blk.N.attn_qkv
+    blocks.N.attn.o_proj             blk.N.attn_output
+    blocks.N.ln_2                    blk.N.ffn_norm
+    blocks.N.mlp.{gate,up,down}_proj blk.N.ffn_{gate,up,down}
+    ln_f, lm_head                    output_norm, output (omitted when tied: llama.cpp reuses token_embd)
+(.weight, and .bias where the gpt2 preset has biases.)
 
 Rotary layout. livelm rotates dimension i of a head with dimension i + D/2 ("rotate half",
 like Hugging Face's Llama). llama.cpp's llama architecture rotates neighbours (2i, 2i+1).
@@ -20,7 +23,7 @@ rows of each head in W_q and W_k are reordered: row i of the first half goes to 
 of the second half to 2i + 1. q·k is unchanged by the reordering (both sides move alike),
 and V / the output projection do not see positions, so nothing else changes.
 
-The gpt2 preset (learned positions, LayerNorm, GELU, biases) is not exported to GGUF.
+The gpt2 architecture needs no permutation: its positions are learned, not rotary.
 """
 from __future__ import annotations
 
@@ -49,16 +52,24 @@ def rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, D // 2, C).transpose(1, 2).reshape(out_features, C)
 
 
-def check_supported(cfg, config: dict) -> None:
+ARCHS = {"llama": dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False),
+         "gpt2": dict(position="learned", norm="layernorm", mlp="gelu", bias=True)}
+
+
+def gguf_arch(cfg, config: dict) -> str:
+    """"llama" or "gpt2": the llama.cpp architecture this run's config is, or a clear error."""
     if "quantization" in config:
         raise GGUFExportError("this run is quantized with livelm's own int8/int4 layout; export the original run "
                               "and quantize the GGUF with llama.cpp's llama-quantize")
-    llama = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
-    differs = [f"{k}={getattr(cfg, k)!r}" for k, v in llama.items() if getattr(cfg, k) != v]
-    if differs:
-        raise GGUFExportError(f"GGUF export supports the llama preset (RoPE, RMSNorm, SwiGLU, no biases); this run has "
-                              f"{', '.join(differs)}. Export a gpt2-preset run to Hugging Face instead "
-                              f"(livelm export --format hf), which llama.cpp's convert_hf_to_gguf.py reads")
+    for arch, fields in ARCHS.items():
+        if all(getattr(cfg, k) == v for k, v in fields.items()):
+            if arch == "gpt2" and cfg.n_head * cfg.head_dim != cfg.d_model:
+                raise GGUFExportError("llama.cpp's gpt2 architecture needs n_head x head size = d_model; this run had "
+                                      "heads pruned away. Prune MLP channels instead, or use the llama preset")
+            return arch
+    have = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in ARCHS["llama"])
+    raise GGUFExportError(f"GGUF export supports the llama preset (rope, rmsnorm, swiglu, no biases) and the gpt2 "
+                          f"preset (learned positions, layernorm, gelu, biases); this run mixes them ({have})")
 
 
 def gguf_vocab(tokenizer_json: dict, special_ids: frozenset[int]) -> tuple[list[str], list[int], list[str]]:
@@ -102,14 +113,14 @@ def modelfile(block_size: int) -> str:
 
 
 def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") -> Path:
-    """Write out_dir/model.gguf and out_dir/Modelfile for a llama-preset run; returns the .gguf path."""
+    """Write out_dir/model.gguf and out_dir/Modelfile for a llama- or gpt2-preset run; returns the .gguf path."""
     import gguf
     if outtype not in ("f32", "f16"):
         raise GGUFExportError(f"outtype must be f32 or f16, got {outtype!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, tokenizer, config = load_model(run_dir)
     cfg = model.cfg
-    check_supported(cfg, config)
+    arch = gguf_arch(cfg, config)
     tok_json = json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
     tokens, types, merges = gguf_vocab(tok_json, tokenizer.special_ids)
     if len(tokens) != cfg.vocab_size:
@@ -119,7 +130,7 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") 
     fd, tmp = tempfile.mkstemp(prefix=".model.gguf.", suffix=".tmp", dir=out_dir)
     os.close(fd)
     try:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, arch)
         w.add_name(run_dir.resolve().name)
         w.add_file_type(int(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16))
         w.add_vocab_size(cfg.vocab_size)
@@ -129,11 +140,14 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") 
         w.add_feed_forward_length(cfg.mlp_hidden)
         w.add_head_count(cfg.n_head)
         w.add_head_count_kv(cfg.n_kv_head)
-        w.add_key_length(cfg.head_dim)            # differs from d_model / n_head after head pruning
-        w.add_value_length(cfg.head_dim)
-        w.add_rope_dimension_count(cfg.head_dim)
-        w.add_rope_freq_base(cfg.rope_theta)
-        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        if arch == "llama":
+            w.add_key_length(cfg.head_dim)        # differs from d_model / n_head after head pruning
+            w.add_value_length(cfg.head_dim)
+            w.add_rope_dimension_count(cfg.head_dim)
+            w.add_rope_freq_base(cfg.rope_theta)
+            w.add_layer_norm_rms_eps(cfg.norm_eps)
+        else:
+            w.add_layer_norm_eps(cfg.norm_eps)
 
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("gpt-2")              # GPT-2's split regex; livelm also isolates each CJK character
@@ -154,19 +168,31 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") 
                 a = a.astype(np.float16)
             w.add_tensor(name, np.ascontiguousarray(a))
 
+        def add_module(name: str, module) -> None:   # weight, and bias when there is one
+            add(name + ".weight", module.weight)
+            if getattr(module, "bias", None) is not None:
+                add(name + ".bias", module.bias)
+
         add("token_embd.weight", model.wte.weight)
+        if arch == "gpt2":
+            add("position_embd.weight", model.wpe.weight)
         for i, block in enumerate(model.blocks):
-            attn, mlp = block.attn, block.mlp
-            add(f"blk.{i}.attn_norm.weight", block.ln_1.weight)
-            add(f"blk.{i}.attn_q.weight", rope_permute(attn.q_proj.weight, cfg.n_head))
-            add(f"blk.{i}.attn_k.weight", rope_permute(attn.k_proj.weight, cfg.n_kv_head))
-            add(f"blk.{i}.attn_v.weight", attn.v_proj.weight)
-            add(f"blk.{i}.attn_output.weight", attn.o_proj.weight)
-            add(f"blk.{i}.ffn_norm.weight", block.ln_2.weight)
-            add(f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight)
-            add(f"blk.{i}.ffn_up.weight", mlp.up_proj.weight)
-            add(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight)
-        add("output_norm.weight", model.ln_f.weight)
+            attn, mlp, p = block.attn, block.mlp, f"blk.{i}."
+            add_module(p + "attn_norm", block.ln_1)
+            if arch == "llama":
+                add(p + "attn_q.weight", rope_permute(attn.q_proj.weight, cfg.n_head))
+                add(p + "attn_k.weight", rope_permute(attn.k_proj.weight, cfg.n_kv_head))
+                add(p + "attn_v.weight", attn.v_proj.weight)
+            else:                                 # one fused projection: rows q, then k, then v
+                add(p + "attn_qkv.weight", torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+                add(p + "attn_qkv.bias", torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+            add_module(p + "attn_output", attn.o_proj)
+            add_module(p + "ffn_norm", block.ln_2)
+            if arch == "llama":
+                add_module(p + "ffn_gate", mlp.gate_proj)
+            add_module(p + "ffn_up", mlp.up_proj)
+            add_module(p + "ffn_down", mlp.down_proj)
+        add_module("output_norm", model.ln_f)
         if not cfg.tie_embeddings:                # tied: llama.cpp reuses token_embd as the head
             add("output.weight", model.lm_head.weight)
 

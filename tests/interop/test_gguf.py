@@ -45,37 +45,58 @@ def field(reader, key):
 
 
 def llamacpp_forward(reader: gguf.GGUFReader, ids: list[int]) -> torch.Tensor:
-    """Logits (S, V) computed the way llama.cpp's llama graph does, from the GGUF tensors alone."""
+    """Logits (S, V) computed the way llama.cpp's llama / gpt2 graphs do, from the GGUF file alone."""
     t = {x.name: torch.from_numpy(np.array(x.data, dtype=np.float32)) for x in reader.tensors}
-    H, Hkv = field(reader, "llama.attention.head_count"), field(reader, "llama.attention.head_count_kv")
-    D, eps = field(reader, "llama.rope.dimension_count"), field(reader, "llama.attention.layer_norm_rms_epsilon")
-    theta, L = field(reader, "llama.rope.freq_base"), field(reader, "llama.block_count")
+    arch = field(reader, "general.architecture")
+    H, Hkv = field(reader, f"{arch}.attention.head_count"), field(reader, f"{arch}.attention.head_count_kv")
+    L, C = field(reader, f"{arch}.block_count"), field(reader, f"{arch}.embedding_length")
     S = len(ids)
-    angles = torch.arange(S, dtype=torch.float32)[:, None] * theta ** (-torch.arange(0, D, 2).float() / D)
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]                     # (S, 1, D/2)
+    if arch == "llama":
+        D, eps = field(reader, "llama.rope.dimension_count"), field(reader, "llama.attention.layer_norm_rms_epsilon")
+        theta = field(reader, "llama.rope.freq_base")
+        angles = torch.arange(S, dtype=torch.float32)[:, None] * theta ** (-torch.arange(0, D, 2).float() / D)
+        cos, sin = angles.cos()[:, None], angles.sin()[:, None]                 # (S, 1, D/2)
+    else:
+        D, eps = C // H, field(reader, "gpt2.attention.layer_norm_epsilon")
 
     def rope(v):   # (S, heads, D); neighbours (2i, 2i+1) rotate together: LLAMA_ROPE_TYPE_NORM
         a, b = v[..., 0::2], v[..., 1::2]
         return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
 
-    def norm(v, w):
-        return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps) * w
+    def norm(v, name):
+        if arch == "llama":   # RMSNorm
+            return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps) * t[name + ".weight"]
+        return F.layer_norm(v, (v.size(-1),), t[name + ".weight"], t[name + ".bias"], eps)
+
+    def linear(v, name):
+        return v @ t[name + ".weight"].T + t.get(name + ".bias", 0)
 
     x = t["token_embd.weight"][ids]                                             # (S, C)
+    if arch == "gpt2":
+        x = x + t["position_embd.weight"][:S]
     causal = torch.ones(S, S, dtype=torch.bool).tril()
     for i in range(L):
         p = f"blk.{i}."
-        h = norm(x, t[p + "attn_norm.weight"])
-        q = rope((h @ t[p + "attn_q.weight"].T).view(S, H, D))
-        k = rope((h @ t[p + "attn_k.weight"].T).view(S, Hkv, D)).repeat_interleave(H // Hkv, dim=1)
-        v = (h @ t[p + "attn_v.weight"].T).view(S, Hkv, D).repeat_interleave(H // Hkv, dim=1)
+        h = norm(x, p + "attn_norm")
+        if arch == "llama":
+            q = rope(linear(h, p + "attn_q").view(S, H, D))
+            k = rope(linear(h, p + "attn_k").view(S, Hkv, D))
+            v = linear(h, p + "attn_v").view(S, Hkv, D)
+        else:
+            q, k, v = linear(h, p + "attn_qkv").split([H * D, Hkv * D, Hkv * D], dim=-1)
+            q, k, v = q.view(S, H, D), k.view(S, Hkv, D), v.view(S, Hkv, D)
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
         att = torch.einsum("shd,thd->hst", q, k) / math.sqrt(D)
         att = att.masked_fill(~causal, float("-inf")).softmax(-1)
-        x = x + torch.einsum("hst,thd->shd", att, v).reshape(S, H * D) @ t[p + "attn_output.weight"].T
-        h = norm(x, t[p + "ffn_norm.weight"])
-        x = x + (F.silu(h @ t[p + "ffn_gate.weight"].T) * (h @ t[p + "ffn_up.weight"].T)) @ t[p + "ffn_down.weight"].T
+        x = x + linear(torch.einsum("hst,thd->shd", att, v).reshape(S, H * D), p + "attn_output")
+        h = norm(x, p + "ffn_norm")
+        if arch == "llama":
+            h = F.silu(linear(h, p + "ffn_gate")) * linear(h, p + "ffn_up")
+        else:
+            h = F.gelu(linear(h, p + "ffn_up"), approximate="tanh")
+        x = x + linear(h, p + "ffn_down")
     head = t.get("output.weight", t["token_embd.weight"])
-    return norm(x, t["output_norm.weight"]) @ head.T
+    return norm(x, "output_norm") @ head.T
 
 
 def test_gguf_reads_back_with_expected_tensors_and_metadata(tmp_path, bpe):
@@ -115,7 +136,8 @@ def test_gguf_reads_back_with_expected_tensors_and_metadata(tmp_path, bpe):
     assert 'PARAMETER stop "<|end|>"' in modelfile
 
 
-@pytest.mark.parametrize("variant", [dict(), dict(prune=0.5), dict(n_kv_head=4, tie_embeddings=True)])
+@pytest.mark.parametrize("variant", [dict(), dict(prune=0.5), dict(n_kv_head=4, tie_embeddings=True),
+                                     dict(preset="gpt2"), dict(preset="gpt2", tie_embeddings=False)])
 def test_llamacpp_style_forward_on_gguf_tensors_matches_livelm(tmp_path, bpe, variant):
     run = make_run(tmp_path / "run", bpe, **variant)
     r = gguf.GGUFReader(export_gguf(run, tmp_path / "out"))
@@ -147,10 +169,23 @@ def test_f16_keeps_norms_fp32(tmp_path, bpe):
     assert field(r, "general.file_type") == 1
 
 
+def test_gpt2_preset_tensors(tmp_path, bpe):
+    r = gguf.GGUFReader(export_gguf(make_run(tmp_path / "run", bpe, preset="gpt2"), tmp_path / "out"))
+    assert field(r, "general.architecture") == "gpt2"
+    assert field(r, "gpt2.context_length") == 64 and field(r, "gpt2.feed_forward_length") == 256
+    shapes = {x.name: tuple(int(n) for n in reversed(x.shape)) for x in r.tensors}
+    assert shapes["position_embd.weight"] == (64, 64) and "output.weight" not in shapes    # tied head
+    assert shapes["blk.0.attn_qkv.weight"] == (3 * 64, 64) and shapes["blk.0.attn_qkv.bias"] == (3 * 64,)
+    assert shapes["blk.1.ffn_up.bias"] == (256,) and shapes["output_norm.bias"] == (64,)
+
+
 def test_unsupported_runs_are_refused_clearly(tmp_path, bpe):
-    gpt2 = make_run(tmp_path / "gpt2", bpe, preset="gpt2")
-    with pytest.raises(GGUFExportError, match="supports the llama preset.*position='learned'"):
-        export_gguf(gpt2, tmp_path / "out")
+    mixed = make_run(tmp_path / "mixed", bpe, preset="gpt2", position="rope")
+    with pytest.raises(GGUFExportError, match="supports the llama preset .* and the gpt2 preset .*position='rope'"):
+        export_gguf(mixed, tmp_path / "out")
+    pruned_gpt2 = make_run(tmp_path / "pruned", bpe, preset="gpt2", prune=0.5)
+    with pytest.raises(GGUFExportError, match="heads pruned away"):
+        export_gguf(pruned_gpt2, tmp_path / "out")
     from livelm.compress.quantize import quantize_run
     quantize_run(make_run(tmp_path / "llama", bpe), tmp_path / "q", "int8")
     with pytest.raises(GGUFExportError, match="quantized"):
