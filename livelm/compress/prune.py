@@ -28,7 +28,6 @@ same trainer and objective as pretraining; masked weights stay zero during it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -284,15 +283,14 @@ def register(sub) -> None:
                        description="Prune a run into a new run directory. magnitude: zero the smallest weights of "
                                    "every projection (stored sparsely; smaller file, same speed). heads / mlp: "
                                    "physically remove attention heads / MLP channels (smaller and faster), the same "
-                                   "number in every layer. Optionally fine-tune briefly to recover.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "number in every layer. Optionally fine-tune briefly to recover.")
     p.add_argument("run", help="run directory to prune")
     p.add_argument("--out", required=True, type=Path, help="new run directory to write")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--amount", type=float, default=0.5, help="share of weights / heads / channels to remove, in (0, 1)")
+    p.add_argument("--amount", type=float, default=0.5, help="share of weights / heads / channels to remove, in (0, 1) (default 0.5)")
     p.add_argument("--finetune-data", help="prepared data directory for a short recovery fine-tune")
     p.add_argument("--finetune-iters", type=int, default=None, help="recovery fine-tune steps (default 200)")
-    p.add_argument("--finetune-lr", type=float, default=3e-4, help="recovery fine-tune peak learning rate")
+    p.add_argument("--finetune-lr", type=float, default=3e-4, help="recovery fine-tune peak learning rate (default 3e-4)")
     p.add_argument("--eval-data", help="prepared data directory for the perplexity report (default: --finetune-data)")
-    p.add_argument("--eval-tokens", type=int, default=100_000, help="validation tokens to evaluate")
+    p.add_argument("--eval-tokens", type=int, default=100_000, help="validation tokens to evaluate (default 100000)")
     p.set_defaults(func=cmd_prune)
