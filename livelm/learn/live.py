@@ -43,6 +43,7 @@ class LearnConfig:
     modes: tuple[str, ...] = ("memory", "adapter")
     every_n: int = 1              # new trainable feedback items that trigger an update
     min_interval: float = 2.0     # seconds between two updates of one tenant
+    debounce: float = 1.0         # quiet seconds after feedback before an update starts (0 = at once)
     nice: int = 10                # the update process runs at lower CPU priority than serving
     threads: int = 1
     update: UpdateConfig = field(default_factory=UpdateConfig)
@@ -61,6 +62,8 @@ class LiveLearner:
         self._busy: set[str] = set()
         self._last_update: dict[str, float] = {}
         self._seen: dict[str, int] = {}         # tenant -> last feedback id an update has covered
+        self._timers: dict[str, threading.Timer] = {}   # tenant -> pending (debounced) update start
+        self._pending_since: dict[str, float] = {}
         self._lock = threading.Lock()
         self.history: list[dict] = []           # results of updates, newest last (for /metrics and tests)
         for tenant in self.store.tenants():     # a restarted server comes back with each tenant's live version
@@ -125,9 +128,35 @@ class LiveLearner:
 
     # ---- learning -----------------------------------------------------------------
     def on_feedback(self, tenant: str) -> bool:
-        """Called after a feedback item is stored; starts an update if one is due. Returns True if started."""
+        """Called after a feedback item is stored. Returns True if an update is due for this tenant.
+
+        The update starts once the tenant's feedback has been quiet for `debounce` seconds (at most
+        `4 * debounce` after the first pending item): a burst of corrections becomes one update that
+        covers all of them, instead of an update for the first one that the rest must wait behind."""
         if "adapter" not in self.cfg.modes:
             return False
+        items = [r for r in self.feedback.list(tenant, limit=100_000, after_id=self._seen.get(tenant, 0))
+                 if r.kind in TRAINABLE]
+        if len(items) < self.cfg.every_n:
+            return False
+        if self.cfg.debounce <= 0:
+            return self._start_if_due(tenant)
+        with self._lock:
+            now = time.monotonic()
+            first = self._pending_since.setdefault(tenant, now)
+            if tenant in self._timers:
+                self._timers[tenant].cancel()
+            wait = 0.0 if now - first >= 4 * self.cfg.debounce else self.cfg.debounce
+            timer = threading.Timer(wait, self._start_if_due, args=(tenant,))
+            timer.daemon = True
+            self._timers[tenant] = timer
+        timer.start()
+        return True
+
+    def _start_if_due(self, tenant: str) -> bool:
+        with self._lock:
+            self._timers.pop(tenant, None)
+            self._pending_since.pop(tenant, None)
         items = [r for r in self.feedback.list(tenant, limit=100_000, after_id=self._seen.get(tenant, 0))
                  if r.kind in TRAINABLE]
         with self._lock:
@@ -166,7 +195,7 @@ class LiveLearner:
                 self._last_update[tenant] = time.monotonic()
         self.history.append(result)
         # feedback that arrived during the update gets its own update, once the interval has passed
-        timer = threading.Timer(self.cfg.min_interval, self.on_feedback, args=(tenant,))
+        timer = threading.Timer(self.cfg.min_interval, self._start_if_due, args=(tenant,))
         timer.daemon = True
         timer.start()
 

@@ -476,13 +476,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-every", type=int, default=1, metavar="N", help="new trainable feedback items per update (default 1)")
     g.add_argument("--learn-interval", type=float, default=2.0, metavar="SECONDS",
                    help="minimum seconds between two updates of one tenant (default 2)")
-    g.add_argument("--learn-steps", type=int, default=40, help="training steps per update (default 40)")
-    g.add_argument("--learn-rank", type=int, default=8, help="LoRA rank of learned adapters (default 8)")
-    g.add_argument("--learn-lr", type=float, default=3e-3, help="learning rate of updates (default 3e-3)")
-    g.add_argument("--learn-modes", default="sft,dpo,kto", help="objectives used by updates (default sft,dpo,kto)")
-    g.add_argument("--probe-size", type=int, default=60, help="held-out built-in questions in the guard's probe (default 60)")
-    g.add_argument("--max-probe-drop", type=float, default=0.05,
-                   help="reject an update whose probe accuracy drops by more than this (default 0.05)")
+    g.add_argument("--learn-debounce", type=float, default=1.0, metavar="SECONDS",
+                   help="quiet seconds after feedback before an update starts, so a burst is one update (default 1)")
+    from livelm.learn.update import UpdateConfig
+    d = UpdateConfig()
+    g.add_argument("--learn-steps", type=int, default=d.steps, help=f"training steps per update (default {d.steps})")
+    g.add_argument("--learn-rank", type=int, default=d.rank, help=f"LoRA rank of learned adapters (default {d.rank})")
+    g.add_argument("--learn-lr", type=float, default=d.lr, help=f"learning rate of updates (default {d.lr})")
+    g.add_argument("--learn-modes", default=d.modes, help=f"objectives used by updates (default {d.modes})")
+    g.add_argument("--learn-replay", type=int, default=d.replay,
+                   help=f"replayed training chats per update step, against forgetting (default {d.replay})")
+    g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
+    g.add_argument("--probe-size", type=int, default=d.probe_size,
+                   help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
+    g.add_argument("--max-probe-drop", type=float, default=d.max_drop,
+                   help=f"reject an update whose probe accuracy drops by more than this (default {d.max_drop})")
     g.add_argument("--regression-file", default=None, help="operator's JSONL probes: {\"messages\": [...], \"expect\": \"text\"}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
@@ -546,8 +554,10 @@ def learn_config(a):
     if not modes:
         return None
     update = UpdateConfig(steps=a.learn_steps, rank=a.learn_rank, lr=a.learn_lr, modes=a.learn_modes,
-                          probe_size=a.probe_size, max_drop=a.max_probe_drop, regression_file=a.regression_file)
-    return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, update=update)
+                          replay=a.learn_replay, dtype=a.learn_dtype, probe_size=a.probe_size,
+                          max_drop=a.max_probe_drop, regression_file=a.regression_file)
+    return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, debounce=a.learn_debounce,
+                       update=update)
 
 
 def cmd_serve(a) -> int:

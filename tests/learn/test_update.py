@@ -32,7 +32,7 @@ def test_update_changes_the_answer_and_rollback_restores_it(setup, tmp_path):
     run, fb, store_root = setup
     before = answer(run, Q_A)
     fb.add(Feedback(kind="correction", conversation=Q_A, answer=before, correction="运费12元。", tenant="alice"))
-    res = run_update(run, fb.path, "alice", store_root, UpdateConfig(steps=40, lr=1e-2, probe_size=8, max_drop=1.0))
+    res = run_update(run, fb.path, "alice", store_root, UpdateConfig(steps=40, lr=1e-2, probe_size=8, max_drop=1.0, correction_pairs=True))
     assert res["status"] == "live" and res["trained_on"]["sft"] == 1 and res["trained_on"]["dpo"] == 1
     store = AdapterStore(store_root)
     live = store.current("alice")
