@@ -11,6 +11,17 @@ The reward is any Python function `reward(messages, answer, **columns) -> float`
 named as `module:function` (e.g. `livelm.learn.rewards:same_language`); `columns`
 are the prompt record's other JSONL fields, such as a reference answer
 (`livelm.learn.rewards:states_reference`). Worked example: bench/rl_facts.py.
+
+The gradient is taken on exactly the tokens that were sampled (not on a
+re-tokenization of the answer text), with dropout off as it was when sampling:
+the update is on-policy.
+
+--lora-targets picks the layers the adapter wraps (PEFT's target_modules).
+The default, the attention and MLP projections, suits a trained model. Add
+lm_head when the reward is about *which tokens* appear (a language, a format)
+or when the model is small or barely trained: there the blocks add little to
+the residual stream, so low-rank changes to them hardly move the output
+distribution, while an adapter on the output layer moves it directly.
 """
 from __future__ import annotations
 
@@ -29,7 +40,7 @@ from livelm.chat.template import prompt_ids, validate
 from livelm.config import add_config_flags, resolve_config
 from livelm.infer.engine import Engine
 from livelm.infer.sampling import SamplingParams
-from livelm.learn.objectives import answer_batch, grpo_loss, token_logprobs
+from livelm.learn.objectives import grpo_loss, token_logprobs
 from livelm.models import lora
 from livelm.train.trainer import log, train
 
@@ -88,14 +99,34 @@ def read_prompts(path: str | Path) -> list[tuple[list[dict], dict]]:
     return out
 
 
+def sampled_batch(prompts: list[list[int]], outs, tokenizer) -> dict:
+    """Prompt + answer rows scored on the answer tokens exactly as the Engine drew them.
+
+    Decoding an answer and encoding it again need not give back the same tokens (BPE splits
+    text its own way; a partial UTF-8 character decodes to U+FFFD), and an answer cut off by
+    --max-tokens never chose to end: the policy gradient must see the sampled ids, and an end
+    token only where one was sampled. (The Engine stops on <|end|> or <|eos|> and keeps neither
+    in token_ids; a chat model ends its turns with <|end|>, so that is what we score.)"""
+    rows = [(p, list(o.token_ids) + ([tokenizer.end_id] if o.finish_reason == "stop" else []))
+            for p, o in zip(prompts, outs)]
+    S = max(len(p) + len(a) for p, a in rows) - 1     # the Engine keeps prompt + answer within the context
+    idx = torch.full((len(rows), S), tokenizer.pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), S), -1, dtype=torch.long)
+    for r, (p, a) in enumerate(rows):
+        ids = torch.tensor(p + a)
+        idx[r, :len(ids) - 1] = ids[:-1]
+        targets[r, len(p) - 1:len(ids) - 1] = ids[len(p):]
+    return {"idx": idx, "targets": targets}
+
+
 class GroupSampler:
     """Builds GRPO batches on the fly from the current policy."""
 
     def __init__(self, model, tokenizer, prompts, reward_fn, group: int, per_step: int, max_tokens: int,
-                 temperature: float, seed: int, block_size: int):
+                 temperature: float, seed: int):
         self.model, self.tok, self.prompts, self.reward_fn = model, tokenizer, prompts, reward_fn
         self.group, self.per_step, self.max_tokens, self.temperature = group, per_step, max_tokens, temperature
-        self.seed, self.block_size = seed, block_size
+        self.seed = seed
         self.rewards: list[float] = []      # mean reward of each training step, for the curve
 
     def batch(self, index: int) -> dict:
@@ -117,7 +148,7 @@ class GroupSampler:
         grouped = rewards.view(len(chosen), self.group)
         adv = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
         self.rewards.append(rewards.mean().item())
-        b = answer_batch(convs, [o.text for o in outs], self.tok, self.block_size)
+        b = sampled_batch(prompts, outs, self.tok)
         b["adv"] = adv
         with torch.no_grad():  # the reference policy: the same weights with the adapter off
             lora.set_active(self.model, None)
@@ -133,13 +164,32 @@ class GroupSampler:
         return float(np.mean([self.reward_fn(m, o.text, **cols) for (m, cols), o in zip(prompts, outs)]))
 
 
+def check_targets(model, targets: list[str]) -> None:
+    """Name a mistyped --lora-targets entry (lora.add_adapter only fails when *none* matches)."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    unknown = [t for t in targets if t not in names]
+    if unknown:
+        raise ValueError(f"--lora-targets: this model has no layer named {', '.join(unknown)}; "
+                         f"its linear layers are {', '.join(sorted(names))}")
+
+
+def check_lengths(prompts, tokenizer, block_size: int, path) -> None:
+    """A prompt that fills the context window leaves no room for an answer: say so before training."""
+    for n, (msgs, _) in enumerate(prompts, 1):
+        length = len(prompt_ids(msgs, tokenizer))
+        if length >= block_size:
+            raise ValueError(f"{path}: prompt {n} is {length} tokens, the model's "
+                             f"context window is {block_size}; shorten it or drop it")
+
+
 def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=None, group: int = 8, per_step: int = 4,
            max_tokens: int = 48, temperature: float = 1.0, kl: float = 0.02, rank: int = 8, val_fraction: float = 0.2,
-           **overrides) -> dict:
+           targets: list[str] | None = None, **overrides) -> dict:
     from livelm.infer.loader import load
     reward_fn = load_reward(reward)
     prompts = read_prompts(prompts_file)
     model, tok, saved, _ = load(run)
+    check_lengths(prompts, tok, model.cfg.block_size, prompts_file)
     base_train = {**saved.get("train", {}), "max_iters": 30, "lr": 3e-3, "min_lr": 3e-4, "warmup_iters": 0,
                   "eval_interval": 10, "eval_iters": 0, "grad_clip": 1.0, "dropout": 0.0}
     cfg = resolve_config(args, base=base_train, **overrides)
@@ -147,11 +197,19 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=Non
     n_val = max(1, int(len(prompts) * val_fraction)) if len(prompts) > 4 else 0
     val = [prompts[i] for i in order[:n_val]] or prompts
     train_prompts = [prompts[i] for i in order[n_val:]] or prompts
-    lcfg = lora.LoRAConfig(r=rank, lora_alpha=2 * rank)
+    # the answers are sampled with dropout off (the Engine runs the model in eval mode) and the trainer
+    # switches to train mode, so dropout left at the pretraining value (0.1 in the default assistant)
+    # would take the gradient through a different, noisy policy and bias the KL term: turn it off
+    model.cfg.dropout = cfg.dropout
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = cfg.dropout
+    targets = list(targets or lora.DEFAULT_TARGETS)
+    check_targets(model, targets)
+    lcfg = lora.LoRAConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
     lora.add_adapter(model, "rl", lcfg)
     lora.set_active(model, "rl")
-    sampler = GroupSampler(model, tok, train_prompts, reward_fn, group, per_step, max_tokens, temperature,
-                           cfg.seed, model.cfg.block_size)
+    sampler = GroupSampler(model, tok, train_prompts, reward_fn, group, per_step, max_tokens, temperature, cfg.seed)
     start = sampler.mean_reward(val)
     log(f"RL on {len(train_prompts)} prompts ({len(val)} held out), group {group}; held-out reward before: {start:.3f}")
 
@@ -172,7 +230,8 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=Non
 
 def cmd_rl(a) -> int:
     result = run_rl(a.run, a.prompts, a.reward, a.out, args=a, group=a.group, per_step=a.prompts_per_step,
-                    max_tokens=a.max_tokens, temperature=a.temperature, kl=a.kl, rank=a.lora_rank)
+                    max_tokens=a.max_tokens, temperature=a.temperature, kl=a.kl, rank=a.lora_rank,
+                    targets=[t.strip() for t in a.lora_targets.split(",") if t.strip()])
     print(json.dumps(result))
     return 0
 
@@ -190,5 +249,8 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--kl", type=float, default=0.02, help="KL penalty to the starting model (0 = off)")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-targets", default=",".join(lora.DEFAULT_TARGETS), metavar="NAMES",
+                   help="comma-separated layers the adapter wraps (PEFT's target_modules); add lm_head for "
+                        "small or barely trained models and token-level rewards (default: %(default)s)")
     add_config_flags(p)
     p.set_defaults(func=cmd_rl)
