@@ -5,14 +5,14 @@
     .venv/bin/python bench/shakespeare_char.py --settings fast --budget 180   # + best val loss in 3 minutes
 
 The recipe (nanoGPT README, "I only have a macbook"): character tokens, GPT-2
-blocks (preset gpt2), 4 layers x 4 heads x 128 wide, block 64, batch 12,
+blocks (preset gpt2, without biases as in nanoGPT), 4 layers x 4 heads x 128 wide, block 64, batch 12,
 lr 1e-3 -> 1e-4 cosine over 2000 iterations, 100 warmup, beta2 0.99,
 dropout 0, eval every 250 iterations on 20 batches. nanoGPT reports val loss
 1.88 after ~3 minutes on a laptop CPU. The same settings via the CLI:
 
     livelm prepare ../shared/data/tinyshakespeare/input.txt --out DATA --tokenizer char
     livelm train --data DATA --out RUN --n-layer 4 --n-head 4 --d-model 128 --block-size 64 \
-        --batch-size 12 --beta2 0.99 --dtype bfloat16 --compile --threads 1
+        --batch-size 12 --beta2 0.99 --bias false --dtype bfloat16 --compile --threads 1
 
 Settings (SETTINGS below) vary only the runtime: dtype (fp32, or bf16 autocast),
 torch.compile, and intra-op threads (0 = PyTorch's default of one per core).
@@ -54,7 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 # nanoGPT's CPU recipe, as TrainConfig fields
-RECIPE = dict(preset="gpt2", n_layer=4, n_head=4, d_model=128, block_size=64, batch_size=12, dropout=0.0,
+# bias=False: nanoGPT's train.py default ("bias = False"), which its CPU command line does not override
+RECIPE = dict(preset="gpt2", n_layer=4, n_head=4, d_model=128, block_size=64, batch_size=12, dropout=0.0, bias=False,
               max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99,
               eval_interval=250, eval_iters=20, log_interval=10, seed=1337, device="cpu", progress=False)
 
