@@ -12,6 +12,10 @@ named as `module:function` (e.g. `livelm.learn.rewards:same_language`); `columns
 are the prompt record's other JSONL fields, such as a reference answer
 (`livelm.learn.rewards:states_reference`). Worked example: bench/rl_facts.py.
 
+It prints JSON: the mean reward of the sampled answers at every step, and the
+reward on the held-out prompts (20% of the file, chosen by --seed, never trained on)
+before and after, greedy and sampled (--heldout-samples answers per prompt).
+
 The gradient is taken on exactly the tokens that were sampled (not on a
 re-tokenization of the answer text), with dropout off as it was when sampling:
 the update is on-policy.
@@ -157,11 +161,16 @@ class GroupSampler:
         self.model.train(was_training)
         return b
 
-    def mean_reward(self, prompts, greedy: bool = True) -> float:
-        engine = Engine(self.model, self.tok, max_batch=32)
-        outs = engine.generate([prompt_ids(m, self.tok) for m, _ in prompts],
-                               SamplingParams(max_tokens=self.max_tokens, temperature=0 if greedy else self.temperature, seed=0))
-        return float(np.mean([self.reward_fn(m, o.text, **cols) for (m, cols), o in zip(prompts, outs)]))
+    def mean_reward(self, prompts, samples: int = 0) -> float:
+        """Mean reward of the greedy answers (samples=0), or of `samples` answers per prompt at the
+        training temperature — what the policy actually does, and what RL raises; a greedy answer can
+        be right while a third of the samples are wrong. Fixed seeds: before and after draw the same
+        random numbers, so their difference is not sampling noise."""
+        rows = [p for p in prompts for _ in range(max(1, samples))]
+        params = [SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature if samples else 0, seed=i)
+                  for i in range(len(rows))]
+        outs = Engine(self.model, self.tok, max_batch=64).generate([prompt_ids(m, self.tok) for m, _ in rows], params)
+        return float(np.mean([self.reward_fn(m, o.text, **cols) for (m, cols), o in zip(rows, outs)]))
 
 
 def check_targets(model, targets: list[str]) -> None:
@@ -184,7 +193,7 @@ def check_lengths(prompts, tokenizer, block_size: int, path) -> None:
 
 def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=None, group: int = 8, per_step: int = 4,
            max_tokens: int = 48, temperature: float = 1.0, kl: float = 0.02, rank: int = 8, val_fraction: float = 0.2,
-           targets: list[str] | None = None, **overrides) -> dict:
+           targets: list[str] | None = None, heldout_samples: int = 4, **overrides) -> dict:
     from livelm.infer.loader import load
     reward_fn = load_reward(reward)
     prompts = read_prompts(prompts_file)
@@ -211,7 +220,9 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=Non
     lora.set_active(model, "rl")
     sampler = GroupSampler(model, tok, train_prompts, reward_fn, group, per_step, max_tokens, temperature, cfg.seed)
     start = sampler.mean_reward(val)
-    log(f"RL on {len(train_prompts)} prompts ({len(val)} held out), group {group}; held-out reward before: {start:.3f}")
+    start_sampled = sampler.mean_reward(val, heldout_samples) if heldout_samples else None
+    log(f"RL on {len(train_prompts)} prompts ({len(val)} held out), group {group}; held-out reward before: "
+        f"greedy {start:.3f}" + (f", sampled {start_sampled:.3f}" if heldout_samples else ""))
 
     def extra_eval(m):
         recent = sampler.rewards[-cfg.eval_interval:]
@@ -223,15 +234,17 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=Non
     train(cfg, out, model, tok, lambda split, i: sampler.batch(i), lambda m, b: grpo_loss(m, b, kl),
           {"arch": "gpt"}, extra_eval=extra_eval, trainable=lambda m: lora.only_adapter_trainable(m, "rl"),
           save_fn=save_fn)
-    end = sampler.mean_reward(val)
-    return {"out": str(out), "reward_heldout_before": start, "reward_heldout_after": end,
-            "reward_train_per_step": [round(r, 3) for r in sampler.rewards]}
+    result = {"out": str(out), "reward_heldout_before": start, "reward_heldout_after": sampler.mean_reward(val)}
+    if heldout_samples:
+        result.update(reward_heldout_sampled_before=start_sampled,
+                      reward_heldout_sampled_after=sampler.mean_reward(val, heldout_samples))
+    return {**result, "reward_train_per_step": [round(r, 3) for r in sampler.rewards]}
 
 
 def cmd_rl(a) -> int:
     result = run_rl(a.run, a.prompts, a.reward, a.out, args=a, group=a.group, per_step=a.prompts_per_step,
                     max_tokens=a.max_tokens, temperature=a.temperature, kl=a.kl, rank=a.lora_rank,
-                    targets=[t.strip() for t in a.lora_targets.split(",") if t.strip()])
+                    targets=[t.strip() for t in a.lora_targets.split(",") if t.strip()], heldout_samples=a.heldout_samples)
     print(json.dumps(result))
     return 0
 
@@ -248,6 +261,8 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=48, help="answer length limit while sampling")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--kl", type=float, default=0.02, help="KL penalty to the starting model (0 = off)")
+    p.add_argument("--heldout-samples", type=int, default=4,
+                   help="answers per held-out prompt for the sampled reward before/after (0 = greedy only)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-targets", default=",".join(lora.DEFAULT_TARGETS), metavar="NAMES",
                    help="comma-separated layers the adapter wraps (PEFT's target_modules); add lm_head for "

@@ -14,9 +14,11 @@ over 40 steps). An adapter on the output layer moves it directly, which is what
 `--lora-targets ... lm_head` is for. English questions only: telling the two
 languages apart from the prompt is beyond this model, so a mixed set stays flat.
 
-Measured on 5 seeds (40 steps, about 10 s): mean sampled reward of the first
-10 steps 0.34-0.43, of the last 10 0.80-0.95; with the advantage's sign flipped
-it falls to 0.07, so the assertions below can fail.
+Measured with seeds 1-4 (40 steps, ~15 s): mean sampled reward of the first 10
+steps 0.31-0.38, of the last 10 0.87-0.95; held-out prompts 0.23-0.40 -> 0.89-0.94;
+held-out phrasings with the saved adapter 0.26 -> 0.88-0.93. Without lm_head
+in the targets it stays at 0.33 -> 0.34, and with the advantage's sign flipped
+it falls to 0.07: the assertions below can fail.
 """
 import json
 
@@ -61,10 +63,14 @@ def test_rl_raises_reward(tiny_chat_run, tmp_path):
     steps = result["reward_train_per_step"]
     assert len(steps) == 40
     first, last = np.mean(steps[:10]), np.mean(steps[-10:])
-    print(f"sampled reward: first 10 steps {first:.3f}, last 10 {last:.3f}; held-out greedy "
-          f"{result['reward_heldout_before']:.2f} -> {result['reward_heldout_after']:.2f}")
+    held = result["reward_heldout_sampled_before"], result["reward_heldout_sampled_after"]
+    print(f"sampled reward: first 10 steps {first:.3f}, last 10 {last:.3f}; held-out prompts {held[0]:.3f} -> "
+          f"{held[1]:.3f} (greedy {result['reward_heldout_before']:.2f} -> {result['reward_heldout_after']:.2f})")
     assert first < 0.6, f"the task is already solved before RL ({first:.2f}): the test would prove nothing"
     assert last > first + 0.25, f"sampled reward did not rise: {steps}"
+    # the greedy answer of a model this weak is one degenerate string for every prompt (often bytes of a
+    # broken character, reward 0), so it is printed, not asserted; the sampled reward is what RL raises
+    assert held[1] > held[0] + 0.25, f"held-out sampled reward did not rise: {held}"
 
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert "lm_head" in cfg["target_modules"] and cfg["reward"] == "livelm.learn.rewards:same_language"
