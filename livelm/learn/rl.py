@@ -209,10 +209,7 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=Non
     # the answers are sampled with dropout off (the Engine runs the model in eval mode) and the trainer
     # switches to train mode, so dropout left at the pretraining value (0.1 in the default assistant)
     # would take the gradient through a different, noisy policy and bias the KL term: turn it off
-    model.cfg.dropout = cfg.dropout
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = cfg.dropout
+    model.set_dropout(cfg.dropout)
     targets = list(targets or lora.DEFAULT_TARGETS)
     check_targets(model, targets)
     lcfg = lora.LoRAConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)

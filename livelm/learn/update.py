@@ -181,6 +181,7 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model, tokenizer, run_config = load_model(run)
+    model.set_dropout(0.0)   # the update trains with dropout off, whatever the run was fine-tuned with
     feedback = FeedbackStore(db)
     items = [r for r in feedback.list(tenant, limit=100_000) if not getattr(r, "forgotten", 0)]
     feedback.close()

@@ -346,6 +346,14 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout of every layer (a fine-tune's --dropout on a loaded run). Attention reads
+        cfg.dropout at each call, but the nn.Dropout modules keep the rate they were built with."""
+        self.cfg.dropout = p
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+
     # ---- reporting -------------------------------------------------------
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -58,7 +58,7 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, args: argp
     cfg = resolve_config(args, base=base_train, **overrides)
     if cfg.block_size > model.cfg.block_size:
         raise ValueError(f"--block-size {cfg.block_size} exceeds the base model's context window {model.cfg.block_size}")
-    model.cfg.dropout = cfg.dropout
+    model.set_dropout(cfg.dropout)
 
     convs, bad = read_conversations(data, skip_bad=skip_bad)
     if bad:

@@ -116,3 +116,16 @@ def test_context_window_overflow_is_a_clear_error():
     model = tiny("gpt2")
     with pytest.raises(ValueError, match="context window"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_set_dropout_reaches_every_layer():
+    """A fine-tune's --dropout on a run built without dropout must reach the residual and MLP dropouts too."""
+    model = tiny("gpt2")
+    x = torch.randint(0, 97, (2, 12))
+    model.train()
+    assert torch.equal(model(x), model(x))          # built with dropout 0: deterministic in train mode
+    model.set_dropout(0.3)
+    assert all(m.p == 0.3 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
