@@ -8,7 +8,7 @@ weights say) and GPT-2's 50257-token vocabulary, saved as a livelm run and
 exported with `livelm export` (livelm/interop/hf.py); livelm decodes from the
 run, transformers from the exported folder, so both use the very same tensors.
 Both decode greedily from a 16-token random prompt, exactly --tokens new tokens
-(no early stop), fp32, batch 1 and 8. tok/s counts new tokens of all rows.
+(no early stop), fp32 (or --dtype bfloat16 for both), batch 1 and 8. tok/s counts new tokens of all rows.
 "agree" is how many of the first row's greedy tokens are identical in both.
 """
 from __future__ import annotations
@@ -76,11 +76,15 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     p.add_argument("--quick", action="store_true", help="tiny model and 16 tokens: only checks that it runs")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights and activations of both sides (default float32)")
+    p.add_argument("--shapes", default="6x384,12x768", help="comma-separated LAYERSxWIDTH (default 6x384,12x768)")
     a = p.parse_args()
+    dtype = getattr(torch, a.dtype)
     from transformers import AutoModelForCausalLM
     if a.threads:
         torch.set_num_threads(a.threads)
-    shapes = [(6, 384, 6), (12, 768, 12)]
+    shapes = [(int(l), int(w), int(w) // 64) for l, w in (x.split("x") for x in a.shapes.split(","))]
     if a.quick:
         shapes, a.tokens, a.vocab = [(2, 64, 2)], 16, 512
     batches = [int(b) for b in a.batches.split(",")]
@@ -90,7 +94,8 @@ def main() -> None:
         for layers, width, heads in shapes:
             run, hf_dir = make_run(Path(tmp), layers, width, heads, a.vocab)
             model, tok, _ = load_model(run)
-            hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+            model = model.to(dtype)
+            hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
             n_params = model.num_params() / 1e6
             for b in batches:
                 g = torch.Generator().manual_seed(b)
@@ -102,7 +107,7 @@ def main() -> None:
                 print(f"{layers}x{width} batch {b}: livelm {ours:.0f} tok/s, transformers {theirs:.0f} tok/s",
                       flush=True)
 
-    print(f"\nthreads: {torch.get_num_threads()}, torch {torch.__version__}, fp32, greedy, "
+    print(f"\nthreads: {torch.get_num_threads()}, torch {torch.__version__}, {a.dtype}, greedy, "
           f"{a.tokens} new tokens after a 16-token prompt\n")
     print("| model | batch | livelm (tok/s) | transformers (tok/s) | livelm / transformers | agree |")
     print("|---|---|---|---|---|---|")
