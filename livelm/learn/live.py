@@ -43,7 +43,7 @@ class LearnConfig:
     modes: tuple[str, ...] = ("memory", "adapter")
     every_n: int = 1              # new trainable feedback items that trigger an update
     min_interval: float = 2.0     # seconds between two updates of one tenant
-    debounce: float = 1.0         # quiet seconds after feedback before an update starts (0 = at once)
+    debounce: float = 0.5         # quiet seconds after feedback before an update starts (0 = at once)
     nice: int = 10                # the update process runs at lower CPU priority than serving
     threads: int = 1
     update: UpdateConfig = field(default_factory=UpdateConfig)

@@ -20,7 +20,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,18 @@ from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logpro
 from livelm.models import lora
 from livelm.train.checkpoint import load_model
 from livelm.train.trainer import train
+
+
+def native_bf16_dtype() -> str:
+    """'bfloat16' where the CPU computes bf16 natively (AVX-512 BF16 or AMX), else 'auto' (fp32 on CPU).
+
+    Measured on such a CPU: an update trains in ~20% less time under bf16 autocast, with the same
+    efficacy, rephrasing and locality figures; without native bf16 it would be emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "auto"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "auto"
 
 
 @dataclass
@@ -52,7 +64,7 @@ class UpdateConfig:
     # rephrasings 82% -> 72% and kept-correct unrelated answers 93% -> 83% against SFT alone, at +15% time.
     # The two answers share all but the value, and pushing the rejected one down blurs the shared template.
     correction_pairs: bool = False
-    dtype: str = "auto"          # the trainer's --dtype; bfloat16 (autocast) took ~20% less CPU time here
+    dtype: str = field(default_factory=lambda: native_bf16_dtype())   # the trainer's --dtype
     seed: int = 0
 
 

@@ -476,8 +476,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-every", type=int, default=1, metavar="N", help="new trainable feedback items per update (default 1)")
     g.add_argument("--learn-interval", type=float, default=2.0, metavar="SECONDS",
                    help="minimum seconds between two updates of one tenant (default 2)")
-    g.add_argument("--learn-debounce", type=float, default=1.0, metavar="SECONDS",
-                   help="quiet seconds after feedback before an update starts, so a burst is one update (default 1)")
+    g.add_argument("--learn-debounce", type=float, default=0.5, metavar="SECONDS",
+                   help="quiet seconds after feedback before an update starts, so a burst is one update (default 0.5)")
     from livelm.learn.update import UpdateConfig
     d = UpdateConfig()
     g.add_argument("--learn-steps", type=int, default=d.steps, help=f"training steps per update (default {d.steps})")
