@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -238,6 +239,12 @@ def repl(session: ChatSession, stdin=None, out=None) -> int:
     out = out or sys.stdout
     interactive = stdin.isatty()
     if interactive:
+        # Ctrl-C must stop an answer even when we were started with SIGINT ignored (a shell's background job,
+        # nohup): Python installs its KeyboardInterrupt handler only if SIGINT was at its default at startup
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:   # not the main thread: leave signals alone
+            pass
         _setup_readline()
         print("livelm chat — /help for commands, Ctrl-C stops an answer, Ctrl-D quits", file=sys.stderr)
     while True:
