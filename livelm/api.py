@@ -81,14 +81,8 @@ def train(config: dict | str | Path | None = None, data: str | Path | None = Non
 
     `config`: TrainConfig fields as a dict, or a YAML file like configs/*.yaml; `data` may also be given there.
     """
-    import torch
     from livelm.config import TrainConfig, load_yaml, resolve_config
-    from livelm.data.shards import TokenData
-    from livelm.models.gpt import GPT
-    from livelm.tokenizer import Tokenizer
     from livelm.train import checkpoint
-    from livelm.train.objectives import lm_loss
-    from livelm.train.trainer import train as train_loop
 
     values = dict(load_yaml(Path(config)) if isinstance(config, (str, Path)) else (config or {}))
     data = data or values.pop("data", None)
@@ -102,19 +96,36 @@ def train(config: dict | str | Path | None = None, data: str | Path | None = Non
     cfg = resolve_config(None, base=base, **values)
     if cfg.arch != "gpt":
         raise ValueError(f"train() pretrains GPTs; use `livelm train --arch {cfg.arch}` for the other architectures")
+    pretrain_gpt(cfg, data, out, resume)
+    return Path(out)
+
+
+def pretrain_gpt(cfg, data: str | Path, out: str | Path, resume: bool = False):
+    """The GPT pretraining run behind `livelm train` and `livelm.train()`: data -> model -> the trainer loop."""
+    import torch
+    from livelm.data.shards import TokenData
+    from livelm.models.gpt import GPT
+    from livelm.tokenizer import Tokenizer
+    from livelm.train import checkpoint
+    from livelm.train.objectives import lm_loss
+    from livelm.train.trainer import log, train as train_loop
+
     tokens = TokenData(data)
     tokenizer = Tokenizer.load(Path(data) / "tokenizer.json")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed reproduces
     model = GPT(cfg.model_config(tokens.vocab_size))
     if resume:
         tensors, _ = checkpoint.load_weights(Path(out) / "model.safetensors")
         checkpoint.load_state(model, tensors, Path(out) / "model.safetensors")
+    n_params = model.num_params()
+    log(f"model: {cfg.preset} preset, {cfg.n_layer} layers x {cfg.d_model} wide, {n_params / 1e6:.2f}M parameters, "
+        f"{model.flops_per_token() / 1e6:.1f} MFLOPs/token (train, 6N + attention)")
     run_config = {"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict(),
-                  "data": str(Path(data).resolve()), "n_params": model.num_params()}
-    train_loop(cfg, out, model, tokenizer,
-               get_batch=lambda split, i: tokens.batch(split, i, cfg.batch_size, cfg.block_size, cfg.seed),
-               objective=lm_loss, run_config=run_config, bytes_per_token=tokens.bytes_per_token("val"), resume=resume)
-    return Path(out)
+                  "data": str(Path(data).resolve()), "n_params": n_params}
+    return train_loop(cfg, out, model, tokenizer,
+                      get_batch=lambda split, i: tokens.batch(split, i, cfg.batch_size, cfg.block_size, cfg.seed),
+                      objective=lm_loss, run_config=run_config, bytes_per_token=tokens.bytes_per_token("val"),
+                      resume=resume)
 
 
 def prepare(inputs: list[str | Path], out: str | Path, tokenizer: str = "bpe", vocab_size: int = 4096,

@@ -62,14 +62,9 @@ def cmd_prepare(a) -> int:
 
 # ---- train ----------------------------------------------------------------------
 def cmd_train(a) -> int:
-    import torch
+    from livelm.api import pretrain_gpt
     from livelm.config import resolve_config
-    from livelm.data.shards import TokenData
-    from livelm.models.gpt import GPT
-    from livelm.tokenizer import Tokenizer
     from livelm.train import checkpoint
-    from livelm.train.objectives import lm_loss
-    from livelm.train.trainer import train
 
     base, data_dir = None, a.data
     if a.resume:
@@ -82,22 +77,7 @@ def cmd_train(a) -> int:
     if cfg.arch != "gpt":  # the other architectures (livelm/train/archs.py) share this loop and run layout
         from livelm.train.archs import train_arch
         return train_arch(a, cfg, data_dir)
-    data = TokenData(data_dir)
-    tokenizer = Tokenizer.load(Path(data_dir) / "tokenizer.json")
-    torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed reproduces
-    model = GPT(cfg.model_config(data.vocab_size))
-    if a.resume:
-        tensors, _ = checkpoint.load_weights(Path(a.out) / "model.safetensors")
-        checkpoint.load_state(model, tensors, Path(a.out) / "model.safetensors")
-    n_params = model.num_params()
-    log(f"model: {cfg.preset} preset, {cfg.n_layer} layers x {cfg.d_model} wide, {n_params / 1e6:.2f}M parameters, "
-        f"{model.flops_per_token() / 1e6:.1f} MFLOPs/token (train, 6N + attention)")
-    run_config = {"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict(),
-                  "data": str(Path(data_dir).resolve()), "n_params": n_params}
-    result = train(cfg, a.out, model, tokenizer,
-                   get_batch=lambda split, i: data.batch(split, i, cfg.batch_size, cfg.block_size, cfg.seed),
-                   objective=lm_loss, run_config=run_config, bytes_per_token=data.bytes_per_token("val"),
-                   resume=a.resume)
+    result = pretrain_gpt(cfg, data_dir, a.out, a.resume)
     print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
     return 0
 

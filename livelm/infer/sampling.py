@@ -80,12 +80,18 @@ def sample_next(logits: torch.Tensor, p: SamplingParams, prompt_ids: list[int], 
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     if p.min_p > 0:
         probs = torch.where(probs >= p.min_p * probs.max(), probs, torch.zeros_like(probs))
-    # Inverse-CDF draw with one uniform from the sequence's own CPU generator (so seeds reproduce on every
-    # device): torch.multinomial draws one exponential per vocabulary entry, ~20x slower for one sample.
-    # Zero-probability tokens cover an empty interval of the CDF and can never be chosen.
-    cdf = probs.float().cumsum(0).cpu()
-    u = torch.rand((), generator=generator) * cdf[-1]
-    return min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
+    return int(draw(probs[None], [generator])[0])
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of probs (B, V), which need not sum to 1 -> (B,) on the CPU.
+
+    Inverse-CDF draw with one uniform from each row's own CPU generator (so seeds reproduce on every
+    device and alone or in a batch): torch.multinomial draws one exponential per vocabulary entry, ~20x
+    slower for one sample. Zero-probability tokens cover an empty interval of the CDF: never chosen."""
+    cdf = probs.float().cumsum(-1).cpu()                                                 # (B, V)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]) * cdf[:, -1]      # (B,)
+    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
 
 
 def is_plain(p: SamplingParams) -> bool:
@@ -107,10 +113,7 @@ def sample_plain(logits: torch.Tensor, params: list[SamplingParams], generators:
         return out.tolist()
     rows = (~greedy).nonzero().squeeze(1)                                              # (b,)
     probs = torch.softmax(logits[rows.to(logits.device)].float() / temps[rows, None].to(logits.device), dim=-1)
-    cdf = probs.cumsum(-1).cpu()                                                       # (b, V)
-    u = torch.stack([torch.rand((), generator=generators[i]) for i in rows.tolist()]) * cdf[:, -1]
-    picked = torch.searchsorted(cdf, u[:, None], right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
-    out[rows] = picked
+    out[rows] = draw(probs, [generators[i] for i in rows.tolist()])
     return out.tolist()
 
 
