@@ -169,6 +169,8 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=16, help="server --max-batch (when started here)")
     p.add_argument("--time-limit", type=float, default=180, help="stop starting requests after this many s per level")
     p.add_argument("--server-args", default="", help="extra `livelm serve` arguments")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run all levels this many times, interleaved; rows pool every round (default 1)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
@@ -200,21 +202,32 @@ def main() -> int:
               file=sys.stderr)
         asyncio.run(run_level(url, model, [[rng.randrange(low, vocab) for _ in range(a.prompt_tokens)]], 1,
                               a.max_tokens, 60))   # warm-up
-        rows = []
-        for c in levels:
-            n = a.requests or max(8, 2 * c)
-            prompts = [[rng.randrange(low, vocab) for _ in range(a.prompt_tokens)] for _ in range(n)]
-            results, duration, skipped = asyncio.run(run_level(url, model, prompts, c, a.max_tokens, a.time_limit))
-            row = summarize(c, results, duration, skipped)
-            rows.append(row)
-            print(f"  {c:>3} clients: {row['req_per_s']:.2f} req/s, {row['out_tok_per_s']:.1f} out tok/s, "
-                  f"p99 TTFT {row['ttft_ms']['p99']:.0f} ms, failed {row['failed']}"
-                  + (f" ({row['errors']})" if row["errors"] else ""), file=sys.stderr)
+        # Levels run in rounds (1, 16, 1, 16, ...): on a shared VM the speed drifts by +-10% from minute to
+        # minute, and interleaving spreads that drift over every level instead of loading it onto one.
+        per_level: dict[int, list] = {c: [] for c in levels}   # concurrency -> [(results, duration, skipped)]
+        for rnd in range(a.rounds):
+            for c in levels:
+                n = a.requests or max(8, 2 * c)
+                prompts = [[rng.randrange(low, vocab) for _ in range(a.prompt_tokens)] for _ in range(n)]
+                results, duration, skipped = asyncio.run(run_level(url, model, prompts, c, a.max_tokens,
+                                                                   a.time_limit))
+                per_level[c].append((results, duration, skipped))
+                row = summarize(c, results, duration, skipped)
+                print(f"  round {rnd + 1}, {c:>3} clients: {row['req_per_s']:.2f} req/s, "
+                      f"{row['out_tok_per_s']:.1f} out tok/s, p99 TTFT {row['ttft_ms']['p99']:.0f} ms, "
+                      f"failed {row['failed']}" + (f" ({row['errors']})" if row["errors"] else ""), file=sys.stderr)
+        # one row per level over all its rounds: every request counts, throughput = tokens / summed duration
+        rows = [summarize(c, [r for res, _, _ in runs for r in res], sum(d for _, d, _ in runs),
+                          sum(s for _, _, s in runs)) for c, runs in per_level.items()]
         print(table(rows))
         if len(rows) > 1 and rows[0]["concurrency"] == 1:
             for r in rows[1:]:
-                print(f"\nspeed-up at {r['concurrency']} clients: {r['out_tok_per_s'] / rows[0]['out_tok_per_s']:.1f}x "
-                      f"the output tokens/s of one client", end="")
+                c = r["concurrency"]
+                rounds = [summarize(c, *per_level[c][i])["out_tok_per_s"] /
+                          summarize(1, *per_level[1][i])["out_tok_per_s"] for i in range(a.rounds)]
+                print(f"\nspeed-up at {c} clients: {r['out_tok_per_s'] / rows[0]['out_tok_per_s']:.1f}x "
+                      f"the output tokens/s of one client"
+                      + (f" (per round: {', '.join(f'{x:.1f}' for x in rounds)})" if a.rounds > 1 else ""), end="")
             print()
         if a.json:
             a.json.write_text(json.dumps(rows, indent=1))
