@@ -65,6 +65,7 @@ class TrainConfig:
     # Shared fields mean the same there: n_layer, n_head, d_model, mlp_ratio, dropout, block_size.
     mlm_prob: float = 0.15         # bert: share of real tokens chosen for masked-LM prediction
     nsp: bool = True               # bert: also train next-sentence prediction (50% real / 50% random)
+    pooling: str = "cls"           # bert classify: sentence vector from [CLS], or mean/max over the tokens
     n_enc_layer: int = 0           # seq2seq: encoder layers (0 = n_layer); the decoder has n_layer
     label_smoothing: float = 0.1   # seq2seq: label-smoothed cross-entropy on the target tokens
     shared_vocab: bool = True      # seq2seq: one tokenizer and embedding for both sides, else one each

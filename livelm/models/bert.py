@@ -11,7 +11,10 @@ Heads, all on the final hidden states h (B, S, C):
                computed only at the masked positions (the vocab matmul is the costly part)
     pooler     tanh(Linear(h[:, 0])) — the [CLS] representation
     NSP        Linear(pooler) -> 2 (is B the real next sentence?)
-    classify   Linear(pooler) -> n labels (sequence classification, fine-tuning)
+    classify   Linear(tanh(Linear(pool(h)))) -> n labels (sequence classification, fine-tuning);
+               pool = the [CLS] state (BERT), or the mean or max over the real tokens
+               (`pooling`): a small encoder trained from scratch has not learned to gather
+               the sentence into [CLS], while an average of every token state is there from step 0
     tag        Linear(h) -> n labels per token (token classification, fine-tuning)
 
 Pretraining inputs (second half of this file): a token stream from `livelm
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from livelm.models.gpt import GPT, GPTConfig, Block, make_norm, rope_tables
 
 TASKS = ("pretrain", "classify", "tag")
+POOLINGS = ("cls", "mean", "max")
 
 
 @dataclass
@@ -55,10 +59,13 @@ class BertConfig:
     n_segments: int = 2            # 0 = no segment embedding (seq2seq's encoder)
     task: str = "pretrain"         # pretrain | classify | tag: which fine-tuning head exists
     labels: list = field(default_factory=list)   # label names, index = class id
+    pooling: str = "cls"           # cls | mean | max: the sentence vector the classify head reads
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}; expected one of {TASKS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}; expected one of {POOLINGS}")
         if self.task != "pretrain" and len(self.labels) < 2:
             raise ValueError(f"a {self.task} model needs at least 2 labels, got {self.labels}")
         self.block_config()  # validates heads/width
@@ -158,15 +165,23 @@ class Bert(nn.Module):
             x = h[mlm_mask]                                                  # (N, C)
             x = self.mlm_norm(F.gelu(self.mlm_dense(x)))
             out["mlm"] = self.lm_head(x)                                     # (N, V)
-        if nsp or self.cls_head is not None:
-            pooled = torch.tanh(self.pooler(h[:, 0]))                         # (B, C): the [CLS] token
-            if nsp:
-                out["nsp"] = self.nsp_head(pooled)
-            if self.cls_head is not None:
-                out["logits"] = self.cls_head(self.drop(pooled))
+        if nsp:
+            out["nsp"] = self.nsp_head(torch.tanh(self.pooler(h[:, 0])))    # NSP always reads [CLS]
+        if self.cls_head is not None:
+            pooled = torch.tanh(self.pooler(self.pool(h, pad_mask)))         # (B, C)
+            out["logits"] = self.cls_head(self.drop(pooled))
         if self.tag_head is not None:
             out["logits"] = self.tag_head(self.drop(h))
         return out
+
+    def pool(self, h: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, S, C) -> (B, C) by cfg.pooling; padding never counts (pad_mask True = real token)."""
+        if self.cfg.pooling == "cls":
+            return h[:, 0]
+        real = (torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if pad_mask is None else pad_mask)[..., None]
+        if self.cfg.pooling == "mean":
+            return (h * real).sum(1) / real.sum(1).clamp(min=1)
+        return h.masked_fill(~real, float("-inf")).amax(1)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -58,7 +58,7 @@ def bert_config(cfg, vocab_size: int, task: str = "pretrain", labels=()) -> Bert
     return BertConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                       d_model=cfg.d_model, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, bias=cfg.bias,
                       position=cfg.position, norm=cfg.norm, mlp=cfg.mlp, tie_embeddings=True, task=task,
-                      labels=list(labels))
+                      labels=list(labels), pooling=cfg.pooling)
 
 
 def seq2seq_config(cfg, src_vocab: int, tgt_vocab: int) -> Seq2SeqConfig:
@@ -401,7 +401,8 @@ def finetune_task(a) -> int:
     if len(labels) < 2:
         raise DataError(f"{a.data} has only the label(s) {labels}; classification needs at least two")
 
-    mcfg = BertConfig.from_dict({**saved["model"], "task": a.task, "labels": labels, "dropout": cfg.dropout})
+    mcfg = BertConfig.from_dict({**saved["model"], "task": a.task, "labels": labels, "dropout": cfg.dropout,
+                                 "pooling": cfg.pooling})
     torch.manual_seed(cfg.seed)
     model = Bert(mcfg)
     tensors, _ = checkpoint.load_weights(base / "model.safetensors")
@@ -722,22 +723,25 @@ def eval_arch(a) -> int:
         sents = SentenceData(data, tok, "val")
         hits = total = nsp_hits = nsp_total = 0
         loss_sum = 0.0
+        nsp = bool(cfg.get("nsp", True))   # batches laid out as in training (a run pretrained without NSP has no pairs)
         with torch.inference_mode():
             for i in range(1000):   # deterministic masked batches until --max-tokens predictions
                 if total >= min(a.max_tokens, 20000):
                     break
                 b = sents.batch(i, 32, model.cfg.block_size, int(cfg.get("seed", 1337)), float(cfg.get("mlm_prob", 0.15)),
-                                True)
+                                nsp)
                 chosen = b["mlm_targets"] >= 0
-                out = model(b["idx"], b["pad_mask"], b["segments"], mlm_mask=chosen, nsp=True)
+                out = model(b["idx"], b["pad_mask"], b["segments"], mlm_mask=chosen, nsp=nsp)
                 gold = b["mlm_targets"][chosen]
                 loss_sum += torch.nn.functional.cross_entropy(out["mlm"].float(), gold, reduction="sum").item()
                 hits += int((out["mlm"].argmax(-1) == gold).sum())
                 total += gold.numel()
-                nsp_hits += int((out["nsp"].argmax(-1) == b["nsp_labels"]).sum())
-                nsp_total += b["nsp_labels"].numel()
-        result = {"mlm_loss": loss_sum / total, "mlm_accuracy": hits / total, "nsp_accuracy": nsp_hits / nsp_total,
-                  "masked_tokens": total}
+                if nsp:
+                    nsp_hits += int((out["nsp"].argmax(-1) == b["nsp_labels"]).sum())
+                    nsp_total += b["nsp_labels"].numel()
+        result = {"mlm_loss": loss_sum / total, "mlm_accuracy": hits / total, "masked_tokens": total}
+        if nsp:
+            result["nsp_accuracy"] = nsp_hits / nsp_total
     elif arch == "bert":
         reader = read_labelled if model.cfg.task == "classify" else read_tagged
         examples, _ = reader(a.data)

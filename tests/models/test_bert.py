@@ -130,3 +130,28 @@ def test_masked_lm_and_nsp_overfit_a_tiny_dataset():
              "mlm_targets": targets, "nsp_labels": torch.tensor([0, 1, 0, 1])}
     first = mlm_nsp_loss(model, batch).item()
     assert _fit(model, mlm_nsp_loss, batch, 80) < 0.3 < first
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
+def test_classifier_pooling_ignores_padding_and_fits(pooling):
+    torch.manual_seed(0)
+    model = Bert(BertConfig(**TINY, task="classify", labels=["neg", "pos"], pooling=pooling))
+    batch = {"idx": ROWS, "pad_mask": torch.ones_like(ROWS, dtype=torch.bool), "labels": torch.tensor([0, 1, 0, 1])}
+    assert _fit(model, classify_loss, batch, 40) < 0.05
+    model.eval()
+    # padding (and whatever the pad positions hold) never reaches the pooled vector
+    padded = torch.cat([ROWS, torch.full((4, 3), 5)], 1)
+    mask = torch.arange(7)[None] < 4
+    torch.testing.assert_close(model(padded, mask.expand(4, 7))["logits"], model(ROWS)["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_mean_and_max_pooling_read_every_real_token():
+    torch.manual_seed(0)
+    model = Bert(BertConfig(**TINY, task="classify", labels=["a", "b"], pooling="mean")).eval()
+    h = torch.randn(2, 5, 32)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    torch.testing.assert_close(model.pool(h, mask), torch.stack([h[0].mean(0), h[1, :3].mean(0)]))
+    model.cfg.pooling = "max"
+    torch.testing.assert_close(model.pool(h, mask), torch.stack([h[0].amax(0), h[1, :3].amax(0)]))
+    with pytest.raises(ValueError, match="pooling"):
+        BertConfig(**TINY, pooling="sum")
