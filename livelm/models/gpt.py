@@ -83,6 +83,9 @@ PRESETS = {
 }
 
 
+STREAMING_BYTES = 16 << 20   # fp32 models above this size stream their weights from memory when decoding
+
+
 class Linear(nn.Linear):
     """nn.Linear, with a faster path for the few-row products of decoding on a CPU.
 
@@ -93,17 +96,18 @@ class Linear(nn.Linear):
     batched matmul over the weight's rows split into 8 blocks reads the very same
     (N, K) layout at 20-40 GB/s (bench/gemv.py). bf16 goes through oneDNN,
     which is better as it is, so only fp32 inference takes the detour; results
-    differ from F.linear by float rounding only. Small matrices that stay in the
-    CPU's caches (a 128-wide model's) are faster the usual way, hence min_numel.
+    differ from F.linear by float rounding only. A model small enough to stay in
+    the CPU's caches (the 128-wide default assistant) is faster the usual way, so
+    GPT turns the detour on only for models bigger than the caches (`streams`).
     """
 
     few_rows = 4          # up to this many rows: faster up to 4 on every shape measured, mixed at 8
-    min_numel = 1 << 19   # weights of at least 2 MiB (fp32)
+    streams = False       # set by GPT for models whose weights do not fit in the caches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and x.numel() <= self.few_rows * self.in_features and not torch.is_grad_enabled()
-                and self.weight.numel() >= self.min_numel):
+                and self.streams):
             return few_rows_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -313,6 +317,12 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        # decode reads every weight once per step: from DRAM, unless the model fits in the last-level cache
+        # (32 MiB here); only then is Linear's few-row detour faster (bench/gemv.py, bench/hf_decode.py)
+        streams = sum(p.numel() for p in self.parameters()) * 4 > STREAMING_BYTES
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.streams = streams
         # GPT-2: scale the residual output projections by 1/sqrt(2 * n_layer) so the residual stream does not grow with depth
         for name, p in self.named_parameters():
             if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
