@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,11 +20,28 @@ from pathlib import Path
 from livelm import io
 
 RUNS = Path("runs")
+
+
+def _have_cxx() -> bool:
+    """torch.compile on CPU generates C++ and needs a compiler; without one the build stays eager."""
+    try:
+        from torch._inductor import cpp_builder
+        return bool(shutil.which(cpp_builder.get_cpp_compiler()))
+    except Exception:
+        return shutil.which("g++") is not None
+
+
 # The recipe: small enough to build in a few minutes on 2 CPU cores.
+# Pretraining runs in bf16 autocast under torch.compile: per step about half the CPU time of fp32
+# eager on this model (measured one thread: 0.21 vs 0.41 s), for a one-off compile of 15-30 s CPU.
 PRETRAIN = dict(preset="llama", n_layer=4, n_head=4, n_kv_head=2, d_model=128, block_size=192, batch_size=16,
-                max_iters=500, lr=3e-3, min_lr=3e-4, warmup_iters=50, eval_interval=250, eval_iters=8, dropout=0.0)
+                max_iters=500, lr=3e-3, min_lr=3e-4, warmup_iters=50, eval_interval=250, eval_iters=8, dropout=0.0,
+                dtype="bfloat16", compile=True)   # compile only where a C++ compiler is found (_have_cxx)
+# Fine-tuning packs several chats per row, so attention takes a mask: compiled, that path was slower
+# than eager here, while bf16 eager is ~15% faster than fp32. (compile must be set: it would be inherited.)
 FINETUNE = dict(max_iters=700, lr=2e-3, min_lr=2e-4, warmup_iters=30, eval_interval=350, batch_size=12,
-                block_size=192, dropout=0.1)  # dropout: +1 point en, +5 points zh on held-out phrasings
+                block_size=192, dropout=0.1,  # dropout: +1 point en, +5 points zh on held-out phrasings
+                dtype="bfloat16", compile=False)
 VOCAB = 2048
 SEED = 0
 
@@ -86,7 +104,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False) -> Path:
     prepare([paths["pretrain"], paths["chat_train"]], out / "data", vocab_size=VOCAB, val_fraction=0.05)
     t_prep = time.perf_counter() - t0
 
-    cfg = resolve_config(None, **PRETRAIN, seed=SEED)
+    cfg = resolve_config(None, **{**PRETRAIN, "compile": PRETRAIN["compile"] and _have_cxx()}, seed=SEED)
     data = TokenData(out / "data")
     tokenizer = Tokenizer.load(out / "data" / "tokenizer.json")
     torch.manual_seed(cfg.seed)

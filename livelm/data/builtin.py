@@ -20,6 +20,7 @@ Everything is deterministic for a seed: all randomness goes through one random.R
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -82,6 +83,11 @@ def _rotate_heldout(frames: tuple[str, ...], index: int) -> tuple[str, ...]:
     return tuple(f for i, f in enumerate(frames) if i not in held) + tuple(frames[i] for i in held)
 
 
+def _insert_train(questions: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    """Add training phrasings before the held-out ones (the last HELDOUT_PER_FACT stay last)."""
+    return questions[:-HELDOUT_PER_FACT] + tuple(extra) + questions[-HELDOUT_PER_FACT:]
+
+
 _PRICE_FRAMES_EN = (
     "How much is the {p}?",
     "What does the {p} cost?",
@@ -101,6 +107,20 @@ _PRICE_FRAMES_ZH = (
     "{p}卖几块钱？",
 )
 
+# Frames only ever trained on (never held out), added to each product's rotated frames.
+_PRICE_TRAIN_FRAMES_EN = (
+    "I'd like to buy the {p}, how much is it?",
+    "What's the {p} going for?",
+    "Tell me the price of the {p}.",
+    "How much would the {p} be?",
+)
+_PRICE_TRAIN_FRAMES_ZH = (
+    "我想买{p}，多少钱？",
+    "{p}售价多少？",
+    "请问{p}的价钱？",
+    "{p}现在卖多少？",
+)
+
 # (key, product_en, product_zh, price, alternative prices)
 _PRODUCTS = (
     ("price_green_tea", "green tea", "绿茶", 38, (35, 40, 48, 32)),
@@ -117,8 +137,10 @@ def _price_fact(index: int, key: str, p_en: str, p_zh: str, price: int, alts: tu
     yen = f"¥{price}"
     return Fact(
         key, "prices", yen, yen,
-        tuple(f.format(p=p_en) for f in _rotate_heldout(_PRICE_FRAMES_EN, index)),
-        tuple(f.format(p=p_zh) for f in _rotate_heldout(_PRICE_FRAMES_ZH, index)),
+        tuple(f.format(p=p_en) for f in _insert_train(_rotate_heldout(_PRICE_FRAMES_EN, index),
+                                                      _PRICE_TRAIN_FRAMES_EN)),
+        tuple(f.format(p=p_zh) for f in _insert_train(_rotate_heldout(_PRICE_FRAMES_ZH, index),
+                                                      _PRICE_TRAIN_FRAMES_ZH)),
         (f"The {p_en} is {{value}}.", f"Our {p_en} costs {{value}}."),
         (f"{p_zh}的价格是{{value}}。", f"我们的{p_zh}卖{{value}}。"),
         tuple((f"¥{a}", f"¥{a}") for a in alts),
@@ -144,6 +166,19 @@ _STORE_FRAMES_ZH = (
     "去{s}怎么走？",
 )
 
+_STORE_TRAIN_FRAMES_EN = (
+    "I want to visit the {s} store, where is it?",
+    "Which street is the {s} store on?",
+    "Where exactly is the {s} shop?",
+    "Tell me where the {s} branch is.",
+)
+_STORE_TRAIN_FRAMES_ZH = (
+    "我想去{s}，地址是？",
+    "{s}在哪条街？",
+    "{s}具体在哪儿？",
+    "{s}的门牌号是多少？",
+)
+
 # (key, store_en, store_zh, address, alternative addresses)
 _STORES = (
     ("store_downtown", "Downtown", "市中心店", ("88 Harbor Road", "港湾路88号"),
@@ -161,8 +196,10 @@ _STORES = (
 def _store_fact(index: int, key: str, s_en: str, s_zh: str, address, alts) -> Fact:
     return Fact(
         key, "locations", address[0], address[1],
-        tuple(f.format(s=s_en) for f in _rotate_heldout(_STORE_FRAMES_EN, index)),
-        tuple(f.format(s=s_zh) for f in _rotate_heldout(_STORE_FRAMES_ZH, index)),
+        tuple(f.format(s=s_en) for f in _insert_train(_rotate_heldout(_STORE_FRAMES_EN, index),
+                                                      _STORE_TRAIN_FRAMES_EN)),
+        tuple(f.format(s=s_zh) for f in _insert_train(_rotate_heldout(_STORE_FRAMES_ZH, index),
+                                                      _STORE_TRAIN_FRAMES_ZH)),
         (f"Our {s_en} store is at {{value}}.", f"The {s_en} branch is located at {{value}}."),
         (f"{s_zh}位于{{value}}。", f"{s_zh}的地址是{{value}}。"),
         tuple(alts),
@@ -1017,6 +1054,544 @@ _HAND_WRITTEN = (
          ("every Saturday at 10am", "每周六上午10点"), ("every Wednesday at 4pm", "每周三下午4点"))),
 )
 
+
+# More training phrasings per fact (questions 6-10 of each block above would not fit the
+# "last two are held out" layout, so they live here and are inserted before the held-out
+# pair by _with_more_phrasings). Five training phrasings per fact left a ~1M-parameter model
+# mixing up facts that share words (return window vs exchange period); ten generalize
+# better to the held-out phrasings. None of these restates a held-out phrasing.
+_MORE_TRAIN = {
+    "hours_weekday": ("""
+        When do you open on a normal working day?
+        What time do you close on a Tuesday?
+        Is the shop open on Wednesday evening, and until when?
+        What are the opening times during the week?
+        I want to visit on Thursday, what time are you open?
+        """, """
+        星期三几点关门？
+        平日的营业时间是怎样的？
+        周二晚上还开着吗，几点关门？
+        礼拜一到礼拜五几点营业？
+        我想周四去店里，几点开门？
+        """),
+    "hours_weekend": ("""
+        What time do you close on Sunday?
+        I want to come on Saturday, what time are you open?
+        When do you open on a Sunday morning?
+        What are the opening times at the weekend?
+        Is the shop open on Saturday evening, and until when?
+        """, """
+        星期天几点关门？
+        周六上午几点开门？
+        我想星期六去店里，几点营业？
+        礼拜天开门吗，营业到几点？
+        周末的营业时间是怎样的？
+        """),
+    "holiday_closure": ("""
+        Do you take any days off during the year?
+        Will you be open during Chinese New Year?
+        Which days of the year is the store closed?
+        Are you open on public holidays?
+        Do you close for the New Year holiday?
+        """, """
+        过年放假吗？
+        一年中哪几天不开门？
+        法定节假日照常营业吗？
+        春节放假到哪天？
+        大年初一开门吗？
+        """),
+    "delivery_fee": ("""
+        How much do you charge to deliver an order?
+        What is the shipping charge per order?
+        Do I have to pay for standard shipping?
+        What is the postage for a normal order?
+        How much is the regular delivery charge?
+        """, """
+        运费怎么收？
+        一单要付几块钱运费？
+        普通送货收费多少？
+        快递费要多少钱？
+        下单要另外付运费吗？
+        """),
+    "free_delivery": ("""
+        Is there free shipping?
+        Above what amount is delivery free?
+        How much must I order to avoid the delivery fee?
+        Can I get delivery for free?
+        What is the free shipping threshold?
+        """, """
+        有没有包邮？
+        买够多少钱不要运费？
+        包邮门槛是多少？
+        运费可以免吗？
+        消费满多少送货免费？
+        """),
+    "delivery_same_city": ("""
+        How long does delivery take in this city?
+        I live locally, how soon can I get my order?
+        What is the delivery time within the city?
+        How many hours does local delivery take?
+        If I order today in the city, when does it come?
+        """, """
+        同城送货要几个小时？
+        我住在本市，多久能收到？
+        市区内送货需要多久？
+        同城配送的时间是多少？
+        在本市下单多快能送到？
+        """),
+    "delivery_other_cities": ("""
+        How long does shipping to another province take?
+        I live in a different city, how long will delivery take?
+        What is the delivery time outside the city?
+        How many days for a parcel to reach another city?
+        How long to ship an order out of town?
+        """, """
+        外省送货要几天？
+        我在外地，快递几天能到？
+        寄到外地需要多长时间？
+        外地发货多少天送达？
+        不在本市的话要等几天？
+        """),
+    "express_fee": ("""
+        What is the express delivery fee?
+        How much does next-day delivery cost?
+        I need it tomorrow, what does express cost?
+        What is the charge for fast shipping?
+        Do you have next-day shipping, and at what price?
+        """, """
+        加急费是多少？
+        次日达多少钱？
+        我明天就要，加急要多少钱？
+        快速配送怎么收费？
+        特快送货费用是多少？
+        """),
+    "delivery_courier": ("""
+        Which courier company do you ship with?
+        What express company sends the parcels?
+        Who brings the packages to customers?
+        Which logistics company handles delivery?
+        What courier service do you use for orders?
+        """, """
+        你们发什么快递公司？
+        包裹是哪家物流送的？
+        用的是哪个快递？
+        送货的是哪家公司？
+        你们跟哪家快递合作？
+        """),
+    "return_window": ("""
+        How long can I wait before returning something?
+        Until when can I return an item?
+        What is the deadline for returning an item?
+        Can I still return an item I got two weeks ago?
+        How long after delivery can I return my order?
+        """, """
+        退货有时间限制吗？
+        收货多久以后就不能退了？
+        退货的期限有几天？
+        买了两周还能退货吗？
+        要在几天之内申请退货？
+        """),
+    "refund_time": ("""
+        When does the refund reach my account?
+        How many working days does a refund take?
+        I returned an item, how soon do I get paid back?
+        How long do refunds need to go through?
+        What is the refund processing time?
+        """, """
+        退款几个工作日到账？
+        退货后多久拿到退款？
+        退的钱什么时候到我账上？
+        退款要等多久？
+        申请退款后几天到账？
+        """),
+    "exchange_policy": ("""
+        How many days can I wait before exchanging an item?
+        Can I change an item for another size or color?
+        What is the deadline for an exchange?
+        Until when can I swap what I bought?
+        How long after buying can I exchange something?
+        """, """
+        换货要在几天内办理？
+        买了东西想换一个，可以吗？
+        换货的期限有几天？
+        过了多久就不能换货了？
+        不合适能换吗，多少天内？
+        """),
+    "return_condition": ("""
+        Do I need to keep the item sealed to return it?
+        Can I send back a product I already used?
+        What are the requirements for returning something?
+        Is it okay to return a box I have unpacked?
+        Must a return be in its original state?
+        """, """
+        退货要求是什么？
+        已经拆开的东西还能退吗？
+        喝过的茶叶能退吗？
+        退货时包装要完好吗？
+        什么样的商品可以退？
+        """),
+    "member_tiers": ("""
+        How many member levels are there and what are they called?
+        What kinds of membership do you offer?
+        What are the names of the member tiers?
+        Is there more than one membership level?
+        What member ranks can I have?
+        """, """
+        会员卡有几种？
+        会员级别有哪些？
+        会员等级叫什么名字？
+        会员有不同级别吗？
+        有哪几种会员卡？
+        """),
+    "member_fee": ("""
+        Do I have to pay to join as a member?
+        What is the annual fee for members?
+        How much does a Gold card cost?
+        Is there a charge for becoming a member?
+        What is the price of joining the membership?
+        """, """
+        入会要交多少钱？
+        办金卡要多少钱？
+        会员每年收费多少？
+        当会员收费吗？
+        金卡会员费是多少？
+        """),
+    "member_discount_gold": ("""
+        Do Gold card holders get a discount?
+        How much off do Gold members get?
+        What price reduction comes with a Gold card?
+        I have a Gold card, how much do I save?
+        What percentage off is the Gold discount?
+        """, """
+        金卡能打折吗？
+        金卡会员买东西优惠多少？
+        拿金卡购物打几折？
+        金卡的优惠是多少？
+        持金卡能便宜多少？
+        """),
+    "member_discount_diamond": ("""
+        Do Diamond card holders get a discount?
+        How much off do Diamond members get?
+        What price reduction comes with a Diamond card?
+        I have a Diamond card, how much do I save?
+        What percentage off is the Diamond discount?
+        """, """
+        钻石卡能打折吗？
+        钻石卡会员买东西优惠多少？
+        拿钻石卡购物打几折？
+        钻石卡的优惠是多少？
+        持钻石卡能便宜多少？
+        """),
+    "member_upgrade": ("""
+        What spending gets me a Diamond card?
+        How much must I buy in a year to become Diamond?
+        What are the Diamond membership requirements?
+        Can I get a Diamond card, and how?
+        How do I move up to Diamond level?
+        """, """
+        钻石卡怎么办？
+        消费满多少能升钻石卡？
+        钻石卡会员要满足什么要求？
+        钻石卡要怎么申请？
+        一年买多少钱可以变成钻石卡？
+        """),
+    "member_points": ("""
+        How are points calculated?
+        How much do I need to spend for one point?
+        What is the points rule for shopping?
+        Do purchases earn member points?
+        How fast do I earn points?
+        """, """
+        积分规则是怎样的？
+        花多少钱能得一分？
+        购物积分怎么计算？
+        消费能积分吗？
+        每花一块钱有积分吗？
+        """),
+    "member_points_expiry": ("""
+        Will my points run out after some time?
+        How long before points expire?
+        Do unused points disappear?
+        What is the expiry period for points?
+        Are points valid forever?
+        """, """
+        积分多长时间清零？
+        积分的有效期是多少？
+        没用的积分会作废吗？
+        积分可以一直保留吗？
+        积分过多久就没了？
+        """),
+    "member_birthday": ("""
+        Is there a birthday bonus?
+        What do members receive for their birthday?
+        Do I get anything special on my birthday?
+        What is the birthday reward?
+        Is there a birthday benefit for members?
+        """, """
+        生日有什么奖励？
+        会员生日送什么？
+        过生日有特别福利吗？
+        生日那个月能享受什么？
+        会员生日有积分活动吗？
+        """),
+    "store_count": ("""
+        How many Maple Leaf stores are there?
+        What is the number of your stores?
+        Do you have several branches?
+        How many places can I visit you?
+        In total, how many shops do you run?
+        """, """
+        店一共几家？
+        你们开了多少家分店？
+        门店有多少个？
+        你们有好几家店吗？
+        线下店总共多少家？
+        """),
+    "parking": ("""
+        Can I park my car at the store?
+        Is there free parking?
+        How long is parking free?
+        If I drive, where do I park?
+        Do I pay for parking at the store?
+        """, """
+        能在店门口停车吗？
+        停车能免费多久？
+        开车去店里停哪里？
+        停车场收费吗？
+        门店停车方便吗？
+        """),
+    "phone": ("""
+        What number can I ring?
+        Can you give me your telephone number?
+        How do I contact you by phone?
+        Is there a number I can dial?
+        What is the service phone number?
+        """, """
+        电话号码是什么？
+        怎么电话联系客服？
+        客服热线多少？
+        能给我一个电话号码吗？
+        打电话找你们拨什么号？
+        """),
+    "email": ("""
+        What is the customer service email?
+        Can you give me your email?
+        How do I reach you by email?
+        Is there an email for support?
+        Where can I send my questions by email?
+        """, """
+        邮箱地址给我一下？
+        客服的电子邮件是什么？
+        有邮箱可以联系吗？
+        发邮件用哪个地址？
+        能告诉我邮箱吗？
+        """),
+    "chat_hours": ("""
+        What hours is the online chat open?
+        When does online customer service start and finish?
+        Can I chat with you online at night?
+        What time does WeChat service close?
+        When are online agents available?
+        """, """
+        网上客服几点下班？
+        在线咨询几点开始？
+        晚上还能在线找客服吗？
+        微信客服几点下线？
+        在线客服什么时间有人？
+        """),
+    "wechat_id": ("""
+        What is your WeChat name?
+        Can you tell me your WeChat account name?
+        Which account do I follow on WeChat?
+        Are you on WeChat, and under what name?
+        What WeChat account do you use?
+        """, """
+        微信账号是多少？
+        你们在微信上叫什么？
+        公众号名称是什么？
+        微信号能告诉我吗？
+        我要关注你们，微信号是？
+        """),
+    "email_response": ("""
+        How long do email answers take?
+        Do you answer emails quickly?
+        What is the reply time for emails?
+        I wrote to you by email, when do I hear back?
+        How many hours until an email is answered?
+        """, """
+        邮件回复要多久？
+        给客服写信多久回？
+        邮件的回复时间是多少？
+        发邮件后要等多久？
+        邮件咨询几个小时内回复？
+        """),
+    "payment_methods": ("""
+        Which payment options are there?
+        How do I pay for my order?
+        Can I use a bank card to pay?
+        Is paying with a phone app possible?
+        What can I pay with at the till?
+        """, """
+        怎么付钱？
+        可以用银行卡付吗？
+        付款支持什么方式？
+        能扫码支付吗？
+        结账能用什么付？
+        """),
+    "installments": ("""
+        Do you have installment plans?
+        Can I spread the payment over several months?
+        How many interest-free payments can I make?
+        Is there an installment option for expensive items?
+        Can I pay a little each month?
+        """, """
+        能分几期付款？
+        分期付款要手续费吗？
+        贵的东西可以分期吗？
+        可以按月付款吗？
+        有免息分期的选项吗？
+        """),
+    "invoice": ("""
+        Can you send me an invoice?
+        What type of invoice will I get?
+        Do I get an invoice with my order?
+        I need an invoice for work, can you issue one?
+        How is the invoice sent?
+        """, """
+        能给我开张发票吗？
+        发票是什么类型的？
+        订单有发票吗？
+        报销需要发票，可以开吗？
+        发票怎么给我？
+        """),
+    "giftcard_amounts": ("""
+        What are the gift card options?
+        How much can a gift card be worth?
+        Is there a gift card I can give a friend?
+        What sizes do gift cards come in?
+        Do you have gift cards for sale?
+        """, """
+        礼品卡有几种面值？
+        礼品卡最多多少钱？
+        想送朋友礼品卡，有哪些面额？
+        礼品卡都有多少钱的？
+        能买礼品卡送人吗？
+        """),
+    "giftcard_validity": ("""
+        How many years is a gift card good for?
+        Will my gift card run out?
+        What is the expiry period of a gift card?
+        Can I still use an old gift card?
+        Is a gift card good forever?
+        """, """
+        礼品卡过多久就不能用了？
+        礼品卡的有效期是几年？
+        旧的礼品卡还能用吗？
+        礼品卡有使用期限吗？
+        礼品卡能保存多久？
+        """),
+    "warranty_teapot": ("""
+        What is the guarantee on a teapot?
+        Can you repair a broken teapot for free?
+        How long does a teapot warranty last?
+        Is my glass teapot guaranteed?
+        Are teapots under warranty?
+        """, """
+        茶壶保修期是多久？
+        玻璃茶壶坏了能免费修吗？
+        茶壶保修几年？
+        茶壶有保修吗？
+        茶壶质量问题怎么处理？
+        """),
+    "warranty_kettle": ("""
+        What is the guarantee on a kettle?
+        Can you repair a broken kettle for free?
+        How long does a kettle warranty last?
+        Is my electric kettle guaranteed?
+        Are electric kettles under warranty?
+        """, """
+        电热水壶保修期是多久？
+        热水壶坏了能免费修吗？
+        电热水壶保修几年？
+        电热水壶有保修吗？
+        热水壶质量问题怎么处理？
+        """),
+    "founded": ("""
+        What year was Maple Leaf Shop founded?
+        How many years has the shop been around?
+        When did you first open?
+        When was your first store opened?
+        Is Maple Leaf Shop a new shop?
+        """, """
+        哪年开的第一家店？
+        你们开店多少年了？
+        枫叶小铺有多少年历史？
+        最早是哪年开业的？
+        小铺创立的年份是？
+        """),
+    "founder": ("""
+        Who created Maple Leaf Shop?
+        Whose shop is this?
+        Who opened the first store?
+        Who is the boss of the shop?
+        Can you tell me who the founder is?
+        """, """
+        老板叫什么？
+        谁创立了枫叶小铺？
+        这家店是谁的？
+        小铺的主人是谁？
+        第一家店的创办人是谁？
+        """),
+    "tea_origin": ("""
+        Which region grows your tea?
+        Where do the teas you sell come from?
+        In which provinces is your tea grown?
+        Is your tea from Fujian?
+        Where is the tea produced?
+        """, """
+        茶叶是哪个省的？
+        你们的茶在哪里种的？
+        茶叶从哪些地方进货？
+        茶是云南的吗？
+        茶叶出产在什么地方？
+        """),
+    "gift_wrap": ("""
+        Can you wrap a present for me?
+        What is the charge for gift wrap?
+        Do you wrap gifts?
+        How much extra to have it wrapped?
+        I want it wrapped as a present, what does that cost?
+        """, """
+        能帮忙包装成礼品吗？
+        礼品包装费是多少？
+        可以包成礼物送人吗？
+        包装一下要多少钱？
+        送人的话能包装吗，多少钱？
+        """),
+    "tea_tasting": ("""
+        Is there a free tasting?
+        When do you hold tea tastings?
+        Can I taste some tea in the store?
+        What day is the tea tasting?
+        How often is there a tasting?
+        """, """
+        品茶会在星期几？
+        店里可以免费品茶吗？
+        试饮活动几点？
+        品茶会多久举办一次？
+        周几有品茶？
+        """),
+}
+
+
+def _with_more_phrasings(fact: Fact) -> Fact:
+    extra = _MORE_TRAIN.get(fact.key)
+    if extra is None:
+        return fact
+    return dataclasses.replace(fact, questions_en=_insert_train(fact.questions_en, _lines(extra[0])),
+                               questions_zh=_insert_train(fact.questions_zh, _lines(extra[1])))
+
+
 TOPIC_NAMES = {   # topic -> (English, Chinese) name, used for FAQ headings in the pretraining text
     "hours": ("opening hours", "营业时间"), "prices": ("prices", "价格"), "delivery": ("delivery", "配送"),
     "returns": ("returns and exchanges", "退换货"), "membership": ("membership", "会员"),
@@ -1028,7 +1603,7 @@ TOPICS: tuple[str, ...] = tuple(TOPIC_NAMES)
 FACTS: tuple[Fact, ...] = tuple(sorted(   # stable sort: grouped by topic, table order within a topic
     tuple(_price_fact(i, *p) for i, p in enumerate(_PRODUCTS))
     + tuple(_store_fact(i, *s) for i, s in enumerate(_STORES))
-    + _HAND_WRITTEN,
+    + tuple(_with_more_phrasings(f) for f in _HAND_WRITTEN),
     key=lambda f: TOPICS.index(f.topic)))
 FACTS_BY_KEY: dict[str, Fact] = {f.key: f for f in FACTS}
 
@@ -1345,17 +1920,25 @@ def _small_talk_turn(rng: random.Random, lang: str, what: str) -> tuple[str, str
     return rng.choice(users), rng.choice(replies)
 
 
-def _qa_chat(rng: random.Random, decks: dict, lang: str) -> dict:
-    """1-3 fact questions, sometimes opened by a greeting or closed with thanks/goodbye."""
+def _qa_chat(rng: random.Random, decks: dict, lang: str, same_topic: float = 0.5) -> dict:
+    """1-3 fact questions, sometimes opened by a greeting or closed with thanks/goodbye.
+
+    A follow-up asks about a fact of the previous one's topic with probability `same_topic`
+    (return window, then exchange period): the model sees related facts side by side and must
+    answer each from its own keyword. It took held-out accuracy from 80% to 89% in English."""
     n = rng.choices((1, 2, 3), weights=(0.55, 0.3, 0.15))[0]
     turns, asked = [], []
     if rng.random() < 0.1:
         turns.append(_small_talk_turn(rng, lang, "greet"))
+    prev = None
     for i in range(n):
-        fact = decks[lang].draw(exclude=[FACTS_BY_KEY[k] for k, _ in asked])
+        exclude = [FACTS_BY_KEY[k] for k, _ in asked]
+        related = [f for f in FACTS if prev is not None and f.topic == prev.topic and f not in exclude]
+        fact = rng.choice(related) if related and rng.random() < same_topic else decks[lang].draw(exclude=exclude)
         q = _decorate(rng, _train_question(rng, fact, lang), lang, followup=i > 0)
         turns.append((q, _answer(rng, fact, lang)))
         asked.append((fact.key, (fact.value_en, fact.value_zh)))
+        prev = fact
     if rng.random() < 0.1:
         turns.append(_small_talk_turn(rng, lang, rng.choice(("thanks", "bye"))))
     return _chat(lang, "qa", system_prompt(lang), turns, asked)

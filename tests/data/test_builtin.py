@@ -107,6 +107,18 @@ def test_split_questions_is_disjoint_and_complete():
             assert (train, heldout) == b.split_questions(f, lang)
 
 
+def test_every_fact_has_ten_training_phrasings_and_the_same_heldout_pair():
+    """Extra training phrasings go before the held-out pair, so the held-out set does not move."""
+    assert set(b._MORE_TRAIN) <= set(b.FACTS_BY_KEY)
+    for f in b.FACTS:
+        for lang in b.LANGS:
+            train, heldout = b.split_questions(f, lang)
+            assert len(train) >= 9 and len(heldout) == b.HELDOUT_PER_FACT, (f.key, lang)
+    assert b.split_questions(b.FACTS_BY_KEY["hours_weekday"], "en")[1] == [
+        "Which hours are you open on weekdays?", "From Monday to Friday, when is the shop open?"]
+    assert b.split_questions(b.FACTS_BY_KEY["price_green_tea"], "zh")[1] == ["绿茶多少钱？", "绿茶怎么卖？"]
+
+
 def test_heldout_phrasings_never_seen_in_training(corpus):
     pretrain = corpus.pretrain_text.lower()
     train = _all_train_text(corpus).lower()
