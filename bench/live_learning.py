@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def start_server(run: Path, work: Path, modes: str) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, work: Path, modes: str, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
     keys = work / "keys.txt"
     keys.write_text("key-alice\nkey-bob\n")
     proc = subprocess.Popen([sys.executable, "-m", "livelm.cli", "serve", str(run), "--port", "0",
                              "--api-key-file", str(keys), "--feedback-db", str(work / "fb.sqlite"),
-                             "--adapter-store", str(work / "adapters"), "--learn", modes, "--max-batch", "32"],
+                             "--adapter-store", str(work / "adapters"), "--learn", modes, "--max-batch", "32", *extra],
                             stdout=subprocess.PIPE, stderr=open(work / "server.log", "w"), text=True, cwd=ROOT)
     line = proc.stdout.readline()
     url = line.strip().split()[-1].rstrip("/")
@@ -87,6 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", nargs="+", default=["memory", "adapter", "memory,adapter"])
     p.add_argument("--facts", type=int, default=20)
+    p.add_argument("--server-args", default="", help="extra `livelm serve` arguments, e.g. \"--learn-replay 8\"")
     a = p.parse_args()
     from livelm import demo
     from livelm.data import builtin
@@ -109,7 +110,7 @@ def main() -> None:
     check = builtin.check_answer
     for modes in a.modes:
         work = Path(tempfile.mkdtemp(prefix="livelm-live-"))
-        proc, url = start_server(run, work, modes)
+        proc, url = start_server(run, work, modes, a.server_args.split())
         try:
             with httpx.Client(base_url=url, timeout=300) as c:
                 before_unrel = ask_all(c, [q for _, _, q in unrelated])
@@ -127,7 +128,14 @@ def main() -> None:
                 if "adapter" in modes:  # wait until a live version covers every correction
                     while time.perf_counter() - t_last < 600:
                         vs = c.get("/v1/adapters", headers={"Authorization": "Bearer key-alice"}).json()["data"]
-                        if any(v.get("live") and (v.get("last_feedback_id") or 0) >= last_id for v in vs):
+                        covering = [v for v in vs if (v.get("last_feedback_id") or 0) >= last_id]
+                        if any(v.get("live") for v in covering):
+                            break
+                        if any(v.get("status") == "rejected" for v in covering):
+                            rejected = next(v for v in covering if v.get("status") == "rejected")
+                            print(f"{modes}: the update was rejected by the probe guard (probe accuracy "
+                                  f"{rejected.get('probe_before')} -> {rejected.get('probe_after')})",
+                                  file=sys.stderr, flush=True)
                             break
                         time.sleep(0.25)
                 latency = time.perf_counter() - t_last

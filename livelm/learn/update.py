@@ -51,7 +51,7 @@ def native_bf16_dtype() -> str:
 class UpdateConfig:
     steps: int = 25
     rank: int = 8
-    lr: float = 5e-3
+    lr: float = 3e-3            # 5e-3 broke unrelated answers of the 89%/91% assistant (probe guard rejected the update)
     batch: int = 8               # DPO pairs and KTO items sampled per step
     replay: int = 4              # replayed training conversations per step
     beta: float = 0.1            # DPO/KTO temperature
