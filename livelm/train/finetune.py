@@ -35,14 +35,15 @@ def answer_accuracy(model, tokenizer, convs: list[list[dict]], limit: int = 64, 
     """Greedy answers to the final user turn vs the reference final assistant turn (normalized exact match)."""
     from livelm.infer.engine import Engine
     from livelm.infer.sampling import SamplingParams
+    was_training = model.training      # read before the Engine, which puts the model in eval mode
     engine = Engine(model, tokenizer, max_batch=16)
     # conversations whose prompt does not fit the context window are skipped, as in training
     pairs = ((c, prompt_ids(c[:-1], tokenizer)) for c in convs if c[-1]["role"] == "assistant")
     pairs = [(c, p) for c, p in pairs if len(p) < engine.max_len][:limit]
     if not pairs:
+        model.train(was_training)
         return float("nan")
     items, prompts = [c for c, _ in pairs], [p for _, p in pairs]
-    was_training = model.training
     outs = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0))
     model.train(was_training)
     hits = sum(normalize(o.text) == normalize(c[-1]["content"]) for o, c in zip(outs, items))
