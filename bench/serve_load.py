@@ -3,6 +3,7 @@
     python bench/serve_load.py                          # default assistant (built once into runs/assistant)
     python bench/serve_load.py --run runs/assistant/chat --concurrency 1,4,16,64 --requests 64
     python bench/serve_load.py --url http://127.0.0.1:8000   # an already running server (loopback only)
+    python bench/serve_load.py --concurrency 1,16 --requests 128 --rounds 3   # levels interleaved 3 times
 
 It starts the server itself (a subprocess on a free loopback port), then for
 each concurrency level runs a bounded number of requests, each a streaming
