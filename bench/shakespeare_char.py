@@ -267,8 +267,8 @@ def plain_loop(spec: dict) -> dict:
         steps.append(time.perf_counter() - t0)
     model.eval()
     with torch.no_grad():   # the same 20 validation batches livelm's trainer evaluates on
-        val = [model(**dict(zip(("idx", "targets"), data.batch("val", i, B, T, tcfg.seed).values()))).item()
-               for i in range(tcfg.eval_iters)]
+        batches = [data.batch("val", i, B, T, tcfg.seed) for i in range(tcfg.eval_iters)]
+        val = [model(b["idx"], b["targets"]).item() for b in batches]
     ms = sorted(steps[WARMUP_STEPS:])
     median = ms[len(ms) // 2]
     nan = float("nan")

@@ -13,8 +13,8 @@ Heads, all on the final hidden states h (B, S, C):
     NSP        Linear(pooler) -> 2 (is B the real next sentence?)
     classify   Linear(tanh(Linear(pool(h)))) -> n labels (sequence classification, fine-tuning);
                pool = the [CLS] state (BERT), or the mean or max over the real tokens
-               (`pooling`): a small encoder trained from scratch has not learned to gather
-               the sentence into [CLS], while an average of every token state is there from step 0
+               (`pooling`; on SST-2 and ChnSentiCorp from scratch, mean and max measured no
+               better than [CLS], bench/RESULTS.md)
     tag        Linear(h) -> n labels per token (token classification, fine-tuning)
 
 Pretraining inputs (second half of this file): a token stream from `livelm
@@ -178,7 +178,9 @@ class Bert(nn.Module):
         """(B, S, C) -> (B, C) by cfg.pooling; padding never counts (pad_mask True = real token)."""
         if self.cfg.pooling == "cls":
             return h[:, 0]
-        real = (torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if pad_mask is None else pad_mask)[..., None]
+        if pad_mask is None:
+            return h.mean(1) if self.cfg.pooling == "mean" else h.amax(1)
+        real = pad_mask[..., None]                                            # (B, S, 1)
         if self.cfg.pooling == "mean":
             return (h * real).sum(1) / real.sum(1).clamp(min=1)
         return h.masked_fill(~real, float("-inf")).amax(1)
