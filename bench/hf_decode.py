@@ -9,6 +9,8 @@ exported with `livelm export` (livelm/interop/hf.py); livelm decodes from the
 run, transformers from the exported folder, so both use the very same tensors.
 Both decode greedily from a 16-token random prompt, exactly --tokens new tokens
 (no early stop), fp32 (or --dtype bfloat16 for both), batch 1 and 8. tok/s counts new tokens of all rows.
+--compile adds livelm with its decode steps compiled (Engine(compile=True)); its compile time is not
+counted (a warm-up generate compiles first), as a server compiles once at start.
 "agree" is how many of the first row's greedy tokens are identical in both.
 """
 from __future__ import annotations
@@ -47,9 +49,10 @@ def make_run(root: Path, layers: int, width: int, heads: int, vocab: int) -> tup
     return run, hf
 
 
-def time_livelm(model, tok, prompts: list[list[int]], tokens: int) -> tuple[float, list[int]]:
-    engine = Engine(model, tok, max_batch=len(prompts))
-    engine.generate(prompts, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))      # warm-up
+def time_livelm(model, tok, prompts: list[list[int]], tokens: int, compile: bool = False) -> tuple[float, list[int]]:
+    engine = Engine(model, tok, max_batch=len(prompts), compile=compile)
+    # warm-up; compiled, the first decode steps compile (once static, then with the length symbolic)
+    engine.generate(prompts, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     t = time.perf_counter()
     outs = engine.generate(prompts, SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True))
     dt = time.perf_counter() - t
@@ -78,6 +81,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny model and 16 tokens: only checks that it runs")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights and activations of both sides (default float32)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time livelm with Engine(compile=True) (decode steps through torch.compile)")
     p.add_argument("--shapes", default="6x384,12x768", help="comma-separated LAYERSxWIDTH (default 6x384,12x768)")
     a = p.parse_args()
     dtype = getattr(torch, a.dtype)
@@ -102,17 +107,28 @@ def main() -> None:
                 prompts = torch.randint(len(SPECIAL_TOKENS), a.vocab, (b, 16), generator=g).tolist()
                 ours, ours_ids = time_livelm(model, tok, prompts, a.tokens)
                 theirs, their_ids = time_hf(hf, prompts, a.tokens)
-                agree = next((i for i, (x, y) in enumerate(zip(ours_ids, their_ids)) if x != y), len(ours_ids))
-                rows.append((f"gpt2 {layers}x{width} ({n_params:.0f}M)", b, ours, theirs, agree))
-                print(f"{layers}x{width} batch {b}: livelm {ours:.0f} tok/s, transformers {theirs:.0f} tok/s",
-                      flush=True)
+                fast, fast_ids = time_livelm(model, tok, prompts, a.tokens, compile=True) if a.compile else (0, [])
+                agree = [next((i for i, (x, y) in enumerate(zip(ids, their_ids)) if x != y), len(ids))
+                         for ids in (ours_ids, fast_ids)]
+                rows.append((f"gpt2 {layers}x{width} ({n_params:.0f}M)", b, ours, fast, theirs, agree))
+                print(f"{layers}x{width} batch {b}: livelm {ours:.0f} tok/s"
+                      + (f", compiled {fast:.0f} tok/s" if a.compile else "")
+                      + f", transformers {theirs:.0f} tok/s", flush=True)
 
     print(f"\nthreads: {torch.get_num_threads()}, torch {torch.__version__}, {a.dtype}, greedy, "
           f"{a.tokens} new tokens after a 16-token prompt\n")
+    if a.compile:
+        print("| model | batch | livelm eager / compiled / transformers (tok/s) | eager / tf | compiled / tf "
+              "| agree eager, compiled |")
+        print("|---|---|---|---|---|---|")
+        for name, b, ours, fast, theirs, agree in rows:
+            print(f"| {name} | {b} | {ours:.0f} / {fast:.0f} / {theirs:.0f} | {ours / theirs:.2f}x "
+                  f"| {fast / theirs:.2f}x | {agree[0]}, {agree[1]} of {a.tokens} |")
+        return
     print("| model | batch | livelm (tok/s) | transformers (tok/s) | livelm / transformers | agree |")
     print("|---|---|---|---|---|---|")
-    for name, b, ours, theirs, agree in rows:
-        print(f"| {name} | {b} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}x | {agree}/{a.tokens} |")
+    for name, b, ours, _, theirs, agree in rows:
+        print(f"| {name} | {b} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}x | {agree[0]}/{a.tokens} |")
 
 
 if __name__ == "__main__":

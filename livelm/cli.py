@@ -91,7 +91,7 @@ def cmd_generate(a) -> int:
     if not ids:
         ids = [tok.bos_id]
     params = sampling_from_args(a)
-    engine = Engine(model, tok, max_batch=1)
+    engine = Engine(model, tok, max_batch=1, compile=a.compile)
     if sys.stdout.isatty():
         for delta in engine.stream(ids, params):
             sys.stdout.write(delta)
@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="complete a prompt", description="Print a completion of --prompt.")
     p.add_argument("run", help="run directory")
     p.add_argument("--prompt", required=True, help="prompt text ('-' reads stdin)")
+    p.add_argument("--compile", action="store_true",
+                   help="run decode steps through torch.compile: faster per token (bench/hf_decode.py), "
+                        "but the first tokens wait tens of seconds for compilation")
     add_sampling_flags(p)
     p.set_defaults(func=cmd_generate)
 

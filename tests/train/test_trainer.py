@@ -117,3 +117,12 @@ def test_cli_errors_are_readable(tmp_path):
     assert res.returncode == 1 and "run directory not found" in res.stderr
     res = run_cli("train", "--help")
     assert "--n-kv-head" in res.stdout and "--beta2" in res.stdout and "default" in res.stdout
+
+
+def test_generate_with_compile_matches_eager(char_data, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", "--data", char_data, "--out", run, *TINY, "--max-iters", "20", "--eval-interval", "20")
+    args = ("generate", run, "--prompt", "First", "--max-tokens", "24", "--temperature", "0")
+    eager, compiled = run_cli(*args), run_cli(*args, "--compile")
+    assert compiled.returncode == 0 and len(eager.stdout) > len("First")
+    assert compiled.stdout == eager.stdout
