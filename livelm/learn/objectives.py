@@ -84,11 +84,28 @@ def kto_loss(model, b: dict, beta: float = 0.1, w_good: float = 1.0, w_bad: floa
     return (weight - value).mean()
 
 
+def distill_loss(model, b: dict) -> torch.Tensor:
+    """KL(reference || model) over the whole vocabulary at every answer position, averaged over them.
+
+    b["ref_logp"] (B, S, V): the reference model's log-probs on the same rows. Used on replayed
+    conversations: it keeps the model's distribution where it was (which answer template it
+    prefers, not only which facts it states), where SFT on the replayed text would pull it
+    towards whichever wording that training example happened to use.
+    """
+    logp = torch.log_softmax(model(b["idx"]).float(), dim=-1)                   # (B, S, V)
+    ref = b["ref_logp"]
+    kl = (ref.exp() * (ref - logp)).sum(-1)                                     # (B, S)
+    mask = (b["targets"] >= 0).float()
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
 def feedback_loss(model, batch: dict) -> torch.Tensor:
     """The live learner's objective: the sum of whichever parts the batch carries."""
     total = 0.0
     if "sft" in batch:
         total = total + sft_loss(model, batch["sft"])
+    if "replay" in batch:
+        total = total + batch.get("replay_weight", 1.0) * distill_loss(model, batch["replay"])
     if "dpo" in batch:
         total = total + dpo_loss(model, batch["dpo"], batch.get("beta", 0.1))
     if "kto" in batch:

@@ -10,7 +10,8 @@ Training data, rebuilt from all of the tenant's feedback each time (so
     correction  -> SFT on (conversation, correction) (+ DPO correction > answer with correction_pairs)
     preference  -> DPO chosen > rejected
     up / down   -> KTO desirable / undesirable
-    + replay    -> SFT on samples of the run's own chat training data, against forgetting
+    + replay    -> samples of the run's own chat training data, against forgetting: the model's
+                   distribution on them is held to the model before the update (KL), or SFT
 Facts are not trained on: they live in memory (livelm/learn/memory.py).
 """
 from __future__ import annotations
@@ -64,6 +65,10 @@ class UpdateConfig:
     # rephrasings 82% -> 72% and kept-correct unrelated answers 93% -> 83% against SFT alone, at +15% time.
     # The two answers share all but the value, and pushing the rejected one down blurs the shared template.
     correction_pairs: bool = False
+    # How replayed conversations are trained: "kl" keeps the model's own next-token distribution on them
+    # (the adapter switched off is the reference), "sft" trains on their text.
+    replay_loss: str = "kl"
+    replay_weight: float = 1.0
     dtype: str = field(default_factory=lambda: native_bf16_dtype())   # the trainer's --dtype
     seed: int = 0
 
@@ -159,10 +164,19 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
         rng = random.Random(cfg.seed * 100003 + i)
         convs = [c for c, _ in sft]
         answers = [a for _, a in sft]
-        for conv in rng.sample(pool, min(cfg.replay, len(pool))) if pool and sft else []:
-            convs.append(conv[:-1])
-            answers.append(conv[-1]["content"])
+        replayed = rng.sample(pool, min(cfg.replay, len(pool))) if pool and sft else []
         batch = {"beta": fixed["beta"]}
+        if replayed and cfg.replay_loss == "kl":
+            rb = answer_batch([c[:-1] for c in replayed], [c[-1]["content"] for c in replayed], tokenizer, block_size)
+            with torch.no_grad():
+                lora.set_active(model, None)           # the reference: the model before this update
+                rb["ref_logp"] = torch.log_softmax(model(rb["idx"]).float(), dim=-1)
+                lora.set_active(model, "update")
+            batch["replay"], batch["replay_weight"] = rb, cfg.replay_weight
+        else:
+            for conv in replayed:
+                convs.append(conv[:-1])
+                answers.append(conv[-1]["content"])
         for part, paired in (("dpo", True), ("kto", False)):
             if part in fixed:
                 n = fixed[part]["idx"].shape[0] // (2 if paired else 1)

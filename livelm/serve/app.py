@@ -486,6 +486,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-modes", default=d.modes, help=f"objectives used by updates (default {d.modes})")
     g.add_argument("--learn-replay", type=int, default=d.replay,
                    help=f"replayed training chats per update step, against forgetting (default {d.replay})")
+    g.add_argument("--learn-replay-loss", default=d.replay_loss, choices=["kl", "sft"],
+                   help="replayed chats keep the model's own next-token distribution (kl) or train on their text "
+                        f"(sft) (default {d.replay_loss})")
     g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
     g.add_argument("--probe-size", type=int, default=d.probe_size,
                    help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
@@ -554,7 +557,8 @@ def learn_config(a):
     if not modes:
         return None
     update = UpdateConfig(steps=a.learn_steps, rank=a.learn_rank, lr=a.learn_lr, modes=a.learn_modes,
-                          replay=a.learn_replay, dtype=a.learn_dtype, probe_size=a.probe_size,
+                          replay=a.learn_replay, replay_loss=a.learn_replay_loss, dtype=a.learn_dtype,
+                          probe_size=a.probe_size,
                           max_drop=a.max_probe_drop, regression_file=a.regression_file)
     return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, debounce=a.learn_debounce,
                        update=update)

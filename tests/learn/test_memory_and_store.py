@@ -6,7 +6,7 @@ import torch
 from livelm.learn.adapters import AdapterStore, AdapterStoreError
 from livelm.learn.feedback import Feedback, FeedbackStore
 from livelm.learn.memory import Memory, with_notes
-from livelm.learn.objectives import dpo_loss, grpo_loss, kto_loss
+from livelm.learn.objectives import distill_loss, dpo_loss, grpo_loss, kto_loss
 
 
 def conv(q):
@@ -90,3 +90,22 @@ def test_preference_objectives_move_probability_the_right_way():
     m = LinearLM()
     train_steps(m, lambda mm: grpo_loss(mm, g))
     assert m.table[1, 2] > m.table[1, 7]
+
+
+def test_distill_loss_pulls_the_whole_distribution_back_to_the_reference():
+    ref_table = torch.zeros(8, 8)
+    ref_table[1] = torch.tensor([0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0, -1.0])
+    b = {"idx": torch.tensor([[1]]), "targets": torch.tensor([[2]]),
+         "ref_logp": torch.log_softmax(ref_table[torch.tensor([[1]])], -1)}
+    m = LinearLM()
+    with torch.no_grad():
+        m.table.copy_(ref_table)
+    assert distill_loss(m, b).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        m.table[1] = torch.tensor([3.0, 0, 0, 0, 0, 0, 0, 0])     # drifted: prefers token 0
+    assert distill_loss(m, b).item() > 0.5
+    train_steps(m, lambda mm: distill_loss(mm, b), steps=300)
+    # not only the target token: every token's probability returns to the reference's
+    assert torch.allclose(torch.softmax(m.table[1], -1), torch.softmax(ref_table[1], -1), atol=0.02)
+    masked = {**b, "targets": torch.tensor([[-1]])}
+    assert distill_loss(m, masked).item() == 0.0
