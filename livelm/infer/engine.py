@@ -125,6 +125,17 @@ class Engine:
         self.default_stop_ids = {tokenizer.eos_id, tokenizer.end_id}
         self.set_adapters = None  # hook: fn(model, [adapter name per row]) installed by LoRA serving
 
+    def warm_up(self) -> None:
+        """Run a few tiny batches so a compiled engine compiles before real requests arrive: one row
+        (static shapes), then two (batch and lengths become symbolic), then more rows than the few-row
+        path takes (their products go to the usual matmul). A no-op when decode is eager."""
+        if self.decode_model is self.model or self.set_adapters is not None:
+            return
+        from livelm.models.gpt import Linear
+        params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+        for rows in sorted({1, min(2, self.max_batch), min(Linear.few_rows + 1, self.max_batch)}):
+            self.generate([[self.tokenizer.bos_id] * 2] * rows, [params.copy() for _ in range(rows)])
+
     # ---- queueing ----------------------------------------------------------
     def add(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Sequence:
         if not prompt_ids:

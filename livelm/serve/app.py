@@ -77,13 +77,13 @@ class ServeState:
     def __init__(self, run, adapters=(), *, api_keys=(), max_batch: int = 16, max_queue: int = 256,
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
-                 learn=None, adapter_store=None):
+                 learn=None, adapter_store=None, compile: bool = False):
         from livelm.infer.loader import resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
         self.api_keys = {k: tenant_of(k) for k in api_keys}
         self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
-        self.device, self.max_body = device, max_body_bytes
+        self.device, self.max_body, self.compile = device, max_body_bytes, compile
         self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
 
         # Model ids are known before loading: the base run and each adapter (by directory name, as the loader names them).
@@ -134,11 +134,12 @@ class ServeState:
             if load is None:
                 from livelm.infer.loader import load
             model, tokenizer, _, names = load(self.run, self.adapter_dirs, self.device)
-            engine = Engine(model, tokenizer, max_batch=self.max_batch)
+            engine = Engine(model, tokenizer, max_batch=self.max_batch, compile=self.compile)
             if names:
                 # the adapter is chosen per request (per batch row), never globally
                 lora.set_active(model, None)
                 engine.set_adapters = lora.set_row_adapters
+            engine.warm_up()   # compiled decode: compile now, while /health still answers "loading"
             self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
             self.tokenizer, self.engine = tokenizer, engine
             self.scheduler = Scheduler(engine, max_queue=self.max_queue, metrics=self.metrics).start()
@@ -457,6 +458,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="require 'Authorization: Bearer KEY' on /v1 (repeatable; default: $LIVELM_API_KEY if set)")
     keys.add_argument("--api-key-file", metavar="FILE", help="file with one API key per line")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode steps through torch.compile: ~4x faster single streams on the default assistant, "
+                        "for a longer start (compiling); rows that use a LoRA adapter decode eagerly")
     p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
                                                               "beyond it requests get 429 (default 256)")
     p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
@@ -576,7 +580,8 @@ def cmd_serve(a) -> int:
     set_threads(a.threads)
     app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
                      max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
-                     served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store)
+                     served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store,
+                     compile=a.compile)
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

@@ -59,3 +59,30 @@ def test_mixed_adapters_in_one_batch(server):
 
     solo, together = asyncio.run(main())
     assert solo == together
+
+
+def test_compiled_server_answers_like_the_eager_one(server, serve_dirs, tmp_path):
+    """`livelm serve --compile`: decode steps through torch.compile (compiled while /health says loading);
+    greedy answers to concurrent streams equal the eager server's, Chinese and emoji included."""
+    from tests.serve.conftest import ServerProcess
+    fast = ServerProcess(serve_dirs["run"], "--compile", "--max-batch", "8", "--learn", "off",
+                         "--feedback-db", tmp_path / "fb.sqlite", log_dir=tmp_path, timeout=300)
+    try:
+        deadline = time.time() + 300
+        while httpx.get(fast.url + "/health").status_code != 200:
+            assert time.time() < deadline, fast.stderr()
+            time.sleep(0.5)
+
+        async def answers(url: str) -> list[str]:
+            async with AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120) as client:
+                async def one(i: int) -> str:
+                    r = await client.chat.completions.create(
+                        model="chat", messages=[{"role": "user", "content": PROMPTS[i]}], max_tokens=20,
+                        temperature=0, extra_body={"ignore_eos": True})
+                    return r.choices[0].message.content
+                return list(await asyncio.gather(*(one(i) for i in range(8))))
+
+        eager, compiled = asyncio.run(answers(server.url)), asyncio.run(answers(fast.url))
+        assert all(eager) and compiled == eager
+    finally:
+        fast.stop()
