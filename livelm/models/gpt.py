@@ -375,7 +375,7 @@ class GPT(nn.Module):
         if cache is not None:
             if slots is None:
                 slots = slice(0, B)
-            elif not isinstance(slots, slice):
+            elif not isinstance(slots, slice) and not torch.compiler.is_compiling():
                 lo = int(slots[0])
                 if torch.equal(slots, torch.arange(lo, lo + B, device=slots.device)):
                     slots = slice(lo, lo + B)   # consecutive rows: attention reads views of the cache
