@@ -13,6 +13,9 @@ server, evaluation, RL — goes through `Engine`. Its unit of work is `step()`:
 `generate()` and `stream()` are loops over `step()` for callers that do not
 need a scheduler. The server runs `step()` on a scheduler thread.
 
+With `compile=True` the decode forward pass of step 2 runs through torch.compile
+(`compiled_decoder`); prefill stays eager (its shapes vary with every prompt).
+
 The engine is not thread-safe by itself: `add`/`cancel` from other threads
 must hold `engine.lock` (the server does this).
 """
