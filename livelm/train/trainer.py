@@ -94,6 +94,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     ddp, device = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # warn_only: an op without a deterministic kernel (some CUDA ones) warns instead of failing the run
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     dtype = pick_dtype(cfg.dtype, device)
     if ddp.world > 1 and cfg.grad_accum % ddp.world:
         raise ValueError(f"--grad-accum {cfg.grad_accum} must be a multiple of the {ddp.world} processes")
