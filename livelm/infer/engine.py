@@ -107,8 +107,8 @@ class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
                  prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False):
         self.model = model.eval()
-        # compile=True: decode steps run through torch.compile (see decode_model); the first steps at each
-        # new batch size compile (tens of seconds on a CPU), later ones skip ~400 eager operator calls
+        # compile=True: decode steps run through torch.compile (compiled_decoder). The first steps compile
+        # three graphs (1 row, 2-4 rows, 5+ rows; tens of seconds on a CPU, see warm_up)
         self.decode_model = compiled_decoder(model) if compile else model
         self.tokenizer = tokenizer
         self.cfg = model.cfg

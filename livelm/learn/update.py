@@ -124,6 +124,8 @@ def probe_accuracy(model, tokenizer, probes: list[dict]) -> float:
 def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: int):
     """Fixed feedback parts (with reference log-probs) + a replay sampler; returns get_batch(split, i)."""
     modes = set(cfg.modes.split(","))
+    if cfg.replay_loss not in ("kl", "sft"):
+        raise ValueError(f"replay_loss must be 'kl' or 'sft', not {cfg.replay_loss!r}")
     sft = [(r.conversation, r.correction) for r in items if r.kind == "correction"]
     pairs = [(r.conversation, r.chosen, r.rejected) for r in items if r.kind == "preference"]
     if cfg.correction_pairs:

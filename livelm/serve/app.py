@@ -459,8 +459,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     keys.add_argument("--api-key-file", metavar="FILE", help="file with one API key per line")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--compile", action="store_true",
-                   help="decode steps through torch.compile: ~4x faster single streams on the default assistant, "
-                        "for a longer start (compiling); rows that use a LoRA adapter decode eagerly")
+                   help="decode steps through torch.compile: 2-3x faster single streams on the default assistant, "
+                        "for a longer start (~40 s compiling); rows that use a LoRA adapter decode eagerly")
     p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
                                                               "beyond it requests get 429 (default 256)")
     p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
