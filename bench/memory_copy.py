@@ -152,6 +152,11 @@ def make_cases(seed: int, seen: dict, n_train_q: int = 2, n_nondigit: int = 99) 
     return cases
 
 
+def rate(hits: list[bool]) -> tuple[float, int]:
+    """(share of True, how many) for one table cell."""
+    return sum(hits) / max(1, len(hits)), len(hits)
+
+
 def evaluate(run: Path, seed: int = 0, max_batch: int = 32) -> dict:
     model, tokenizer, _ = load_model(chat_dir(run))
     model.eval()
@@ -175,18 +180,18 @@ def evaluate(run: Path, seed: int = 0, max_batch: int = 32) -> dict:
         for phr in ("held", "train"):
             for lang in LANGS:
                 sel = [c["ok"] for c in cases if c["row"] == row and c["phrasing"] == phr and c["lang"] == lang]
-                table[f"{row}|{phr}|{lang}"] = (sum(sel) / max(1, len(sel)), len(sel))
+                table[f"{row}|{phr}|{lang}"] = rate(sel)
     for lang in LANGS:
         sel = [c["ok"] for c in cases if c["row"] == "note" and c["phrasing"] == "held" and c["lang"] == lang
                and not c["seen"]]
-        table[f"note|held, unseen|{lang}"] = (sum(sel) / max(1, len(sel)), len(sel))
+        table[f"note|held, unseen|{lang}"] = rate(sel)
         sel = [c["ok"] for c in cases if c["row"] == "no notes" and c["lang"] == lang]
-        table[f"no notes|held|{lang}"] = (sum(sel) / max(1, len(sel)), len(sel))
+        table[f"no notes|held|{lang}"] = rate(sel)
         sel = [c["ok"] for c in cases if c["row"] == "locality" and c["lang"] == lang]
-        table[f"locality|held|{lang}"] = (sum(sel) / max(1, len(sel)), len(sel))
+        table[f"locality|held|{lang}"] = rate(sel)
         sel = [c["ok"] for c in cases if c["row"] == "locality" and c["lang"] == lang
                and base_ok[(c["fact"], c["lang"], c["q"])]]
-        table[f"locality kept|held|{lang}"] = (sum(sel) / max(1, len(sel)), len(sel))
+        table[f"locality kept|held|{lang}"] = rate(sel)
     failures = [(c["row"], c["q"], c["value"], c["answer"]) for c in cases
                 if not c["ok"] and c["row"] in ("note", "locality")]
     return {"run": str(run), "seconds": round(secs, 1), "table": table, "failures": failures}
