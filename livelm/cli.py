@@ -78,7 +78,8 @@ def cmd_train(a) -> int:
         from livelm.train.archs import train_arch
         return train_arch(a, cfg, data_dir)
     result = pretrain_gpt(cfg, data_dir, a.out, a.resume)
-    print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
+    if result.is_main:   # torchrun: one result line, not one per rank
+        print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
     return 0
 
 

@@ -188,7 +188,8 @@ def _train_bert(a, cfg, data_dir) -> int:
 
     result = train(cfg, a.out, model, tok, get_batch, mlm_nsp_loss, _run_config("bert", model, cfg, data_dir),
                    resume=a.resume)
-    print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
+    if result.is_main:   # torchrun: one result line, not one per rank
+        print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
     return 0
 
 
@@ -303,8 +304,14 @@ def encode_words(tok: Tokenizer, words: list[str]) -> tuple[list[int], list[int]
 
 
 def encode_classify(tok: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
-    """[CLS] text [SEP], the text cut to fit max_len."""
-    return [[tok.cls_id, *ids[:max_len - 2], tok.sep_id] for ids in tok.encode_batch(texts)]
+    """[CLS] text [SEP]. A text longer than the window keeps its first quarter and its last three
+    quarters ("head + tail", which beat head-only and tail-only truncation for BERT on long reviews in
+    Sun et al. 2019, "How to Fine-Tune BERT for Text Classification"): a review's verdict is often
+    at its end."""
+    room = max_len - 2
+    head = room // 4
+    return [[tok.cls_id, *(ids if len(ids) <= room else ids[:head] + ids[len(ids) - (room - head):]), tok.sep_id]
+            for ids in tok.encode_batch(texts)]
 
 
 def encode_tagged(tok: Tokenizer, words: list[str], tags: list[str] | None, label_ids: dict,
@@ -448,7 +455,8 @@ def finetune_task(a) -> int:
         rec = json.loads(line)
         if "val_loss" in rec:
             last = rec
-    print(json.dumps({"out": str(a.out), "task": a.task, "labels": labels, **last}))
+    if result.is_main:   # torchrun: one result line, not one per rank
+        print(json.dumps({"out": str(a.out), "task": a.task, "labels": labels, **last}))
     return 0
 
 
@@ -578,7 +586,8 @@ def _train_seq2seq(a, cfg, data_file) -> int:
     objective = functools.partial(seq2seq_loss, label_smoothing=cfg.label_smoothing)
     result = train(cfg, out, model, tgt_tok, get_batch, objective, _run_config("seq2seq", model, cfg, data_file),
                    resume=a.resume, extra_eval=extra_eval)
-    print(json.dumps({"run": str(out), "step": result.step, "val_loss": result.val_loss}))
+    if result.is_main:   # torchrun: one result line, not one per rank
+        print(json.dumps({"run": str(out), "step": result.step, "val_loss": result.val_loss}))
     return 0
 
 
@@ -625,7 +634,8 @@ def _train_lstm(a, cfg, data_dir) -> int:
     result = train(cfg, a.out, model, tok, lambda split, i: lstm_batch(data, split, i, cfg),
                    functools.partial(lstm_loss, carry=carry), run_config,
                    bytes_per_token=data.bytes_per_token("val"), resume=a.resume, save_fn=save_fn)
-    print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
+    if result.is_main:   # torchrun: one result line, not one per rank
+        print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
     return 0
 
 

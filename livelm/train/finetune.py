@@ -126,7 +126,8 @@ def cmd_finetune(a) -> int:
         rec = json.loads(line)
         if "val_loss" in rec:
             last = rec
-    print(json.dumps({"out": str(a.out), "lora": a.lora, "trainable_params": n_train, **last}))
+    if result.is_main:   # torchrun: one result line, not one per rank
+        print(json.dumps({"out": str(a.out), "lora": a.lora, "trainable_params": n_train, **last}))
     return 0
 
 

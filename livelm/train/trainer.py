@@ -75,6 +75,7 @@ class TrainResult:
     step: int
     val_loss: float
     metrics_path: Path
+    is_main: bool = True     # False on the other ranks of a torchrun job: only rank 0 prints the result
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokenizer,
@@ -254,7 +255,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     pbar.close()
     if ddp.world > 1:
         dist.barrier()
-    return TrainResult(step=step, val_loss=last.get("val_loss", float("nan")), metrics_path=metrics_path)
+    return TrainResult(step=step, val_loss=last.get("val_loss", float("nan")), metrics_path=metrics_path,
+                       is_main=ddp.is_main)
 
 
 def _append_metrics(path: Path, record: dict) -> None:

@@ -92,6 +92,8 @@ def test_two_process_ddp_matches_single_process(char_data, tmp_path):
                            "-m", "livelm.cli", "train", "--data", str(char_data), "--out", str(multi), *common],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert len(results) == 1 and results[0]["run"] == str(multi), proc.stdout   # rank 0 prints, not every rank
     st, sv = losses(single)
     mt, mv = losses(multi)
     assert [s for s, _ in st] == [s for s, _ in mt]
