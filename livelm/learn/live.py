@@ -179,13 +179,17 @@ class LiveLearner:
                                   preexec_fn=(lambda: os.nice(self.cfg.nice)) if hasattr(os, "nice") else None)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "update failed")
+            for line in proc.stderr.splitlines():   # e.g. "the run's training chats are gone"
+                if "warning:" in line:
+                    log.warning("update for %s: %s", tenant, line.split("warning:", 1)[1].strip())
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             self._seen[tenant] = max(self._seen.get(tenant, 0), int(result.get("last_feedback_id") or 0))
             if result.get("status") == "live":
                 self._sync(tenant)   # hot swap: load the new version between decode steps
             result["latency_s"] = round(time.perf_counter() - t0, 2)
             log.info("update for %s: %s", tenant, {k: result.get(k) for k in ("status", "version", "probe_before",
-                                                                               "probe_after", "latency_s")})
+                                                                               "probe_after", "trained_on",
+                                                                               "latency_s")})
         except Exception as e:  # a failed update never takes serving down
             result = {"tenant": tenant, "status": "failed", "error": str(e)}
             log.error("update for %s failed: %s", tenant, e)

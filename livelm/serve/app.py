@@ -493,6 +493,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-replay-loss", default=d.replay_loss, choices=["kl", "sft"],
                    help="replayed chats keep the model's own next-token distribution (kl) or train on their text "
                         f"(sft) (default {d.replay_loss})")
+    g.add_argument("--learn-propagate", type=int, default=d.propagate, metavar="N",
+                   help="training chats per update step whose answer was the corrected one, trained on the "
+                        f"correction so it reaches rephrasings (0 = off; default {d.propagate})")
     g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
     g.add_argument("--probe-size", type=int, default=d.probe_size,
                    help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
@@ -561,7 +564,8 @@ def learn_config(a):
     if not modes:
         return None
     update = UpdateConfig(steps=a.learn_steps, rank=a.learn_rank, lr=a.learn_lr, modes=a.learn_modes,
-                          replay=a.learn_replay, replay_loss=a.learn_replay_loss, dtype=a.learn_dtype,
+                          replay=a.learn_replay, replay_loss=a.learn_replay_loss, propagate=a.learn_propagate,
+                          dtype=a.learn_dtype,
                           probe_size=a.probe_size,
                           max_drop=a.max_probe_drop, regression_file=a.regression_file)
     return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, debounce=a.learn_debounce,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,10 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, args: argp
         f"{n_train:,} of {n_total:,} parameters trainable")
 
     run_config = {"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict(), "chat": True,
-                  "base_run": str(base_run.resolve()), "data": str(Path(data).resolve())}
+                  "base_run": str(base_run.resolve()), "data": str(Path(data).resolve()),
+                  # also relative to the run, so live learning still finds its replay data after the
+                  # run and its data are moved or copied together (another machine, a container)
+                  "data_relative": os.path.relpath(Path(data).resolve(), Path(out).resolve())}
     extra_eval = (lambda m: {"answer_accuracy": answer_accuracy(m, tokenizer, val_convs, accuracy_limit)}) \
         if accuracy_limit else None
     result = train(cfg, out, model, tokenizer, get_batch, lm_loss, run_config, resume=False,

@@ -1,5 +1,6 @@
 """Adapter updates from feedback: the answer changes, the guard rejects poison, rollback restores."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,40 @@ def test_no_trainable_feedback_is_skipped(setup):
     run, fb, store_root = setup
     fb.add(Feedback(kind="fact", conversation=[], correction="We open at 7am.", tenant="carol"))
     assert run_update(run, fb.path, "carol", store_root, UpdateConfig())["status"] == "skipped"
+
+
+def test_replay_data_is_found_after_the_run_and_its_data_move(tiny_chat_run, tmp_path, capsys):
+    """A run copied to another machine with its data still replays: the data is also recorded relative
+    to the run. When it is gone, the update says so instead of silently training without replay."""
+    import shutil
+
+    from livelm.learn.update import replay_pool
+    config = json.loads((tiny_chat_run / "chat" / "config.json").read_text())
+    # finetune records the data both ways
+    assert (tiny_chat_run / "chat" / config["data_relative"]).resolve() == Path(config["data"])
+    # a deployment that keeps the run beside its data, copied to another machine
+    site = tmp_path / "new-machine"
+    shutil.copytree(tiny_chat_run / "chat", site / "runs" / "chat")
+    data = site / "corpus" / "chat.jsonl"
+    data.parent.mkdir()
+    shutil.copy(config["data"], data)
+    gone = {**config, "data": "/old-machine/corpus/chat.jsonl", "data_relative": "../../corpus/chat.jsonl"}
+    pool = replay_pool(gone, site / "runs" / "chat")
+    assert pool and all(c[-1]["role"] == "assistant" for c in pool)
+    data.unlink()
+    assert replay_pool(gone, site / "runs" / "chat") == []
+    assert "training chats" in capsys.readouterr().err
+
+
+def test_propagation_finds_other_phrasings_of_the_corrected_answer():
+    from livelm.learn.update import propagated
+    old = "Delivery in the city costs ¥10."
+    pool = [[{"role": "user", "content": "How much is delivery?"}, {"role": "assistant", "content": old}],
+            [{"role": "user", "content": "同城 delivery fee? 🚚"}, {"role": "assistant", "content": " Delivery  in the city costs ¥10."}],
+            [{"role": "user", "content": "Do you deliver?"}, {"role": "assistant", "content": "Yes."}],
+            [{"role": "user", "content": "Opening hours?"}, {"role": "assistant", "content": "9am to 9pm."}]]
+    items = [Feedback(kind="correction", conversation=pool[0][:1], answer=old, correction="Delivery costs ¥12."),
+             Feedback(kind="correction", conversation=pool[2][:1], answer="Yes.", correction="No."),   # too short
+             Feedback(kind="up", conversation=pool[3][:1], answer="9am to 9pm.")]
+    got = propagated(items, pool)
+    assert got == [(pool[0][:1], "Delivery costs ¥12."), (pool[1][:1], "Delivery costs ¥12.")]
