@@ -144,18 +144,6 @@ def test_labelled_file_formats(tmp_path):
     assert archs.read_labelled(tmp_path / "bad.tsv", skip_bad=True) == ([("1", "fine")], 1)
 
 
-def test_long_texts_keep_their_head_and_tail():
-    """A review longer than the window keeps its first quarter and its end, where the verdict often is."""
-    from livelm.tokenizer import Tokenizer
-    text = "开头" + "中" * 100 + "结尾很差😞"
-    tok = Tokenizer.train_char([text])
-    (row,) = archs.encode_classify(tok, [text], max_len=22)
-    assert len(row) == 22 and row[0] == tok.cls_id and row[-1] == tok.sep_id
-    assert tok.decode(row[1:-1]) == "开头中中中" + "中" * 10 + "结尾很差😞"   # the first 5 and the last 15
-    (short,) = archs.encode_classify(tok, ["开头很差"], max_len=22)
-    assert tok.decode(short[1:-1]) == "开头很差"
-
-
 def test_wrong_run_kinds_are_explained(files, tmp_path, capsys):
     run = tmp_path / "b"
     cli(capsys, "train", "--arch", "bert", "--data", files / "data", "--out", run, *TINY, "--max-iters", "0")
