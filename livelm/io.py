@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh hidden name beside `path`, for a file that is renamed over `path` once complete."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 @contextmanager
@@ -18,7 +23,10 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
     """Open a temporary file beside `path`; on clean exit fsync it and rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_path(path)
+    # 0666 minus the umask, as open() would; not tempfile.mkstemp, whose files are 0600, so a run
+    # written by one user could not be served by another (a service account, a shared team folder)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh

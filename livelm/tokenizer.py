@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
+
+from livelm import io
 
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>",
                   "<|end|>", "<|mask|>", "<|sep|>", "<|cls|>", "<|unk|>")
@@ -212,19 +212,7 @@ class Tokenizer:
 
     def save(self, path) -> None:
         """Write atomically: a crash mid-save never leaves a truncated tokenizer.json."""
-        f = self._file(path)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=f".{f.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self._hf.to_str(pretty=True))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, f)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        io.write_text(self._file(path), self._hf.to_str(pretty=True))
 
     # ---- encode / decode ------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +126,7 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") 
         raise GGUFExportError(f"tokenizer has {len(tokens)} tokens but the model's vocabulary is {cfg.vocab_size}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model.gguf.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
+    tmp = io.temp_path(out_dir / "model.gguf")   # GGUFWriter opens it by name
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name(run_dir.resolve().name)

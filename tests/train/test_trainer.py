@@ -66,6 +66,20 @@ def test_killed_save_leaves_previous_checkpoint_loadable(char_data, tmp_path):
     assert res.returncode == 0
 
 
+def test_checkpoint_files_get_the_usual_permissions(char_data, tmp_path):
+    """Atomic writes create files as open() would (0666 minus the umask), not 0600 as mkstemp does,
+    so a run trained by one user can be served by another."""
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        run_cli("train", "--data", char_data, "--out", run, *TINY, "--max-iters", "2", "--eval-interval", "2")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "loss.png"):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
+    assert not list(run.glob(".*.tmp"))
+
+
 def test_corrupt_or_truncated_checkpoint_gives_clear_error(char_data, tmp_path):
     run = tmp_path / "run"
     run_cli("train", "--data", char_data, "--out", run, *TINY, "--max-iters", "2", "--eval-interval", "2")
