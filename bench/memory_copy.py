@@ -8,7 +8,8 @@ default runs/assistant. Nothing is written to the run. Greedy decoding throughou
 For every fact whose value has digits, a counterfactual value is drawn (fresh numbers, or a
 fresh price; never the canonical value or one of the fact's listed alternatives), and its
 statement (`builtin.fact_statement`) is put into the system prompt exactly as live
-learning does it (`memory.with_notes`). Then the question is asked, once in its held-out
+learning does it (`memory.with_notes`), and passed as a copy source (`SamplingParams.copy_from`)
+as the server does (`--no-copy`: the model alone). Then the question is asked, once in its held-out
 phrasings and once in two of its training phrasings; a hit is an answer that contains the
 note's value in the question's language (`builtin.check_answer`). Rows:
 
@@ -123,7 +124,7 @@ def make_cases(seed: int, seen: dict, n_train_q: int = 2, n_nondigit: int = 99) 
         msgs = with_notes([{"role": "system", "content": builtin.system_prompt(lang)},
                            {"role": "user", "content": q}], notes)
         cases.append({"row": row, "fact": fact.key, "lang": lang, "phrasing": phr, "q": q,
-                      "messages": msgs, "value": value})
+                      "messages": msgs, "notes": notes, "value": value})
 
     nondigit = [f for f in builtin.FACTS if builtin._random_digits(random.Random(0), f) is None]
     nondigit = rng.sample(nondigit, min(n_nondigit, len(nondigit)))
@@ -157,15 +158,18 @@ def rate(hits: list[bool]) -> tuple[float, int]:
     return sum(hits) / max(1, len(hits)), len(hits)
 
 
-def evaluate(run: Path, seed: int = 0, max_batch: int = 32) -> dict:
+def evaluate(run: Path, seed: int = 0, max_batch: int = 32, copy: bool = True) -> dict:
     model, tokenizer, _ = load_model(chat_dir(run))
     model.eval()
     cases = make_cases(seed, table_values())
     seen = seen_values(run)
     engine = Engine(model, tokenizer, max_batch=max_batch)
     t0 = time.perf_counter()
-    outs = engine.generate([prompt_ids(c["messages"], tokenizer) for c in cases],
-                           SamplingParams(max_tokens=48, temperature=0))
+    # as the server decodes memory answers: the notes are also copy sources (SamplingParams.copy_from)
+    params = [SamplingParams(max_tokens=48, temperature=0,
+                             copy_from=tuple(tuple(tokenizer.encode(n)) for n in c["notes"]) if copy else ())
+              for c in cases]
+    outs = engine.generate([prompt_ids(c["messages"], tokenizer) for c in cases], params)
     secs = time.perf_counter() - t0
     for c, o in zip(cases, outs):
         f = builtin.FACTS_BY_KEY[c["fact"]]
@@ -194,12 +198,13 @@ def evaluate(run: Path, seed: int = 0, max_batch: int = 32) -> dict:
         table[f"locality kept|held|{lang}"] = rate(sel)
     failures = [(c["row"], c["q"], c["value"], c["answer"]) for c in cases
                 if not c["ok"] and c["row"] in ("note", "locality")]
-    return {"run": str(run), "seconds": round(secs, 1), "table": table, "failures": failures}
+    return {"run": str(run), "copy": copy, "seconds": round(secs, 1), "table": table, "failures": failures}
 
 
 def print_table(res: dict) -> None:
     t = res["table"]
-    print(f"\n{res['run']}  ({res['seconds']}s generation)")
+    print(f"\n{res['run']}, {'with' if res['copy'] else 'without'} copying from the notes  "
+          f"({res['seconds']}s generation)")
     print("| row | phrasing | en | zh | n (en+zh) |")
     print("|---|---|---|---|---|")
     rows = [(r, p) for r in ("note", "note+2", "non-digit alt", "listed alt") for p in ("held", "train")]
@@ -216,10 +221,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the results (with failures) here")
     p.add_argument("--failures", type=int, default=0, help="print this many failing answers")
+    p.add_argument("--no-copy", dest="copy", action="store_false",
+                   help="the model alone: notes in the prompt only, not also copy sources as the server uses them")
     a = p.parse_args(argv)
     results = []
     for run in a.runs:
-        res = evaluate(run, a.seed)
+        res = evaluate(run, a.seed, copy=a.copy)
         print_table(res)
         for row, q, v, ans in res["failures"][:a.failures]:
             print(f"  [{row}] {q} | note value {v} | -> {ans}")

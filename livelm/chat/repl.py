@@ -55,6 +55,7 @@ class ChatSession:
         self.model_name = model_name
         from livelm.learn.memory import Memory
         self.memory = Memory(feedback) if (feedback is not None and memory) else None
+        self.notes: list[str] = []   # the memory notes in the current prompt (the answer may copy from them)
 
     def messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -64,10 +65,11 @@ class ChatSession:
         """Prompt ids for the current history, dropping the oldest turns while it does not fit."""
         budget = self.engine.max_len - min(self.params.max_tokens, self.engine.max_len // 4)
         dropped = 0
+        self.notes = []
         while True:
             msgs = self.messages()
             if self.memory is not None:  # relevant remembered facts/corrections go into the system prompt
-                msgs = self.memory.apply(self.tenant, msgs)
+                msgs, self.notes = self.memory.recall(self.tenant, msgs)
             ids = prompt_ids(msgs, self.tokenizer)
             if len(ids) <= budget:
                 break
@@ -103,7 +105,9 @@ class ChatSession:
         ids = self._fit()
         if ids is None:
             return
-        seq = self.engine.add(ids, self.params.copy())
+        params = self.params.copy()
+        params.copy_from = tuple(tuple(self.tokenizer.encode(n)) for n in self.notes)   # as the server does
+        seq = self.engine.add(ids, params)
         parts = []
         try:
             for delta in self.engine.iter_text(seq):

@@ -31,7 +31,7 @@ from typing import Iterator
 
 import torch
 
-from livelm.infer.sampling import SamplingParams, is_plain, sample_next, sample_plain, top_logprobs
+from livelm.infer.sampling import SamplingParams, copy_next, is_plain, sample_next, sample_plain, top_logprobs
 from livelm.infer.textstream import TextStream
 from livelm.models.gpt import KVCache
 
@@ -237,6 +237,8 @@ class Engine:
     def _sample(self, seq: Sequence, token: int | None = None) -> Event:
         """Append a token (sampled here unless `token` was already drawn in a batch) and stream its text."""
         logits, seq.next_logits = seq.next_logits, None
+        if token is None and seq.params.copy_from:
+            token = copy_next(seq.out_ids, seq.params.copy_from)
         if token is None:
             token = sample_next(logits.float(), seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
         if seq.params.logprobs is not None:

@@ -70,8 +70,9 @@ class LiveLearner:
             self._sync(tenant)
 
     # ---- per request --------------------------------------------------------------
-    def apply_memory(self, tenant: str, messages: list[dict]) -> list[dict]:
-        return self.memory.apply(tenant, messages) if self.memory else messages
+    def recall(self, tenant: str, messages: list[dict]) -> tuple[list[dict], list[str]]:
+        """Memory: (messages with this tenant's relevant notes, the notes); unchanged when memory is off."""
+        return self.memory.recall(tenant, messages) if self.memory else (messages, [])
 
     def adapter_for(self, tenant: str) -> str | None:
         """The engine adapter name for this tenant's requests (None = the base model)."""

@@ -136,6 +136,9 @@ class Memory:
             return []
         return [item.text for _, item in index.search(question, self.k, self.min_score)]
 
-    def apply(self, tenant: str, messages: list[dict]) -> list[dict]:
+    def recall(self, tenant: str, messages: list[dict]) -> tuple[list[dict], list[str]]:
+        """(messages with the relevant notes in the system prompt, those notes). The caller passes the
+        notes on as SamplingParams.copy_from, so the answer can copy their values."""
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        return with_notes(messages, self.notes(tenant, question))
+        notes = self.notes(tenant, question)
+        return with_notes(messages, notes), notes

@@ -343,11 +343,13 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         completions.check_stream_options(req)
         model, adapter = state.resolve(req.model)
         learner = state.learner
+        notes: list[str] = []
         if learner is not None and chat and adapter is None:
-            # live learning: this tenant's remembered facts go into the prompt, its learned adapter (if any)
-            # answers; other tenants are untouched. Loading a new version may wait for one decode step.
+            # live learning: this tenant's remembered facts go into the prompt (and the answer may copy
+            # from them), its learned adapter (if any) answers; other tenants are untouched. Loading a
+            # new version may wait for one decode step.
             if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in req.messages):
-                req.messages = await run_in_threadpool(learner.apply_memory, tenant, req.messages)
+                req.messages, notes = await run_in_threadpool(learner.recall, tenant, req.messages)
             adapter = await run_in_threadpool(learner.adapter_for, tenant)
         tok = state.tokenizer
         if chat:
@@ -360,6 +362,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         params = []
         for ids in prompts:
             p = completions.sampling_params(req, len(ids), state.engine.max_len, state.max_tokens_limit, field)
+            p.copy_from = tuple(tuple(tok.encode(n)) for n in notes)
             params += completions.per_choice(p, req.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         gen = Generation(state.scheduler, fmt, model, prompts, params, adapter, req.stream, include_usage,

@@ -143,3 +143,33 @@ def test_compiled_decode_matches_eager(tok):
     assert [c.token_ids for c in compiled.generate(prompts, params)] == [c.token_ids for c in eager]
     one = compiled.generate(prompts[1:2], params)[0]
     assert one.token_ids == eager[1].token_ids
+
+
+def test_copy_next_follows_the_longest_repeated_stretch():
+    from livelm.infer.sampling import MIN_COPY_MATCH, copy_next
+    note = (5, 6, 7, 8, 9, 10, 11)
+    other = (1, 6, 7, 8, 2)
+    assert MIN_COPY_MATCH == 4
+    assert copy_next([3, 5, 6, 7, 8], (note,)) == 9            # the answer repeats 4 tokens of the note
+    assert copy_next([6, 7, 8], (note,)) is None                # 3 tokens are not enough
+    assert copy_next([0, 6, 7, 8], (note, other)) is None       # only 3-token matches, in either
+    assert copy_next([0, 6, 7, 8, 9, 10, 11], (note,)) is None  # the note is used up
+    # the longest match wins over a source listed first
+    assert copy_next([1, 6, 7, 8], ((6, 7, 8, 4), (1, 6, 7, 8, 2))) == 2
+    assert copy_next([4, 5, 6, 7, 8, 9, 10], ((0, 5, 6, 7, 8, 9, 10, 12), (7, 8, 9, 10, 13))) == 12
+
+
+def test_answers_copy_from_their_notes(model, tok):
+    """Once the answer repeats the start of a copy source, it goes on with the source: the engine's
+    memory mechanism (live learning passes the tenant's notes as copy sources)."""
+    eng = Engine(model, tok, max_batch=2)
+    prompt = tok.encode("枫叶小铺 👍 Hello")
+    plain = eng.generate([prompt], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0].token_ids
+    # a note that starts like the model's own answer, then says something else (in Chinese)
+    detour = [t for t in tok.encode("乌龙茶¥56。") if t not in plain[4:7]][:3]
+    note = tuple(plain[:4]) + tuple(detour)
+    got = eng.generate([prompt, prompt], [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True,
+                                                         copy_from=(note,)),
+                                          SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)])
+    assert got[0].token_ids[:7] == list(note) and got[0].token_ids[:7] != plain[:7]
+    assert got[1].token_ids == plain   # a row without notes in the same batch is untouched
