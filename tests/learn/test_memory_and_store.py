@@ -36,6 +36,26 @@ def test_memory_retrieves_relevant_corrections_only(tmp_path):
     assert zh[0]["content"].startswith("你是枫叶小铺的客服助手。\n") and "运费是¥12。" in zh[0]["content"]
 
 
+def test_memory_leaves_questions_that_share_only_a_word_alone(tmp_path):
+    """A note must cover a good part of the question, not just share one word with it; this holds
+    the same for a tenant with one item as for one with many (no raw-score threshold)."""
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    store.add(Feedback(kind="correction", conversation=conv("How much is the jasmine tea?"),
+                       answer="Our jasmine tea costs ¥42.", correction="Our jasmine tea costs ¥45.", tenant="one"))
+    for i, (q, a) in enumerate([("How much is the jasmine tea?", "Our jasmine tea costs ¥45."),
+                                ("When do you open on weekdays?", "On weekdays we are open 8am to 8pm."),
+                                ("茉莉花茶多少钱？", "我们的茉莉花茶售价¥45。"),
+                                ("What is your phone number?", "Call 400-820-6699."),
+                                ("Do you ship abroad?", "We ship to Japan and Korea.")]):
+        store.add(Feedback(kind="correction", conversation=conv(q), answer="old", correction=a, tenant="many"))
+    mem = Memory(store)
+    for tenant in ("one", "many"):
+        assert "Our jasmine tea costs ¥45." in mem.notes(tenant, "What does your jasmine tea cost?")
+        assert mem.notes(tenant, "How much does the maple mug cost? 🍵") == []    # shares "cost" only
+    assert "我们的茉莉花茶售价¥45。" in mem.notes("many", "请问茉莉花茶卖多少钱？")
+    assert Memory(store, min_coverage=0.0).notes("many", "How much does the maple mug cost? 🍵")
+
+
 def test_adapter_store_publish_and_rollback(tmp_path):
     store = AdapterStore(tmp_path)
     assert store.current("t") is None
