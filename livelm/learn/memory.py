@@ -2,9 +2,10 @@
 
 A tenant's `fact` items ("remember: delivery is free above ¥99") and
 `correction` items (the answer it should have given) are indexed with BM25.
-For each new question the most relevant ones — above a score threshold, so
-unrelated questions are left alone — go into the system prompt as notes, the
-format the default assistant was trained to prefer over what it memorized:
+For each new question the most relevant ones — those that cover enough of the
+question, so unrelated questions are left alone — go into the system prompt as
+notes, the format the default assistant was trained to prefer over what it
+memorized, and become copy sources for the answer (SamplingParams.copy_from):
 
     You are the assistant of Maple Leaf Shop.
     Notes:
