@@ -118,15 +118,22 @@ MAX_COPY_MATCH = 8
 
 def copy_next(out_ids: list[int], sources: tuple[tuple[int, ...], ...]) -> int | None:
     """The token that follows, in a source, the longest (MIN..MAX_COPY_MATCH) suffix of out_ids found
-    there (its first occurrence); None when no source repeats the answer's last MIN_COPY_MATCH tokens."""
+    there (its first occurrence); None when no source repeats the answer's last MIN_COPY_MATCH tokens.
+    Each occurrence of the last token is extended backwards: a few hundred comparisons per token."""
+    n = len(out_ids)
+    if n < MIN_COPY_MATCH:
+        return None
+    last = out_ids[-1]
     best, best_len = None, MIN_COPY_MATCH - 1
     for src in sources:
-        for k in range(min(len(out_ids), MAX_COPY_MATCH), best_len, -1):
-            tail = tuple(out_ids[-k:])
-            at = next((j for j in range(len(src) - k) if src[j:j + k] == tail), None)
-            if at is not None:
-                best, best_len = src[at + k], k
-                break
+        for j in range(len(src) - 1):          # src[j + 1] is what would be copied
+            if src[j] != last:
+                continue
+            k = 1
+            while k < MAX_COPY_MATCH and k < n and k <= j and src[j - k] == out_ids[-1 - k]:
+                k += 1
+            if k > best_len:
+                best, best_len = src[j + 1], k
     return best
 
 
