@@ -31,7 +31,8 @@ from typing import Iterator
 
 import torch
 
-from livelm.infer.sampling import SamplingParams, copy_next, is_plain, sample_next, sample_plain, top_logprobs
+from livelm.infer.sampling import (SamplingParams, copy_next, is_plain, lean_to_first_source, sample_next,
+                                   sample_plain, top_logprobs)
 from livelm.infer.textstream import TextStream
 from livelm.models.gpt import KVCache
 
@@ -239,6 +240,8 @@ class Engine:
         logits, seq.next_logits = seq.next_logits, None
         if token is None and seq.params.copy_from:
             token = copy_next(seq.out_ids, seq.params.copy_from)
+            if token is None and not seq.out_ids:
+                logits = lean_to_first_source(logits, seq.params.copy_from)
         if token is None:
             token = sample_next(logits.float(), seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
         if seq.params.logprobs is not None:

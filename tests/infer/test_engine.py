@@ -157,6 +157,17 @@ def test_copy_next_follows_the_longest_repeated_stretch():
     # the longest match wins over a source listed first
     assert copy_next([1, 6, 7, 8], ((6, 7, 8, 4), (1, 6, 7, 8, 2))) == 2
     assert copy_next([4, 5, 6, 7, 8, 9, 10], ((0, 5, 6, 7, 8, 9, 10, 12), (7, 8, 9, 10, 13))) == 12
+    # an answer that begins the way a note begins goes on with it, from its first token
+    assert copy_next([5], (other, note)) == 6 and copy_next([1, 6], (other, note)) == 7
+    assert copy_next([6], (note,)) is None and copy_next([], (note,)) is None
+
+
+def test_first_token_leans_to_the_best_note():
+    from livelm.infer.sampling import COPY_FIRST_BIAS, lean_to_first_source
+    logits = torch.zeros(10)
+    out = lean_to_first_source(logits, ((3, 4), (7, 8)))
+    assert out[3] == COPY_FIRST_BIAS and out.count_nonzero() == 1 and logits.count_nonzero() == 0
+    assert lean_to_first_source(logits, ()) is logits
 
 
 def test_answers_copy_from_their_notes(model, tok):
