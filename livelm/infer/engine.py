@@ -240,8 +240,9 @@ class Engine:
         logits, seq.next_logits = seq.next_logits, None
         if token is None and seq.params.copy_from:
             token = copy_next(seq.out_ids, seq.params.copy_from)
-            if token is None and not seq.out_ids:
-                logits = lean_to_first_source(logits, seq.params.copy_from)
+            if token is None and not seq.out_ids:   # logprobs below still report the model's own
+                token = sample_next(lean_to_first_source(logits.float(), seq.params.copy_from), seq.params,
+                                    seq.prompt_ids, seq.out_ids, seq.generator)
         if token is None:
             token = sample_next(logits.float(), seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
         if seq.params.logprobs is not None:
