@@ -92,9 +92,9 @@ def replay_pool(run_config: dict, run_dir: str | Path) -> list[list[dict]]:
     places = [Path(recorded)] if recorded else []
     if run_config.get("data_relative"):
         places.append(Path(run_dir) / run_config["data_relative"])
-    path = next((p for p in places if p.suffix == ".jsonl" and p.is_file()), None)
+    path = next((p for p in places if p.suffix in (".jsonl", ".json") and p.is_file()), None)
     if path is None:
-        if recorded.endswith(".jsonl"):
+        if recorded.endswith((".jsonl", ".json")):
             print(f"livelm learn: warning: the run's training chats ({recorded}) are gone; updates train "
                   f"without replay and will change unrelated answers more", file=sys.stderr, flush=True)
         return []

@@ -86,6 +86,12 @@ def test_replay_data_is_found_after_the_run_and_its_data_move(tiny_chat_run, tmp
     gone = {**config, "data": "/old-machine/corpus/chat.jsonl", "data_relative": "../../corpus/chat.jsonl"}
     pool = replay_pool(gone, site / "runs" / "chat")
     assert pool and all(c[-1]["role"] == "assistant" for c in pool)
+    # Alpaca-style JSON (an array) is replayed too
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "运费多少？", "input": "", "output": "运费12元。🚚"}],
+                                 ensure_ascii=False), encoding="utf-8")
+    assert replay_pool({"data": str(alpaca)}, site / "runs" / "chat")[0][-1] == \
+        {"role": "assistant", "content": "运费12元。🚚"}
     data.unlink()
     assert replay_pool(gone, site / "runs" / "chat") == []
     assert "training chats" in capsys.readouterr().err
