@@ -46,6 +46,12 @@ class LearnConfig:
     debounce: float = 0.5         # quiet seconds after feedback before an update starts (0 = at once)
     nice: int = 10                # the update process runs at lower CPU priority than serving
     threads: int = 1
+    # Memory looks notes up by the question plus a draft answer (greedy, this many tokens, no notes)
+    # for tenants that have notes, as HyDE retrieves with a hypothetical answer: a rephrased question
+    # shares few words with the corrected one, but the model's draft repeats the answer that was
+    # corrected, which the note is indexed by. 0 = by the question alone. Default assistant, memory
+    # mode: rephrasings 55% -> 88% (16 and 32 tokens alike), efficacy 100%, unrelated 98% / 98 -> 100%.
+    memory_draft: int = 32
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
 
@@ -70,9 +76,13 @@ class LiveLearner:
             self._sync(tenant)
 
     # ---- per request --------------------------------------------------------------
-    def recall(self, tenant: str, messages: list[dict]) -> tuple[list[dict], list[str]]:
+    def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
         """Memory: (messages with this tenant's relevant notes, the notes); unchanged when memory is off."""
-        return self.memory.recall(tenant, messages) if self.memory else (messages, [])
+        return self.memory.recall(tenant, messages, draft) if self.memory else (messages, [])
+
+    def wants_draft(self, tenant: str) -> bool:
+        """Should this tenant's question get a draft answer before memory looks up notes?"""
+        return bool(self.cfg.memory_draft and self.memory and self.memory.index(tenant).items)
 
     def adapter_for(self, tenant: str) -> str | None:
         """The engine adapter name for this tenant's requests (None = the base model)."""

@@ -41,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from livelm.infer.sampling import SamplingParams
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
 from livelm.serve import completions
 from livelm.serve.completions import APIError, Generation, parse
@@ -335,6 +336,18 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         mid, _ = state.resolve(model_id)
         return state.model_card(mid)
 
+    async def draft_answer(request: Request, req) -> str:
+        """What the base model answers without notes (greedy, short): memory's lookup key besides the
+        question. It runs through the scheduler like any request, before the real answer starts."""
+        ids = completions.chat_prompt(req, state.tokenizer)
+        room = min(state.learner.cfg.memory_draft, state.engine.max_len - len(ids))
+        if room <= 0:
+            return ""   # the real request reports the overflow
+        gen = Generation(state.scheduler, completions.ChatFormat(state.tokenizer), "draft", [ids],
+                         [SamplingParams(max_tokens=room, temperature=0)], None, stream=False,
+                         include_usage=False, want_logprobs=False)
+        return (await gen.collect(request.is_disconnected))["choices"][0]["message"]["content"]
+
     async def generate(request: Request, chat: bool):
         tenant = state.authenticate(request)
         state.require_ready()
@@ -349,7 +362,10 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             # from them), its learned adapter (if any) answers; other tenants are untouched. Loading a
             # new version may wait for one decode step.
             if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in req.messages):
-                req.messages, notes = await run_in_threadpool(learner.recall, tenant, req.messages)
+                draft = ""
+                if await run_in_threadpool(learner.wants_draft, tenant):
+                    draft = await draft_answer(request, req)
+                req.messages, notes = await run_in_threadpool(learner.recall, tenant, req.messages, draft)
             adapter = await run_in_threadpool(learner.adapter_for, tenant)
         tok = state.tokenizer
         if chat:
@@ -485,6 +501,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="minimum seconds between two updates of one tenant (default 2)")
     g.add_argument("--learn-debounce", type=float, default=0.5, metavar="SECONDS",
                    help="quiet seconds after feedback before an update starts, so a burst is one update (default 0.5)")
+    from livelm.learn.live import LearnConfig
     from livelm.learn.update import UpdateConfig
     d = UpdateConfig()
     g.add_argument("--learn-steps", type=int, default=d.steps, help=f"training steps per update (default {d.steps})")
@@ -499,6 +516,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-propagate", type=int, default=d.propagate, metavar="N",
                    help="training chats per update step whose answer was the corrected one, trained on the "
                         f"correction so it reaches rephrasings (0 = off; default {d.propagate})")
+    g.add_argument("--learn-memory-draft", type=int, default=LearnConfig.memory_draft, metavar="N",
+                   help="memory looks notes up by the question and a greedy draft answer of N tokens, for "
+                        f"tenants with notes (0 = the question alone; default {LearnConfig.memory_draft})")
     g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
     g.add_argument("--probe-size", type=int, default=d.probe_size,
                    help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
@@ -572,6 +592,7 @@ def learn_config(a):
                           probe_size=a.probe_size,
                           max_drop=a.max_probe_drop, regression_file=a.regression_file)
     return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, debounce=a.learn_debounce,
+                       memory_draft=a.learn_memory_draft,
                        update=update)
 
 

@@ -56,6 +56,27 @@ def test_memory_leaves_questions_that_share_only_a_word_alone(tmp_path):
     assert Memory(store, min_coverage=0.0).notes("many", "How much does the maple mug cost? 🍵")
 
 
+def test_a_draft_answer_finds_the_note_a_rephrased_question_misses(tmp_path):
+    """Memory also looks up by the model's draft answer (HyDE-style): a rephrasing shares no word with
+    the corrected question, but the draft repeats the answer that was corrected, which the note is
+    indexed by. A draft that is noise does not hide a note the question finds."""
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    store.add(Feedback(kind="correction", conversation=conv("When do you open on weekdays?"),
+                       answer="On weekdays we are open 9am to 9pm.", correction="On weekdays we are open 8am to 8pm.",
+                       tenant="a"))
+    store.add(Feedback(kind="correction", conversation=conv("运费多少钱？"), answer="运费是¥8。", correction="运费是¥12。",
+                       tenant="a"))
+    mem = Memory(store)
+    assert mem.notes("a", "Monday to Friday, what are the hours?") == []
+    assert mem.notes("a", "Monday to Friday, what are the hours?", draft="On weekdays we are open 9am to 9pm.") == \
+        ["On weekdays we are open 8am to 8pm."]
+    assert mem.notes("a", "寄快递要付多少？", draft="运费是¥8。🚚") == ["运费是¥12。"]
+    assert mem.notes("a", "When do you open on weekdays?", draft="zq xv ¥ wk 🙂 jj kk ll") == \
+        ["On weekdays we are open 8am to 8pm."]
+    msgs, notes = mem.recall("a", conv("Monday to Friday, what are the hours?"), draft="we are open 9am to 9pm")
+    assert notes == ["On weekdays we are open 8am to 8pm."] and "8am to 8pm" in msgs[0]["content"]
+
+
 def test_adapter_store_publish_and_rollback(tmp_path):
     store = AdapterStore(tmp_path)
     assert store.current("t") is None
