@@ -346,7 +346,10 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         gen = Generation(state.scheduler, completions.ChatFormat(state.tokenizer), "draft", [ids],
                          [SamplingParams(max_tokens=room, temperature=0)], None, stream=False,
                          include_usage=False, want_logprobs=False)
-        return (await gen.collect(request.is_disconnected))["choices"][0]["message"]["content"]
+        try:
+            return (await gen.collect(request.is_disconnected))["choices"][0]["message"]["content"]
+        except completions.ClientGone:
+            return ""   # the real request finds the client gone and stops there
 
     async def generate(request: Request, chat: bool):
         tenant = state.authenticate(request)
