@@ -16,7 +16,6 @@ Reference (model editing, CounterFact, GPT-2 XL): ROME ~100% efficacy, 96% parap
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import subprocess

@@ -14,7 +14,7 @@ import argparse
 import re
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
 from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from livelm import io
 from livelm.config import TrainConfig
-from livelm.runtime import Dist, autocast, init_distributed, pick_dtype, shard_model
+from livelm.runtime import autocast, init_distributed, pick_dtype, shard_model
 from livelm.train import checkpoint
 from livelm.train.plot import plot_metrics
 

@@ -2,12 +2,9 @@
 import io
 import json
 import os
-import signal
-import sys
 import time
 
 import pexpect
-import pytest
 
 from livelm.chat.repl import stream_answer
 from tests.conftest import LIVELM, ROOT, run_cli

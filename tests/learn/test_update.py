@@ -11,7 +11,6 @@ from livelm.infer.sampling import SamplingParams
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import Feedback, FeedbackStore
 from livelm.learn.update import UpdateConfig, run_update
-from livelm.models import lora
 
 Q_A = [{"role": "user", "content": "How much is delivery?"}]
 Q_B = [{"role": "user", "content": "周末几点开门？"}]

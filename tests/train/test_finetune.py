@@ -1,7 +1,6 @@
 import json
 
 from livelm.infer.loader import load
-from livelm.models import lora
 from livelm.train import checkpoint
 from tests.conftest import run_cli
 

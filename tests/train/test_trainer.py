@@ -3,10 +3,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-import torch
 
 from livelm.train import checkpoint
 from tests.conftest import ROOT, run_cli
