@@ -210,15 +210,13 @@ class Engine:
             self._activate_adapters(needs_forward)
             # adapters are switched per step by changing modules, which a compiled graph would not see
             model = self.model if self.set_adapters is not None else self.decode_model
-            if model is self.model and rows[-1] - rows[0] == len(rows) - 1:
-                slots = slice(rows[0], rows[-1] + 1)   # consecutive rows: the cache is read as views
-            else:
-                # compiled: always a tensor with a symbolic length, so one graph serves every batch size
-                # (slice bounds would be constants, one graph per batch)
-                slots = torch.tensor(rows, device=self.device)
-                if model is not self.model:
-                    torch._dynamo.maybe_mark_dynamic(idx, 0)
-                    torch._dynamo.maybe_mark_dynamic(slots, 0)
+            # a tensor (eager, the model reads consecutive rows as views of the cache); compiled, one
+            # with a symbolic length, so one graph serves every batch size (slice bounds would be
+            # constants, one graph per batch)
+            slots = torch.tensor(rows, device=self.device)
+            if model is not self.model:
+                torch._dynamo.maybe_mark_dynamic(idx, 0)
+                torch._dynamo.maybe_mark_dynamic(slots, 0)
             logits = model(idx, cache=self.cache, slots=slots, last_only=True, kv_len=kv_len)[:, -1]
             for s, row in zip(needs_forward, logits):
                 s.next_logits = row
