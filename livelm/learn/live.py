@@ -50,7 +50,8 @@ class LearnConfig:
     # for tenants that have notes, as HyDE retrieves with a hypothetical answer: a rephrased question
     # shares few words with the corrected one, but the model's draft repeats the answer that was
     # corrected, which the note is indexed by. 0 = by the question alone. Default assistant, memory
-    # mode: rephrasings 55% -> 88% (16 and 32 tokens alike), efficacy 100%, unrelated 98% / 98 -> 100%.
+    # mode (efficacy / rephrasings / unrelated same text / still correct): 100 / 55 / 98 / 98% ->
+    # 100 / 90 / 97 / 98%; costs ~30 ms before the first token (bench/RESULTS.md).
     memory_draft: int = 32
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
