@@ -53,6 +53,15 @@ class LearnConfig:
     # mode (efficacy / rephrasings / unrelated same text / still correct): 100 / 55 / 98 / 98% ->
     # 100 / 90 / 97 / 98%; costs ~30 ms before the first token (bench/RESULTS.md).
     memory_draft: int = 32
+    # The learned adapter answers only questions in the scope of the feedback it learned from (the
+    # question or its draft answer covers enough of one trainable item, the same test memory uses
+    # for notes); other questions get the base model. A scope test in front of the edited model is
+    # SERAC's design (Mitchell et al. 2022) and GRACE's deferral radius: a LoRA update trained on 20
+    # corrections also moves answers to unrelated questions, and the test keeps them as they were.
+    # Default assistant, memory + adapter (efficacy / rephrasings / unrelated same text / still
+    # correct): off 100 / 100 / 68 / 89% -> on (see bench/RESULTS.md). False = every question of
+    # the tenant gets the adapter (for feedback meant to change everything, e.g. a style).
+    adapter_scope: bool = True
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
 
@@ -62,7 +71,7 @@ class LiveLearner:
         self.store = AdapterStore(store_root)
         self.scheduler = scheduler
         self.engine = scheduler.engine
-        self.memory = Memory(feedback_store) if "memory" in cfg.modes else None
+        self.memory = Memory(feedback_store)   # notes (memory mode) and the adapter's scope (adapter mode)
         self.feedback = feedback_store
         self.loaded: dict[str, str] = {}        # tenant -> adapter name live in the engine
         self._state_mtime: dict[str, float] = {}
@@ -79,14 +88,27 @@ class LiveLearner:
     # ---- per request --------------------------------------------------------------
     def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
         """Memory: (messages with this tenant's relevant notes, the notes); unchanged when memory is off."""
-        return self.memory.recall(tenant, messages, draft) if self.memory else (messages, [])
+        return self.memory.recall(tenant, messages, draft) if "memory" in self.cfg.modes else (messages, [])
 
     def wants_draft(self, tenant: str) -> bool:
-        """Should this tenant's question get a draft answer before memory looks up notes?"""
-        return bool(self.cfg.memory_draft and self.memory and self.memory.index(tenant).items)
+        """Should this tenant's question get a draft answer first, for memory's lookup or the adapter's scope?"""
+        if not self.cfg.memory_draft:
+            return False
+        if "memory" in self.cfg.modes and self.memory.index(tenant).items:
+            return True
+        return bool(self.cfg.adapter_scope and self._adapter(tenant))
 
-    def adapter_for(self, tenant: str) -> str | None:
-        """The engine adapter name for this tenant's requests (None = the base model)."""
+    def adapter_for(self, tenant: str, question: str | None = None, draft: str = "") -> str | None:
+        """The engine adapter name for this tenant's question (None = the base model). With
+        `adapter_scope`, only a question near the tenant's trainable feedback gets the adapter; an
+        unknown question (None) always does."""
+        name = self._adapter(tenant)
+        if name and self.cfg.adapter_scope and question is not None \
+                and not self.memory.in_scope(tenant, question, draft):
+            return None
+        return name
+
+    def _adapter(self, tenant: str) -> str | None:
         if "adapter" not in self.cfg.modes:
             return None
         self._sync(tenant)

@@ -64,20 +64,24 @@ class BM25:
         n = len(items)
         self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
 
-    def search(self, query: str, k: int = 3, min_score: float = 0.3,
+    def search(self, query: str, k: int = 3, min_score: float = 0.0,
                min_coverage: float = 0.0) -> list[tuple[float, MemoryItem]]:
-        """The k best items scoring >= min_score whose terms also cover >= min_coverage of the query's
-        idf weight (a term no item has weighs what a term in no document would)."""
+        """The k best items sharing a term with the query, scoring >= min_score, whose terms also
+        cover >= min_coverage of the query's idf weight (a term no item has weighs what a term in no
+        document would)."""
         q = set(terms(query))
         unseen = math.log(1 + (len(self.items) + 0.5) / 0.5)
         weight = sum(self.idf.get(t, unseen) for t in q) or 1.0
         scored = []
         for item, d, length in zip(self.items, self.docs, self.lens):
+            common = q & d.keys()
+            if not common:
+                continue
             s = 0.0
-            for t in q & d.keys():
+            for t in common:
                 tf = d[t]
                 s += self.idf[t] * tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * length / self.avg))
-            if s >= min_score and sum(self.idf[t] for t in q & d.keys()) / weight >= min_coverage:
+            if s >= min_score and sum(self.idf[t] for t in common) / weight >= min_coverage:
                 scored.append((s, item))
         scored.sort(key=lambda x: -x[0])
         return scored[:k]
@@ -99,6 +103,18 @@ def items_from_feedback(rows) -> list[MemoryItem]:
             key = " ".join([question, r.correction, r.answer or ""])
             by_question[" ".join(question.lower().split())] = MemoryItem(r.id, r.correction.strip(), key)
     return facts + list(by_question.values())
+
+
+def scope_items(rows) -> list[MemoryItem]:
+    """Trainable feedback rows (corrections, preferences, thumbs) -> what each one is about: its
+    question and every answer it names. The learned adapter answers only questions near one of them
+    (LiveLearner.adapter_for)."""
+    out = []
+    for r in rows:
+        question = next((m["content"] for m in reversed(r.conversation) if m["role"] == "user"), "")
+        key = " ".join(x for x in (question, r.answer, r.correction, r.chosen, r.rejected) if x)
+        out.append(MemoryItem(r.id, "", key))
+    return out
 
 
 def language(text: str) -> str:
@@ -128,42 +144,51 @@ class Memory:
     # to unrelated questions. On the default assistant with 20 corrections and copying (memory mode,
     # efficacy / rephrasings / unrelated same text / still correct): none (and only the 4-token copy
     # rule) 75 / 65 / 65 / 74%; 0.3 -> 100 / 72 / 93 / 94%, 0.35 -> 100 / 62 / 95 / 94%,
-    # 0.4 -> 100 / 55 / 98 / 98%. Unlike a raw BM25 threshold it does not depend on how many items
-    # the tenant has.
+    # 0.4 -> 100 / 55 / 98 / 98%. Unlike a raw BM25 score it does not depend on how many items the
+    # tenant has, so it is the only bar: a score bar of 0.3 (as before) hid a tenant's only note from
+    # "How much is delivery?", whose one content word has idf log(1 + 0.5/1.5) = 0.29 in a one-item index.
     # draft_coverage: the bar for a lookup by the draft answer, which should repeat a corrected answer
     # nearly word for word (default assistant with a 32-token draft, memory mode, efficacy /
     # rephrasings / same text / still correct: 0.4 -> 100 / 92 / 95 / 96%, 0.6 -> 100 / 90 / 97 / 98%,
     # 0.7 -> 100 / 88 / 97 / 98%).
-    def __init__(self, store, k: int = 3, min_score: float = 0.3, min_coverage: float = 0.4,
-                 draft_coverage: float = 0.6):
-        self.store, self.k, self.min_score, self.min_coverage = store, k, min_score, min_coverage
+    def __init__(self, store, k: int = 3, min_coverage: float = 0.4, draft_coverage: float = 0.6):
+        self.store, self.k, self.min_coverage = store, k, min_coverage
         self.draft_coverage = draft_coverage
-        self._cache: dict[str, tuple[tuple, BM25]] = {}
+        self._cache: dict[tuple[str, bool], tuple[tuple, BM25]] = {}
 
-    def index(self, tenant: str) -> BM25:
+    def index(self, tenant: str, scope: bool = False) -> BM25:
+        """The tenant's notes (facts and corrections), or with scope=True its trainable feedback."""
+        kinds = ("correction", "preference", "up", "down") if scope else ("fact", "correction")
         rows = [r for r in self.store.list(tenant, limit=100_000) if not getattr(r, "forgotten", 0)
-                and r.kind in ("fact", "correction")]
+                and r.kind in kinds]
         key = tuple(r.id for r in rows)
-        cached = self._cache.get(tenant)
+        cached = self._cache.get((tenant, scope))
         if cached is None or cached[0] != key:
-            cached = (key, BM25(items_from_feedback(rows)))
-            self._cache[tenant] = cached
+            cached = (key, BM25(scope_items(rows) if scope else items_from_feedback(rows)))
+            self._cache[(tenant, scope)] = cached
         return cached[1]
 
-    def notes(self, tenant: str, question: str, draft: str = "") -> list[str]:
-        """The k best notes for the question or for a draft answer to it: a note is found when either
-        covers enough of it. (A draft that repeats a corrected answer matches that correction's note;
-        a draft is not mixed into the question, where a noisy one would dilute its words.)"""
-        index = self.index(tenant)
+    def find(self, index: BM25, question: str, draft: str = "") -> list[MemoryItem]:
+        """The k best items for the question or for a draft answer to it, best first: an item is found
+        when either covers enough of it. (A draft that repeats a corrected answer matches that
+        correction; a draft is not mixed into the question, where a noisy one would dilute its words.)"""
         if not index.items:
             return []
         found: dict[int, tuple[float, MemoryItem]] = {}
         lookups = [(question, self.min_coverage)] + ([(draft, self.draft_coverage)] if draft.strip() else [])
         for query, coverage in lookups:
-            for score, item in index.search(query, self.k, self.min_score, coverage):
+            for score, item in index.search(query, self.k, min_coverage=coverage):
                 if item.id not in found or score > found[item.id][0]:
                     found[item.id] = (score, item)
-        return [item.text for _, item in sorted(found.values(), key=lambda x: -x[0])[:self.k]]
+        return [item for _, item in sorted(found.values(), key=lambda x: -x[0])[:self.k]]
+
+    def notes(self, tenant: str, question: str, draft: str = "") -> list[str]:
+        """The k best notes for the question (or for a draft answer to it)."""
+        return [item.text for item in self.find(self.index(tenant), question, draft)]
+
+    def in_scope(self, tenant: str, question: str, draft: str = "") -> bool:
+        """Is the question (or a draft answer to it) about something the tenant gave trainable feedback on?"""
+        return bool(self.find(self.index(tenant, scope=True), question, draft))
 
     def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
         """(messages with the relevant notes in the system prompt, those notes), looked up by the last

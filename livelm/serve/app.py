@@ -364,12 +364,13 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             # live learning: this tenant's remembered facts go into the prompt (and the answer may copy
             # from them), its learned adapter (if any) answers; other tenants are untouched. Loading a
             # new version may wait for one decode step.
+            question, draft = None, ""
             if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in req.messages):
-                draft = ""
+                question = next((m["content"] for m in reversed(req.messages) if m.get("role") == "user"), "")
                 if await run_in_threadpool(learner.wants_draft, tenant):
                     draft = await draft_answer(request, req)
                 req.messages, notes = await run_in_threadpool(learner.recall, tenant, req.messages, draft)
-            adapter = await run_in_threadpool(learner.adapter_for, tenant)
+            adapter = await run_in_threadpool(learner.adapter_for, tenant, question, draft)
         tok = state.tokenizer
         if chat:
             prompts, fmt, field = [completions.chat_prompt(req, tok)], completions.ChatFormat(tok), "messages"
@@ -520,8 +521,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training chats per update step whose answer was the corrected one, trained on the "
                         f"correction so it reaches rephrasings (0 = off; default {d.propagate})")
     g.add_argument("--learn-memory-draft", type=int, default=LearnConfig.memory_draft, metavar="N",
-                   help="memory looks notes up by the question and a greedy draft answer of N tokens, for "
-                        f"tenants with notes (0 = the question alone; default {LearnConfig.memory_draft})")
+                   help="memory (and the adapter's scope) look up by the question and a greedy draft answer of N "
+                        f"tokens, for tenants with notes or a learned adapter (0 = the question alone; default "
+                        f"{LearnConfig.memory_draft})")
+    g.add_argument("--learn-adapter-scope", choices=["feedback", "all"], default="feedback",
+                   help="which of a tenant's questions its learned adapter answers: those near its trainable "
+                        "feedback (the rest get the base model, so unrelated answers stay as they were) or all "
+                        "(default feedback)")
     g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
     g.add_argument("--probe-size", type=int, default=d.probe_size,
                    help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
@@ -595,7 +601,7 @@ def learn_config(a):
                           probe_size=a.probe_size,
                           max_drop=a.max_probe_drop, regression_file=a.regression_file)
     return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, debounce=a.learn_debounce,
-                       memory_draft=a.learn_memory_draft,
+                       memory_draft=a.learn_memory_draft, adapter_scope=a.learn_adapter_scope == "feedback",
                        update=update)
 
 

@@ -75,6 +75,8 @@ def test_adapter_update_hot_swaps_under_load_and_rolls_back(tiny_chat_run, tmp_p
     try:
         original = ask(s.url, "key-alice")["choices"][0]["message"]["content"]
         bob = ask(s.url, "key-bob")["choices"][0]["message"]["content"]
+        unrelated = "周末几点开门？ When do you open on weekends?"
+        unrelated_before = ask(s.url, "key-alice", unrelated, logprobs=True, top_logprobs=3)["choices"][0]
         assert get(s.url, "key-alice", "/v1/adapters")["current"] == "base"
         # streaming requests keep running while the update trains and is swapped in
         results, stop = [], threading.Event()
@@ -111,6 +113,11 @@ def test_adapter_update_hot_swaps_under_load_and_rolls_back(tiny_chat_run, tmp_p
         assert results and all(code == 200 and last == "data: [DONE]" for code, last in results)
         assert ask(s.url, "key-alice")["choices"][0]["message"]["content"] == "运费12元。"
         assert ask(s.url, "key-bob")["choices"][0]["message"]["content"] == bob          # tenant isolation
+        # the adapter's scope: a question unlike the corrected one still gets the base model's answer
+        unrelated_after = ask(s.url, "key-alice", unrelated, logprobs=True, top_logprobs=3)["choices"][0]
+        assert unrelated_after["message"] == unrelated_before["message"]
+        for a, b in zip(unrelated_after["logprobs"]["content"], unrelated_before["logprobs"]["content"]):
+            assert a["token"] == b["token"] and a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
         assert post(s.url, "key-alice", "/v1/adapters/rollback", {})["current"] == "base"
         assert ask(s.url, "key-alice")["choices"][0]["message"]["content"] == original   # rollback restores
         listing = [json.loads(l) for l in run_cli("adapters", "list", "--store", tmp_path / "adapters").stdout.splitlines()]

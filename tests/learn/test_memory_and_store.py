@@ -77,6 +77,39 @@ def test_a_draft_answer_finds_the_note_a_rephrased_question_misses(tmp_path):
     assert notes == ["On weekdays we are open 8am to 8pm."] and "8am to 8pm" in msgs[0]["content"]
 
 
+def test_adapter_scope_covers_every_trainable_kind_and_nothing_else(tmp_path):
+    """The learned adapter answers questions near the tenant's corrections, preferences and thumbs
+    (by the question or by a draft answer that repeats a judged answer); facts and forgotten items
+    are not trained on, so they are not in scope."""
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    store.add(Feedback(kind="correction", conversation=conv("How much is delivery?"), answer="Delivery costs ¥8.",
+                       correction="Delivery costs ¥12.", tenant="a"))
+    store.add(Feedback(kind="preference", conversation=conv("会员有什么好处？"), chosen="会员九五折。",
+                       rejected="会员没有折扣。", tenant="a"))
+    store.add(Feedback(kind="down", conversation=conv("Do you sell gift cards? 🎁"), answer="No gift cards.",
+                       tenant="a"))
+    store.add(Feedback(kind="fact", conversation=[], correction="The shop cat is called Maple.", tenant="a"))
+    gone = store.add(Feedback(kind="correction", conversation=conv("What is your phone number?"), answer="110",
+                              correction="Call 400-820-6699.", tenant="a"))
+    store.forget("a", gone.id)
+    mem = Memory(store)
+    assert mem.in_scope("a", "what does delivery cost?")
+    assert mem.in_scope("a", "请问会员有什么好处")
+    assert mem.in_scope("a", "Can I buy a gift card?")
+    assert mem.in_scope("a", "Monday to Friday?", draft="Delivery costs ¥8.")   # found by the draft alone
+    assert not mem.in_scope("a", "When do you open on weekends?")
+    assert not mem.in_scope("a", "What is the shop cat called?")                # a fact: memory, not the adapter
+    assert not mem.in_scope("a", "What is your phone number?")                  # forgotten
+    assert not mem.in_scope("b", "How much is delivery?")                       # another tenant
+    # the notes index is a different set: the fact and the correction, not the thumbs or the preference
+    assert mem.notes("a", "What is the shop cat called?") == ["The shop cat is called Maple."]
+    assert mem.notes("a", "Can I buy a gift card?") == []
+    # a tenant's only item, asked by a question with one content word (idf 0.29 in a one-item index)
+    store.add(Feedback(kind="correction", conversation=conv("How much is delivery?"), answer="x",
+                       correction="运费12元。", tenant="solo"))
+    assert mem.in_scope("solo", "How much is delivery?") and mem.notes("solo", "How much is delivery?") == ["运费12元。"]
+
+
 def test_adapter_store_publish_and_rollback(tmp_path):
     store = AdapterStore(tmp_path)
     assert store.current("t") is None
