@@ -41,7 +41,8 @@ class ChatSession:
 
     def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None,
                  few_shot: list[dict] | None = None, user_template: str | None = None,
-                 feedback=None, tenant: str = "default", memory: bool = True, model_name: str | None = None):
+                 feedback=None, tenant: str = "default", memory: bool = True, model_name: str | None = None,
+                 memory_draft: int = 32):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.params = params
@@ -56,6 +57,7 @@ class ChatSession:
         from livelm.learn.memory import Memory
         self.memory = Memory(feedback) if (feedback is not None and memory) else None
         self.notes: list[str] = []   # the memory notes in the current prompt (the answer may copy from them)
+        self.memory_draft = memory_draft   # tokens of the draft answer memory also looks notes up by (0 = none)
 
     def messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -69,7 +71,8 @@ class ChatSession:
         while True:
             msgs = self.messages()
             if self.memory is not None:  # relevant remembered facts/corrections go into the system prompt
-                msgs, self.notes = self.memory.recall(self.tenant, msgs)
+                draft = self._draft(msgs) if self.memory.index(self.tenant).items else ""
+                msgs, self.notes = self.memory.recall(self.tenant, msgs, draft)
             ids = prompt_ids(msgs, self.tokenizer)
             if len(ids) <= budget:
                 break
@@ -85,6 +88,16 @@ class ChatSession:
             self.notices.append(f"the conversation outgrew the {self.engine.max_len}-token context window: "
                                 f"dropped the oldest {dropped} exchange(s)")
         return ids
+
+    def _draft(self, msgs: list[dict]) -> str:
+        """What the model answers without notes (greedy, short): memory's lookup key besides the question,
+        as in the server (LearnConfig.memory_draft). A rephrased question shares few words with the
+        corrected one, but the draft repeats the answer that was corrected, which the note is indexed by."""
+        ids = prompt_ids(msgs, self.tokenizer)
+        room = min(self.memory_draft, self.engine.max_len - len(ids))
+        if room <= 0:
+            return ""
+        return "".join(self.engine.iter_text(self.engine.add(ids, SamplingParams(max_tokens=room, temperature=0))))
 
     def ask(self, text: str):
         """Add a user turn and stream the assistant's answer (a generator of text deltas)."""
@@ -312,7 +325,8 @@ def cmd_chat(a) -> int:
         from livelm.learn.feedback import FeedbackStore
         feedback = FeedbackStore(a.feedback_db or Path(a.run) / "feedback.sqlite")
     session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user,
-                          feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name)
+                          feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name,
+                          memory_draft=a.memory_draft)
     return repl(session)
 
 
@@ -328,6 +342,9 @@ def register(sub) -> None:
                                          "'off' disables)")
     g.add_argument("--tenant", default="default", help="whose feedback and memory this chat uses")
     g.add_argument("--no-memory", action="store_true", help="do not put remembered facts/corrections into prompts")
+    g.add_argument("--memory-draft", type=int, default=32, metavar="N",
+                   help="memory looks notes up by the question and a greedy draft answer of N tokens, once the "
+                        "tenant has notes (0 = by the question alone; default 32, as `livelm serve`)")
     g = p.add_argument_group("prompt engineering")
     g.add_argument("--system", help="system prompt text")
     g.add_argument("--system-file", help="read the system prompt from a file")

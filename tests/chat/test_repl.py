@@ -7,6 +7,7 @@ import time
 import pexpect
 
 from livelm.chat.repl import stream_answer
+from livelm.chat.template import prompt_ids
 from tests.conftest import LIVELM, ROOT, run_cli
 
 
@@ -118,3 +119,36 @@ def test_terminal_streaming_and_ctrl_c(tiny_chat_run, tmp_path):
     child.close()
     assert child.exitstatus == 0
     assert (tmp_path / "hist").exists()  # readline history kept
+
+
+
+def test_memory_looks_notes_up_by_a_draft_answer_as_the_server_does(tiny_chat_run, tmp_path):
+    """Once the tenant has notes, memory gets the model's draft answer (no notes, greedy, --memory-draft
+    tokens) beside the question, as in `livelm serve`; finding a note by it is tested in
+    tests/learn/test_memory_and_store.py."""
+    from livelm.chat.repl import ChatSession
+    from livelm.infer.engine import Engine
+    from livelm.infer.loader import load
+    from livelm.infer.sampling import SamplingParams
+    from livelm.learn.feedback import Feedback, FeedbackStore
+
+    model, tok, _, _ = load(tiny_chat_run / "chat", [], "cpu")
+    engine = Engine(model, tok, max_batch=1)
+    question = "寄快递要付多少？ 🚚 shipping?"
+    session = ChatSession(engine, SamplingParams(max_tokens=8, temperature=0), feedback=FeedbackStore(tmp_path / "f.db"))
+    drafts = []
+    recall = session.memory.recall
+    session.memory.recall = lambda tenant, msgs, draft="": (drafts.append(draft), recall(tenant, msgs, draft))[1]
+    list(session.ask(question))
+    assert drafts == [""]                      # no notes yet: no draft is made
+    session.feedback.add(Feedback(kind="fact", conversation=[], correction="Delivery costs ¥12. 运费12元。",
+                                  tenant="default"))
+    session.history.clear()
+    list(session.ask(question))
+    expected = "".join(engine.iter_text(engine.add(prompt_ids([{"role": "user", "content": question}], tok),
+                                                   SamplingParams(max_tokens=32, temperature=0))))
+    assert drafts[-1] == expected and expected
+    session.memory_draft = 0
+    session.history.clear()
+    list(session.ask(question))
+    assert drafts[-1] == ""
