@@ -369,8 +369,12 @@ def create_app(run, adapters=(), **options) -> FastAPI:
                 question = next((m["content"] for m in reversed(req.messages) if m.get("role") == "user"), "")
                 if await run_in_threadpool(learner.wants_draft, tenant):
                     draft = await draft_answer(request, req)
+                    state.metrics.drafts.inc()
                 req.messages, notes = await run_in_threadpool(learner.recall, tenant, req.messages, draft)
             adapter = await run_in_threadpool(learner.adapter_for, tenant, question, draft)
+            for what, used in (("notes", notes), ("adapter", adapter)):
+                if used:
+                    state.metrics.learned.inc(1, what)
         tok = state.tokenizer
         if chat:
             prompts, fmt, field = [completions.chat_prompt(req, tok)], completions.ChatFormat(tok), "messages"

@@ -103,8 +103,12 @@ class Metrics:
         self.itl = Histogram("livelm_inter_token_latency_seconds", "Time between consecutive sampled tokens.")
         self.e2e = Histogram("livelm_e2e_request_latency_seconds", "Request arrival to last token.")
         self.steps = Histogram("livelm_engine_step_seconds", "Duration of one engine step.")
+        self.drafts = Counter("livelm_learning_drafts_total",
+                              "Draft answers made for memory's lookup or the learned adapter's scope.")
+        self.learned = Counter("livelm_learning_applied_total",
+                               "Chat requests answered with a tenant's notes or learned adapter.", ("what",))
 
     def render(self) -> str:
         parts = [self.running, self.waiting, self.prompt_tokens, self.generation_tokens, self.requests,
-                 self.finished, self.ttft, self.itl, self.e2e, self.steps]
+                 self.finished, self.ttft, self.itl, self.e2e, self.steps, self.drafts, self.learned]
         return "\n".join(line for m in parts for line in m.render()) + "\n"

@@ -62,6 +62,10 @@ def test_memory_changes_answers_at_once_for_that_tenant_only(tiny_chat_run, tmp_
         # an unrelated question does not pick up the note
         unrelated = "周末几点开门？"
         assert ask(s.url, "key-alice", unrelated)["usage"] == ask(s.url, "key-bob", unrelated)["usage"]
+        # /metrics: alice's two questions since her note each got a draft answer; one got the note
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert "livelm_learning_drafts_total 2" in metrics
+        assert 'livelm_learning_applied_total{what="notes"} 1' in metrics and 'what="adapter"' not in metrics
     finally:
         s.stop()
 
@@ -116,6 +120,8 @@ def test_adapter_update_hot_swaps_under_load_and_rolls_back(tiny_chat_run, tmp_p
         # the adapter's scope: a question unlike the corrected one still gets the base model's answer
         unrelated_after = ask(s.url, "key-alice", unrelated, logprobs=True, top_logprobs=3)["choices"][0]
         assert unrelated_after["message"] == unrelated_before["message"]
+        applied = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'livelm_learning_applied_total{what="adapter"} 1' in applied   # the corrected question only
         for a, b in zip(unrelated_after["logprobs"]["content"], unrelated_before["logprobs"]["content"]):
             assert a["token"] == b["token"] and a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
         assert post(s.url, "key-alice", "/v1/adapters/rollback", {})["current"] == "base"
