@@ -161,6 +161,14 @@ class FeedbackStore:
             out.append(Feedback(**d))
         return out
 
+    def revision(self, tenant: str) -> tuple[int, int, int]:
+        """(items, last id, forgotten items) of a tenant: changes whenever its items do, since items are
+        only ever added or forgotten. Cheap next to list(), so readers rebuild their indexes only then."""
+        with self._lock:
+            n, last, gone = self._db.execute("SELECT COUNT(*), MAX(id), SUM(forgotten) FROM feedback WHERE tenant = ?",
+                                             (tenant,)).fetchone()
+        return n, last or 0, gone or 0
+
     def forget(self, tenant: str, item_id: int) -> bool:
         """Mark one of a tenant's items forgotten; False if the tenant has no such item."""
         with self._lock:

@@ -154,17 +154,19 @@ class Memory:
     def __init__(self, store, k: int = 3, min_coverage: float = 0.4, draft_coverage: float = 0.6):
         self.store, self.k, self.min_coverage = store, k, min_coverage
         self.draft_coverage = draft_coverage
-        self._cache: dict[tuple[str, bool], tuple[tuple, BM25]] = {}
+        self._cache: dict[tuple[str, bool], tuple[tuple[int, int, int], BM25]] = {}
 
     def index(self, tenant: str, scope: bool = False) -> BM25:
         """The tenant's notes (facts and corrections), or with scope=True its trainable feedback."""
-        kinds = ("correction", "preference", "up", "down") if scope else ("fact", "correction")
-        rows = [r for r in self.store.list(tenant, limit=100_000) if not getattr(r, "forgotten", 0)
-                and r.kind in kinds]
-        key = tuple(r.id for r in rows)
+        # every request asks (up to three times: draft, notes, scope); the items are read only when
+        # they changed, which one small query tells
+        revision = self.store.revision(tenant)
         cached = self._cache.get((tenant, scope))
-        if cached is None or cached[0] != key:
-            cached = (key, BM25(scope_items(rows) if scope else items_from_feedback(rows)))
+        if cached is None or cached[0] != revision:
+            kinds = ("correction", "preference", "up", "down") if scope else ("fact", "correction")
+            rows = [r for r in self.store.list(tenant, limit=100_000) if not getattr(r, "forgotten", 0)
+                    and r.kind in kinds]
+            cached = (revision, BM25(scope_items(rows) if scope else items_from_feedback(rows)))
             self._cache[(tenant, scope)] = cached
         return cached[1]
 
