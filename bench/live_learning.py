@@ -68,7 +68,7 @@ def stream_tpot(url: str, n_clients: int = 4, key: str = "key-bob") -> float:
 
     def one(i):
         with httpx.Client(base_url=url, timeout=120) as c:
-            t0, times = time.perf_counter(), []
+            times = []
             with c.stream("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                           json={"messages": [{"role": "user", "content": "Tell me about membership tiers."}],
                                 "temperature": 1.0, "seed": i, "max_tokens": 64, "stream": True}) as r:

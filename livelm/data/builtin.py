@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
 import random
 import re
@@ -2044,22 +2043,11 @@ def build(seed: int = 0, n_context: float = 0.3, *, n_chats: int = 6000, pretrai
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target: readers
-    see either the old file or the complete new one, never a half-written file."""
-    # A plain open() (not mkstemp) so the file gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Crash-safe (livelm.io: temp file, fsync, rename), with "\n" line ends on every platform, so a
+    seed gives the same bytes everywhere."""
+    from livelm.io import atomic_open
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
 
 
 def _jsonl(records: list[dict]) -> str:

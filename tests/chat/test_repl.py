@@ -45,7 +45,7 @@ def test_pipe_multi_turn_reset_system_save(tiny_chat_run, tmp_path):
     assert "[conversation cleared]" in err and "[temperature = 0.5]" in err
     assert "error: could not convert string to float" in err and "unknown command /nope" in err
     # the same input gives the same greedy answers (deterministic), and /load restores a conversation
-    res2 = chat(run, ["/load " + str(saved), "/save " + str(tmp_path / "again.json")])
+    chat(run, ["/load " + str(saved), "/save " + str(tmp_path / "again.json")])
     assert json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))["messages"] == conv
 
 

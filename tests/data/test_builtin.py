@@ -297,7 +297,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(b.os, "replace", broken_replace)
+    monkeypatch.setattr("livelm.io.os.replace", broken_replace)
     with pytest.raises(OSError):
         b.write(tmp_path, seed=1, n_chats=20, pretrain_bytes=2_000)
     assert paths["pretrain"].read_bytes() == before
