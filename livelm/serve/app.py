@@ -338,20 +338,22 @@ def create_app(run, adapters=(), **options) -> FastAPI:
 
     async def draft_answer(request: Request, req) -> str:
         """What the base model answers without notes (greedy, short): memory's lookup key besides the
-        question. It runs through the scheduler like any request, before the real answer starts."""
+        question. It runs through the scheduler like any request, before the real answer starts; its
+        tokens count in /metrics, its latencies do not (they are part of the real request's)."""
         ids = completions.chat_prompt(req, state.tokenizer)
         room = min(state.learner.cfg.memory_draft, state.engine.max_len - len(ids))
         if room <= 0:
             return ""   # the real request reports the overflow
         gen = Generation(state.scheduler, completions.ChatFormat(state.tokenizer), "draft", [ids],
                          [SamplingParams(max_tokens=room, temperature=0)], None, stream=False,
-                         include_usage=False, want_logprobs=False)
+                         include_usage=False, want_logprobs=False, internal=True)
         try:
             return (await gen.collect(request.is_disconnected))["choices"][0]["message"]["content"]
         except completions.ClientGone:
             return ""   # the real request finds the client gone and stops there
 
     async def generate(request: Request, chat: bool):
+        arrived = time.perf_counter()   # time to first token counts from here, a draft answer included
         tenant = state.authenticate(request)
         state.require_ready()
         body = await read_json(request, state.max_body)
@@ -390,7 +392,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             params += completions.per_choice(p, req.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         gen = Generation(state.scheduler, fmt, model, prompts, params, adapter, req.stream, include_usage,
-                         want_logprobs=req.logprobs_k is not None)
+                         want_logprobs=req.logprobs_k is not None, arrived=arrived)
         if req.stream:
             return StreamingResponse(gen.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -239,7 +239,7 @@ class Generation:
 
     def __init__(self, scheduler, fmt: ChatFormat, model: str, prompts: list[list[int]],
                  params: list[SamplingParams], adapter: str | None, stream: bool, include_usage: bool,
-                 want_logprobs: bool):
+                 want_logprobs: bool, arrived: float | None = None, internal: bool = False):
         self.scheduler, self.fmt, self.model = scheduler, fmt, model
         self.n = len(params) // len(prompts)
         self.k = len(params)
@@ -250,7 +250,7 @@ class Generation:
         # choice index i*n + j: prompt i, sample j (OpenAI's order for batched prompts)
         items = [(prompts[i // self.n], params[i], adapter) for i in range(self.k)]
         try:
-            self.ticket: Ticket = scheduler.submit(items)
+            self.ticket: Ticket = scheduler.submit(items, arrived, internal)
         except QueueFull as e:
             raise APIError(429, str(e), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
         except NotAccepting as e:

@@ -55,11 +55,12 @@ class Chunk:
 class Ticket:
     """One HTTP request's sequences and the queue their chunks arrive on (owned by the event loop)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, arrived: float | None = None, internal: bool = False):
         self.loop = loop
         self.queue: asyncio.Queue[Chunk] = asyncio.Queue()
         self.seqs: list[Sequence] = []
-        self.arrived = time.perf_counter()
+        self.arrived = time.perf_counter() if arrived is None else arrived   # when the HTTP request came in
+        self.internal = internal   # the server's own pass (a draft answer): tokens count, request latencies do not
 
     @property
     def prompt_tokens(self) -> int:
@@ -99,11 +100,13 @@ class Scheduler:
         return self
 
     # ---- called from the event loop ------------------------------------------------
-    def submit(self, requests: list[tuple[list[int], SamplingParams, str | None]]) -> Ticket:
-        """Queue sequences (prompt ids, params, adapter) as one ticket, all or none."""
+    def submit(self, requests: list[tuple[list[int], SamplingParams, str | None]], arrived: float | None = None,
+               internal: bool = False) -> Ticket:
+        """Queue sequences (prompt ids, params, adapter) as one ticket, all or none. `arrived`: when the
+        request came in (time.perf_counter), if earlier than now; `internal`: see Ticket."""
         if not self.accepting:
             raise NotAccepting("the server is shutting down")
-        ticket = Ticket(asyncio.get_running_loop())
+        ticket = Ticket(asyncio.get_running_loop(), arrived, internal)
         # engine.lock: the scheduler cannot admit (and so emit events for) a sequence before it is tracked
         with self.engine.lock:
             if len(self.engine.waiting) + len(requests) > self.max_queue:
@@ -211,8 +214,10 @@ class Scheduler:
         if track is None:
             return
         sampled = seq.finish_reason != "cancelled"   # cancellation events carry no token
+        timed = self.metrics and not track.ticket.internal
         if sampled and self.metrics:
             self.metrics.generation_tokens.inc()
+        if sampled and timed:
             if track.last_token_at is None:
                 self.metrics.ttft.observe(now - track.ticket.arrived)
             else:
@@ -232,7 +237,7 @@ class Scheduler:
             chunk.finish_reason = seq.finish_reason
             chunk.completion_tokens = len(seq.out_ids)
             del self.tracks[seq.id]
-            if self.metrics:
+            if timed:
                 self.metrics.finished.inc(1, seq.finish_reason)
                 if seq.finish_reason != "cancelled":
                     self.metrics.e2e.observe(now - track.ticket.arrived)

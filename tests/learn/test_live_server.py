@@ -66,6 +66,10 @@ def test_memory_changes_answers_at_once_for_that_tenant_only(tiny_chat_run, tmp_
         metrics = httpx.get(s.url + "/metrics", timeout=10).text
         assert "livelm_learning_drafts_total 2" in metrics
         assert 'livelm_learning_applied_total{what="notes"} 1' in metrics and 'what="adapter"' not in metrics
+        # the drafts' tokens count, but they are not requests: 6 were asked, 6 finished and were timed
+        finished = sum(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith("livelm_request_success_total{"))
+        assert finished == 6 and "livelm_e2e_request_latency_seconds_count 6" in metrics
+        assert "livelm_time_to_first_token_seconds_count 6" in metrics
     finally:
         s.stop()
 
