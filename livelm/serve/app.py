@@ -364,8 +364,8 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         notes: list[str] = []
         if learner is not None and chat and adapter is None:
             # live learning: this tenant's remembered facts go into the prompt (and the answer may copy
-            # from them), its learned adapter (if any) answers; other tenants are untouched. Loading a
-            # new version may wait for one decode step.
+            # from them), its learned adapter (if any) answers questions in the scope of its feedback;
+            # other tenants are untouched. Loading a new version may wait for one decode step.
             question, draft = None, ""
             if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in req.messages):
                 question = next((m["content"] for m in reversed(req.messages) if m.get("role") == "user"), "")
