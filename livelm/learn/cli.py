@@ -124,6 +124,10 @@ def promote(run, tenant: str, store_root, out) -> int:
                                                     "adapter": str(current)}}
     config.pop("step", None)
     save_checkpoint(out, plain, tok, config, step=0)
+    # served, a learned adapter answers only the questions near the tenant's feedback (LearnConfig.adapter_scope);
+    # merged into the weights it answers every question, for every tenant of the new run
+    print(f"note: {out} answers every question with {tenant}'s update merged in; served, the adapter answered "
+          f"only questions near {tenant}'s feedback", file=sys.stderr)
     print(json.dumps({"out": str(out), "merged": str(current)}))
     return 0
 

@@ -11,6 +11,7 @@ from livelm.infer.sampling import SamplingParams
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import Feedback, FeedbackStore
 from livelm.learn.update import UpdateConfig, run_update
+from tests.conftest import run_cli
 
 Q_A = [{"role": "user", "content": "How much is delivery?"}]
 Q_B = [{"role": "user", "content": "周末几点开门？"}]
@@ -40,6 +41,14 @@ def test_update_changes_the_answer_and_rollback_restores_it(setup, tmp_path):
     assert answer(run, Q_A, live) == "运费12元。"
     # another tenant has no adapter: its answers come from the base model, unchanged
     assert store.current("bob") is None and answer(run, Q_A) == before
+    # promoting merges it into a new base run (which answers every question with it, and says so)
+    promoted = tmp_path / "promoted"
+    res = run_cli("learn", run, "--tenant", "alice", "--store", store_root, "--promote", "--out", promoted)
+    assert json.loads(res.stdout)["merged"] == str(live) and "answers every question" in res.stderr
+    assert answer(promoted, Q_A) == "运费12元。" and answer(promoted, Q_B) == answer(run, Q_B, live)
+    for args, message in (([], "needs --out"), (["--tenant", "bob", "--out", tmp_path / "x"], "no live adapter")):
+        bad = run_cli("learn", run, "--store", store_root, "--promote", *args, check=False)
+        assert bad.returncode != 0 and message in bad.stderr and not (tmp_path / "x").exists()
     assert store.rollback("alice") is None
     assert store.current("alice") is None
 
