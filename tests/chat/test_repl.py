@@ -121,7 +121,6 @@ def test_terminal_streaming_and_ctrl_c(tiny_chat_run, tmp_path):
     assert (tmp_path / "hist").exists()  # readline history kept
 
 
-
 def test_memory_looks_notes_up_by_a_draft_answer_as_the_server_does(tiny_chat_run, tmp_path):
     """Once the tenant has notes, memory gets the model's draft answer (no notes, greedy, --memory-draft
     tokens) beside the question, as in `livelm serve`; finding a note by it is tested in

@@ -30,14 +30,14 @@ def test_memory_retrieves_relevant_corrections_only(tmp_path):
                                 correction="Delivery costs ¥15.", tenant="a"))
     notes = mem.notes("a", "How much is delivery?")
     assert "Delivery costs ¥15." in notes and "Delivery costs ¥12." not in notes
+    msgs = with_notes(conv("How much is delivery?"), notes)
+    assert msgs[0]["role"] == "system" and "Notes:" in msgs[0]["content"] and "Delivery costs ¥15." in msgs[0]["content"]
+    zh = with_notes([{"role": "system", "content": "你是枫叶小铺的客服助手。"}] + conv("运费？"), ["运费是¥12。"])
+    assert zh[0]["content"].startswith("你是枫叶小铺的客服助手。\n") and "运费是¥12。" in zh[0]["content"]
     # the cached index follows a forgotten item too (the store's revision changes)
     store.forget("a", latest.id)
     notes = mem.notes("a", "How much is delivery?")
     assert "Delivery costs ¥15." not in notes and "Delivery costs ¥12." in notes   # the earlier one is back
-    msgs = with_notes(conv("How much is delivery?"), notes)
-    assert msgs[0]["role"] == "system" and "Notes:" in msgs[0]["content"] and "¥15" in msgs[0]["content"]
-    zh = with_notes([{"role": "system", "content": "你是枫叶小铺的客服助手。"}] + conv("运费？"), ["运费是¥12。"])
-    assert zh[0]["content"].startswith("你是枫叶小铺的客服助手。\n") and "运费是¥12。" in zh[0]["content"]
 
 
 def test_memory_leaves_questions_that_share_only_a_word_alone(tmp_path):
