@@ -93,11 +93,10 @@ class ChatSession:
         """What the model answers without notes (greedy, short): memory's lookup key besides the question,
         as in the server (LearnConfig.memory_draft). A rephrased question shares few words with the
         corrected one, but the draft repeats the answer that was corrected, which the note is indexed by."""
+        from livelm.learn.memory import draft_params
         ids = prompt_ids(msgs, self.tokenizer)
-        room = min(self.memory_draft, self.engine.max_len - len(ids))
-        if room <= 0:
-            return ""
-        return "".join(self.engine.iter_text(self.engine.add(ids, SamplingParams(max_tokens=room, temperature=0))))
+        params = draft_params(len(ids), self.engine.max_len, self.memory_draft)
+        return "".join(self.engine.iter_text(self.engine.add(ids, params))) if params else ""
 
     def ask(self, text: str):
         """Add a user turn and stream the assistant's answer (a generator of text deltas)."""

@@ -23,6 +23,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from livelm.infer.sampling import SamplingParams
+
 _WORD = re.compile(r"[a-z0-9¥$€£%.]+|[\u3400-\u9fff]")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 # very common words carry no signal about which fact is asked
@@ -115,6 +117,14 @@ def scope_items(rows) -> list[MemoryItem]:
         key = " ".join(x for x in (question, r.answer, r.correction, r.chosen, r.rejected) if x)
         out.append(MemoryItem(r.id, "", key))
     return out
+
+
+def draft_params(prompt_len: int, max_len: int, tokens: int) -> SamplingParams | None:
+    """SamplingParams of the draft answer memory and the adapter's scope look up by (greedy, `tokens`
+    long, within the context window), or None when there is no room or no draft is wanted. Shared by
+    the server and the chat REPL, so both look up by the same draft."""
+    room = min(tokens, max_len - prompt_len)
+    return SamplingParams(max_tokens=room, temperature=0) if room > 0 else None
 
 
 def language(text: str) -> str:

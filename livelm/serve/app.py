@@ -41,8 +41,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from livelm.infer.sampling import SamplingParams
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
+from livelm.learn.memory import draft_params
 from livelm.serve import completions
 from livelm.serve.completions import APIError, Generation, parse
 from livelm.serve.metrics import CONTENT_TYPE, Metrics
@@ -341,12 +341,11 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         question. It runs through the scheduler like any request, before the real answer starts; its
         tokens count in /metrics, its latencies do not (they are part of the real request's)."""
         ids = completions.chat_prompt(req, state.tokenizer)
-        room = min(state.learner.cfg.memory_draft, state.engine.max_len - len(ids))
-        if room <= 0:
-            return ""   # the real request reports the overflow
-        gen = Generation(state.scheduler, completions.ChatFormat(state.tokenizer), "draft", [ids],
-                         [SamplingParams(max_tokens=room, temperature=0)], None, stream=False,
-                         include_usage=False, want_logprobs=False, internal=True)
+        params = draft_params(len(ids), state.engine.max_len, state.learner.cfg.memory_draft)
+        if params is None:
+            return ""   # the real request reports an overflow
+        gen = Generation(state.scheduler, completions.ChatFormat(state.tokenizer), "draft", [ids], [params], None,
+                         stream=False, include_usage=False, want_logprobs=False, internal=True)
         try:
             return (await gen.collect(request.is_disconnected))["choices"][0]["message"]["content"]
         except completions.ClientGone:
