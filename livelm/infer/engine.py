@@ -104,6 +104,16 @@ class PromptTooLong(ValueError):
     pass
 
 
+def check_request(prompt_ids: list[int], params: SamplingParams, max_len: int) -> None:
+    """Raise ValueError (PromptTooLong for a long prompt) unless the engine can take this sequence."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    if len(prompt_ids) >= max_len:
+        raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens but the context window is "
+                            f"{max_len}; shorten it (nothing was truncated)")
+    params.validate()
+
+
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
                  prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False):
@@ -142,12 +152,7 @@ class Engine:
 
     # ---- queueing ----------------------------------------------------------
     def add(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Sequence:
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) >= self.max_len:
-            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens but the context window is "
-                                f"{self.max_len}; shorten it (nothing was truncated)")
-        params.validate()
+        check_request(prompt_ids, params, self.max_len)
         seq = Sequence(next(self._ids), list(prompt_ids), params, adapter=adapter)
         seq.stream = TextStream(self.tokenizer, params.stop)
         seq.generator = torch.Generator(device="cpu")

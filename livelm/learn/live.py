@@ -10,9 +10,9 @@ Three ways to learn, each switchable (`--learn memory,adapter`):
 Hot swap: every published version is loaded into the model under its own name
 ("tenant/v0003"); new requests of that tenant use the newest, requests already
 running keep the name they started with and finish on the old weights. Old
-versions are unloaded once no sequence uses them. All model surgery happens on
-the scheduler thread between steps (Scheduler.call_between_steps), never
-during a forward pass.
+versions are unloaded once no sequence uses them. All model surgery happens in
+the engine process between steps (Scheduler.call, serve/engine_process.py),
+never during a forward pass.
 
 Rate limiting: at most one update per tenant at a time, at most one every
 `min_interval` seconds, and only once `every_n` new trainable items arrived.
@@ -32,7 +32,6 @@ from pathlib import Path
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.memory import Memory
 from livelm.learn.update import UpdateConfig
-from livelm.models import lora
 
 log = logging.getLogger("livelm.learn")
 TRAINABLE = ("correction", "preference", "up", "down")
@@ -71,7 +70,6 @@ class LiveLearner:
         self.run, self.db_path, self.cfg = Path(run), Path(db_path), cfg
         self.store = AdapterStore(store_root)
         self.scheduler = scheduler
-        self.engine = scheduler.engine
         self.memory = Memory(feedback_store)   # notes (memory mode) and the adapter's scope (adapter mode)
         self.feedback = feedback_store
         self.loaded: dict[str, str] = {}        # tenant -> adapter name live in the engine
@@ -131,27 +129,15 @@ class LiveLearner:
             current = self.store.current(tenant)
             name = f"{tenant}/{current.name}" if current else None
             if name and name != self.loaded.get(tenant):
-                self.scheduler.call_between_steps(lambda: self._load(name, current)).result(timeout=60)
+                # in the engine process, between two decode steps (serve/engine_process.py)
+                self.scheduler.call("load_adapter", name, str(current)).result(timeout=60)
             if name:
                 self.loaded[tenant] = name
             else:
                 self.loaded.pop(tenant, None)
             self._state_mtime[tenant] = mtime
-            self.scheduler.call_between_steps(self._unload_unused)
-
-    def _load(self, name: str, path: Path) -> None:
-        # runs on the scheduler thread: no forward pass is in flight
-        if name not in lora.adapter_names(self.engine.model):
-            lora.load_adapter(self.engine.model, path, name)
-            lora.set_active(self.engine.model, None)
-        self.engine.set_adapters = lora.set_row_adapters
-
-    def _unload_unused(self) -> None:
-        in_use = {s.adapter for s in list(self.engine.running) + list(self.engine.waiting)}
-        keep = set(self.loaded.values()) | in_use
-        for name in lora.adapter_names(self.engine.model):
-            if "/" in name and name not in keep:   # only learned versions; operator adapters stay
-                lora.remove_adapter(self.engine.model, name)
+            # learned versions nobody uses any more (requests still running on one keep it)
+            self.scheduler.call("unload_adapters", set(self.loaded.values()))
 
     def versions(self, tenant: str) -> list[dict]:
         return self.store.versions(tenant)

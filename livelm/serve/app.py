@@ -6,7 +6,8 @@
 Layout of the package:
     app.py            this file: the FastAPI app, auth, errors, small routes, the CLI
     completions.py    the two generation endpoints (JSON and Server-Sent Events)
-    scheduler.py      the thread that owns the Engine
+    scheduler.py      requests to the engine and chunks back
+    engine_process.py the process that owns the model and runs the Engine
     openai_schema.py  request bodies
     metrics.py        Prometheus text
     static/           the chat page (plain HTML/JS/CSS, no build step)
@@ -114,11 +115,11 @@ class ServeState:
         self.learn_config = learn
         self.adapter_store = Path(adapter_store or base_dir / "adapters")
         self.learner = None
-        self.engine = None
         self.tokenizer = None
+        self.max_len: int | None = None      # the engine's context window, once loaded
         self.scheduler: Scheduler | None = None
-        self.metrics = Metrics(running=lambda: len(self.engine.running) if self.engine else 0,
-                               waiting=lambda: len(self.engine.waiting) if self.engine else 0)
+        self.metrics = Metrics(running=lambda: self.scheduler.running if self.scheduler else 0,
+                               waiting=lambda: self.scheduler.waiting if self.scheduler else 0)
         self.ready = threading.Event()       # set when loading ended, well or not
         self.load_error: str | None = None
         self.draining = False
@@ -129,21 +130,19 @@ class ServeState:
 
     def _load_model(self) -> None:
         try:
-            from livelm.infer.engine import Engine
             from livelm.models import lora
             load = self._load
             if load is None:
                 from livelm.infer.loader import load
             model, tokenizer, _, names = load(self.run, self.adapter_dirs, self.device)
-            engine = Engine(model, tokenizer, max_batch=self.max_batch, compile=self.compile)
             if names:
-                # the adapter is chosen per request (per batch row), never globally
-                lora.set_active(model, None)
-                engine.set_adapters = lora.set_row_adapters
-            engine.warm_up()   # compiled decode: compile now, while /health still answers "loading"
+                lora.set_active(model, None)   # the adapter is chosen per request (per batch row), never globally
             self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
-            self.tokenizer, self.engine = tokenizer, engine
-            self.scheduler = Scheduler(engine, max_queue=self.max_queue, metrics=self.metrics).start()
+            # the engine process takes the model (in shared memory); compiled decode compiles there first
+            self.scheduler = Scheduler(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
+                                       metrics=self.metrics, compile=self.compile, row_adapters=bool(names))
+            self.tokenizer, self.max_len = tokenizer, self.scheduler.max_len
+            del model
             if self.learn_config is not None and self.learn_config.modes:
                 from livelm.learn.live import LiveLearner
                 self.learner = LiveLearner(self.base_dir, self.feedback_path, self.adapter_store, self.scheduler,
@@ -201,7 +200,7 @@ class ServeState:
         adapter = self.models[mid]
         return {"id": mid, "object": "model", "created": self.created, "owned_by": "livelm",
                 "root": str(self.weights[mid].parent), "parent": self.base_id if adapter else None,
-                "max_model_len": self.engine.max_len if self.engine else None,
+                "max_model_len": self.max_len,
                 "version": self.versions.get(mid)}
 
 
@@ -318,6 +317,8 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
         if state.load_error:
             return JSONResponse({"status": "error", "message": state.load_error}, status_code=503)
+        if state.scheduler.failure:
+            return JSONResponse({"status": "error", "message": state.scheduler.failure}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -341,7 +342,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         question. It runs through the scheduler like any request, before the real answer starts; its
         tokens count in /metrics, its latencies do not (they are part of the real request's)."""
         ids = completions.chat_prompt(req, state.tokenizer)
-        params = draft_params(len(ids), state.engine.max_len, state.learner.cfg.memory_draft)
+        params = draft_params(len(ids), state.max_len, state.learner.cfg.memory_draft)
         if params is None:
             return ""   # the real request reports an overflow
         gen = Generation(state.scheduler, completions.ChatFormat(state.tokenizer), "draft", [ids], [params], None,
@@ -386,7 +387,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
                                 f"sequences in one request", param="n", code="invalid_parameter")
         params = []
         for ids in prompts:
-            p = completions.sampling_params(req, len(ids), state.engine.max_len, state.max_tokens_limit, field)
+            p = completions.sampling_params(req, len(ids), state.max_len, state.max_tokens_limit, field)
             p.copy_from = tuple(tuple(tok.encode(n)) for n in notes)
             params += completions.per_choice(p, req.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -1,33 +1,42 @@
-"""The one thread that owns the model.
+"""The server's side of the engine: requests in, chunks out; the model runs in its own process.
 
-HTTP handlers run on the asyncio event loop; the model runs here. The split:
+    event loop                      reader thread                 engine process (engine_process.py)
+    ----------                      -------------                 --------------
+    submit(): check, send "add" --------------------------------> engine.add()
+      -> Ticket with an asyncio.Queue                             loop: engine.step() while there is work
+    await ticket.queue.get()   <--  "step": each sequence's  <--  one message per step
+                                    text becomes a Chunk, handed to the request's loop
+                                    with call_soon_threadsafe (once per step per loop)
+    cancel(): send "cancel" ------------------------------------> retired by the next step
 
-    event loop                              scheduler thread
-    ----------                              ----------------
-    submit(): engine.add() under the lock   loop: engine.step() while there is work,
-      -> Ticket with an asyncio.Queue             sleep on a Condition when idle
-    await ticket.queue.get()           <--  each Event becomes a Chunk, handed to the
-    cancel(): engine.cancel(), wake up        request's loop with call_soon_threadsafe
+Only the engine process runs the model, so the event loop never blocks on a forward pass
+(GET /health answers while a batch is decoding), and the engine never waits for the event
+loop's interpreter lock (see engine_process.py for why that matters). A cancelled sequence
+is retired by the next step, milliseconds later.
 
-Only this thread calls `engine.step()`, so the model never runs twice at once
-and the event loop never blocks on a forward pass (GET /health answers while
-a batch is decoding). A cancelled sequence is retired by the next step — a step
-takes milliseconds, so a disconnected client's slot is free well within a second.
+Requests are checked here (prompt length, sampling parameters, queue room) before they are
+sent, so a bad one fails its own HTTP request and never reaches the engine. Latency metrics
+are taken here, when a step's message arrives: what a client sees, pipe included.
 
-`call_between_steps(fn)` runs `fn` on this thread between two steps, when no
-forward pass is in flight: the place to swap adapters or weights live.
+`call(op, *args)` runs one of engine_process.OPS between two steps, when no forward pass is
+in flight: the place to swap adapters live.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
+import multiprocessing
 import threading
 import time
 from dataclasses import dataclass, field
 
-from livelm.infer.engine import Engine, Event, Sequence
+import torch
+
+from livelm.infer.engine import check_request
 from livelm.infer.sampling import SamplingParams
+from livelm.serve import engine_process
 
 log = logging.getLogger("livelm.serve")
 
@@ -37,7 +46,7 @@ class QueueFull(Exception):
 
 
 class NotAccepting(Exception):
-    """The server is shutting down."""
+    """The server is shutting down (or its engine process is gone)."""
 
 
 @dataclass
@@ -58,21 +67,17 @@ class Ticket:
     def __init__(self, loop: asyncio.AbstractEventLoop, arrived: float | None = None, internal: bool = False):
         self.loop = loop
         self.queue: asyncio.Queue[Chunk] = asyncio.Queue()
-        self.seqs: list[Sequence] = []
+        self.sids: list[int] = []
+        self.prompt_tokens = 0
         self.arrived = time.perf_counter() if arrived is None else arrived   # when the HTTP request came in
         self.internal = internal   # the server's own pass (a draft answer): tokens count, request latencies do not
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(len(s.prompt_ids) for s in self.seqs)
 
 
 @dataclass
 class _Track:
-    """Scheduler-side bookkeeping for one sequence."""
+    """Server-side bookkeeping for one sequence in the engine."""
     ticket: Ticket
     index: int
-    logprobs_sent: int = 0
     last_token_at: float | None = None
 
 
@@ -82,22 +87,38 @@ def _deliver(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_queue: int = 256, metrics=None):
-        self.engine = engine
-        self.max_queue = max_queue
-        self.metrics = metrics
-        self.cond = threading.Condition()
-        self.tracks: dict[int, _Track] = {}
-        self.calls: list[tuple] = []
-        self.accepting = True
-        self.deadline: float | None = None   # shutdown: give up on unfinished work after this
-        self.stopped = False
+    def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int = 256, metrics=None,
+                 compile: bool = False, row_adapters: bool = False):
+        """Start the engine process with `model` (its tensors move to shared memory, so the model is
+        not copied) and wait until it is ready: compiled decode compiles first (tens of seconds).
+        Raises RuntimeError when the engine could not start."""
+        self.max_batch, self.max_queue, self.metrics = max_batch, max_queue, metrics
+        self.tracks: dict[int, _Track] = {}       # sid -> its request; gone once the sequence finished
+        self.calls: dict[int, concurrent.futures.Future] = {}
+        self._sids, self._cids = itertools.count(), itertools.count()
+        self.lock = threading.Lock()               # tracks, calls and sending on the pipe
+        self.accepting = False
+        self.failure: str | None = None           # why the engine process is gone, if it died
         self.outbox: dict[asyncio.AbstractEventLoop, list] = {}   # chunks of the current step, per event loop
-        self.thread = threading.Thread(target=self._run, name="livelm-scheduler", daemon=True)
-
-    def start(self) -> "Scheduler":
-        self.thread.start()
-        return self
+        ctx = multiprocessing.get_context("spawn")   # never fork a process that has threads running
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=engine_process.main, name="livelm-engine", daemon=True,
+                                   args=(child, model, tokenizer, max_batch, compile, torch.get_num_threads(),
+                                         row_adapters))
+        self.process.start()
+        child.close()
+        try:
+            kind, value = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise RuntimeError(f"the engine process exited while starting (exit code {self.process.exitcode})")
+        if kind != "ready":
+            self.process.join(5)
+            raise RuntimeError(value)
+        self.max_len: int = value
+        self.accepting = True
+        self.reader = threading.Thread(target=self._read, name="livelm-engine-reader", daemon=True)
+        self.reader.start()
 
     # ---- called from the event loop ------------------------------------------------
     def submit(self, requests: list[tuple[list[int], SamplingParams, str | None]], arrived: float | None = None,
@@ -105,115 +126,129 @@ class Scheduler:
         """Queue sequences (prompt ids, params, adapter) as one ticket, all or none. `arrived`: when the
         request came in (time.perf_counter), if earlier than now; `internal`: see Ticket."""
         if not self.accepting:
-            raise NotAccepting("the server is shutting down")
+            raise NotAccepting(f"the engine stopped: {self.failure}" if self.failure
+                               else "the server is shutting down")
+        for ids, params, _ in requests:
+            check_request(ids, params, self.max_len)
         ticket = Ticket(asyncio.get_running_loop(), arrived, internal)
-        # engine.lock: the scheduler cannot admit (and so emit events for) a sequence before it is tracked
-        with self.engine.lock:
-            if len(self.engine.waiting) + len(requests) > self.max_queue:
-                raise QueueFull(f"{len(self.engine.waiting)} sequences are already waiting "
+        items = []
+        with self.lock:
+            if self.waiting + len(requests) > self.max_queue:
+                raise QueueFull(f"{self.waiting} sequences are already waiting "
                                 f"(--max-queue {self.max_queue}); retry shortly")
+            for i, (ids, params, adapter) in enumerate(requests):
+                sid = next(self._sids)
+                ticket.sids.append(sid)
+                ticket.prompt_tokens += len(ids)
+                self.tracks[sid] = _Track(ticket, i)
+                items.append((sid, list(ids), params, adapter))
             try:
-                for i, (ids, params, adapter) in enumerate(requests):
-                    seq = self.engine.add(ids, params, adapter=adapter)
-                    ticket.seqs.append(seq)
-                    self.tracks[seq.id] = _Track(ticket, i)
-            except Exception:
-                self._drop(ticket)
-                raise
+                self.conn.send(("add", items))
+            except OSError:   # the engine process died; the reader thread is about to say so
+                for sid in ticket.sids:
+                    self.tracks.pop(sid, None)
+                raise NotAccepting("the engine process is gone") from None
         if self.metrics:
             self.metrics.prompt_tokens.inc(ticket.prompt_tokens)
-        self._wake()
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:
         """Stop generating for a ticket (client gone). Safe to call on a finished ticket."""
-        with self.engine.lock:
-            for seq in ticket.seqs:
-                if not seq.finished:
-                    self.engine.cancel(seq)
-        self._wake()
+        with self.lock:
+            live = [sid for sid in ticket.sids if sid in self.tracks]
+            if live and self.failure is None:
+                try:
+                    self.conn.send(("cancel", live))
+                except OSError:
+                    pass   # the engine process died: the reader thread fails these sequences
 
-    def call_between_steps(self, fn) -> concurrent.futures.Future:
-        """Run fn() on the scheduler thread while no forward pass is running; returns its future."""
+    @property
+    def running(self) -> int:
+        """Sequences holding a cache slot (the engine admits waiting ones as soon as a slot frees)."""
+        return min(len(self.tracks), self.max_batch)
+
+    @property
+    def waiting(self) -> int:
+        return max(0, len(self.tracks) - self.max_batch)
+
+    # ---- called from any thread ------------------------------------------------------
+    def call(self, op: str, *args) -> concurrent.futures.Future:
+        """Run engine_process.OPS[op](engine, *args) in the engine between two steps; returns its future."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        with self.cond:
-            self.calls.append((fn, fut))
-            self.cond.notify()
+        with self.lock:
+            if self.failure is not None:
+                fut.set_exception(RuntimeError(f"the engine stopped: {self.failure}"))
+                return fut
+            cid = next(self._cids)
+            self.calls[cid] = fut
+            self.conn.send(("call", cid, op, args))
         return fut
 
     def begin_shutdown(self, grace: float) -> None:
         """Refuse new work; let running work finish for `grace` seconds, then fail what is left."""
         self.accepting = False
-        with self.cond:
-            self.deadline = time.perf_counter() + grace
-            self.cond.notify()
+        with self.lock:
+            if self.failure is None:
+                self.conn.send(("shutdown", grace))
 
     def stop(self, timeout: float = 5.0) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    @property
-    def idle(self) -> bool:
-        return not self.engine.has_work
-
-    def _wake(self) -> None:
-        with self.cond:
-            self.cond.notify()
-
-    def _drop(self, ticket: Ticket) -> None:
-        with self.engine.lock:
-            for seq in ticket.seqs:
-                self.tracks.pop(seq.id, None)
-                if seq in self.engine.waiting:
-                    self.engine.waiting.remove(seq)
-                    seq.finish_reason = "cancelled"
-
-    # ---- the scheduler thread ------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                while not (self.engine.has_work or self.calls or self.stopped):
-                    self.cond.wait()
-                calls, self.calls = self.calls, []
-                if self.stopped:
-                    self._abort_all("the server stopped", "shutting_down")
-                    for _, fut in calls:
-                        fut.cancel()
-                    return
-            for fn, fut in calls:
-                try:
-                    fut.set_result(fn())
-                except BaseException as e:  # the caller sees it through the future
-                    fut.set_exception(e)
-            if self.deadline is not None and time.perf_counter() > self.deadline and self.engine.has_work:
-                self._abort_all("the server is shutting down and this request did not finish in time",
-                                "shutting_down")
-            if not self.engine.has_work:
-                continue
-            t0 = time.perf_counter()
+        self.accepting = False
+        with self.lock:
             try:
-                events = self.engine.step()
-            except Exception as e:
-                # never let one bad step kill the thread: fail what is in flight, keep serving
-                log.exception("engine step failed")
-                self._abort_all(f"generation failed: {type(e).__name__}: {e}", "internal_error")
-                continue
-            now = time.perf_counter()
-            if self.metrics:
-                self.metrics.steps.observe(now - t0)
-            for ev in events:
-                self._route(ev, now)
-            self._flush()
+                self.conn.send(("stop",))
+            except OSError:
+                pass
+        self.reader.join(timeout)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
 
-    def _route(self, ev: Event, now: float) -> None:
-        seq = ev.seq
-        track = self.tracks.get(seq.id)
+    # ---- the reader thread -----------------------------------------------------------
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = msg[0]
+            if kind == "step":
+                now = time.perf_counter()
+                if self.metrics:
+                    self.metrics.steps.observe(msg[1])
+                for event in msg[2]:
+                    self._route(now, *event)
+            elif kind == "fail":
+                _, sids, message, code = msg
+                for sid in sids:
+                    self._fail(sid, message, code)
+            elif kind == "result":
+                _, cid, ok, value = msg
+                with self.lock:
+                    fut = self.calls.pop(cid)
+                fut.set_result(value) if ok else fut.set_exception(RuntimeError(value))
+            self._flush()
+        # the pipe closed: a clean stop, or the engine process died
+        self.process.join(1)
+        with self.lock:
+            if self.accepting or self.tracks:
+                self.failure = f"the engine process exited (exit code {self.process.exitcode})"
+                log.error("%s; failing %d unfinished sequences", self.failure, len(self.tracks))
+            self.accepting = False
+            sids, calls = list(self.tracks), list(self.calls.values())
+            self.calls.clear()
+        for sid in sids:
+            self._fail(sid, self.failure or "the server stopped", "internal_error" if self.failure else "shutting_down")
+        for fut in calls:
+            fut.set_exception(RuntimeError(f"the engine stopped: {self.failure}"))
+        self._flush()
+
+    def _route(self, now: float, sid: int, delta: str, logprobs: list[dict], finish_reason: str | None,
+               n_out: int) -> None:
+        track = self.tracks.get(sid)
         if track is None:
             return
-        sampled = seq.finish_reason != "cancelled"   # cancellation events carry no token
+        sampled = finish_reason != "cancelled"   # cancellation events carry no token
         timed = self.metrics and not track.ticket.internal
         if sampled and self.metrics:
             self.metrics.generation_tokens.inc()
@@ -224,43 +259,34 @@ class Scheduler:
                 self.metrics.itl.observe(now - track.last_token_at)
         if sampled:
             track.last_token_at = now
-        new_lp: list[dict] = []
-        if seq.params.logprobs is not None:
-            # the end-of-turn token gets a logprob entry but no text: keep entries aligned with out_ids
-            upto = len(seq.out_ids)
-            new_lp = seq.logprobs[track.logprobs_sent:upto]
-            track.logprobs_sent = max(track.logprobs_sent, upto)
-        if not (ev.delta or new_lp or ev.finished):
+        if not (delta or logprobs or finish_reason):
             return
-        chunk = Chunk(track.index, ev.delta, new_lp)
-        if ev.finished:
-            chunk.finish_reason = seq.finish_reason
-            chunk.completion_tokens = len(seq.out_ids)
-            del self.tracks[seq.id]
+        chunk = Chunk(track.index, delta, logprobs)
+        if finish_reason:
+            chunk.finish_reason = finish_reason
+            chunk.completion_tokens = n_out
+            with self.lock:
+                del self.tracks[sid]
             if timed:
-                self.metrics.finished.inc(1, seq.finish_reason)
-                if seq.finish_reason != "cancelled":
+                self.metrics.finished.inc(1, finish_reason)
+                if finish_reason != "cancelled":
                     self.metrics.e2e.observe(now - track.ticket.arrived)
         self._post(track.ticket, chunk)
+
+    def _fail(self, sid: int, message: str, code: str) -> None:
+        with self.lock:
+            track = self.tracks.pop(sid, None)
+        if track is not None:
+            self._post(track.ticket, Chunk(track.index, error=message, error_code=code))
 
     def _post(self, ticket: Ticket, chunk: Chunk) -> None:
         self.outbox.setdefault(ticket.loop, []).append((ticket.queue, chunk))
 
     def _flush(self) -> None:
-        """Hand this step's chunks over: one wake-up of each event loop per step, not one per sequence."""
+        """Hand this message's chunks over: one wake-up of each event loop per step, not one per sequence."""
         outbox, self.outbox = self.outbox, {}
         for loop, items in outbox.items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:   # the event loop is closed: nobody is listening any more
                 pass
-
-    def _abort_all(self, message: str, code: str) -> None:
-        """Retire every sequence and tell each waiting client why."""
-        with self.engine.lock:
-            for seq in list(self.engine.waiting) + list(self.engine.running):
-                self.engine.abort(seq)
-            tracks, self.tracks = self.tracks, {}
-        for track in tracks.values():
-            self._post(track.ticket, Chunk(track.index, error=message, error_code=code))
-        self._flush()
