@@ -190,41 +190,18 @@ class Engine:
             self._retire(seq, "cancelled")
             events.append(Event(seq, "", True))
 
-        # prefill: one chunk per admitted-but-unfilled prompt
-        for seq in self.running:
-            if seq.prefilled < len(seq.prompt_ids):
-                chunk = seq.prompt_ids[seq.prefilled:seq.prefilled + self.prefill_chunk]
-                idx = torch.tensor([chunk], device=self.device)
-                slots = torch.tensor([seq.slot], device=self.device)
-                self._activate_adapters([seq])
-                logits = self.model(idx, cache=self.cache, slots=slots, last_only=True)
-                seq.prefilled += len(chunk)
-                if seq.prefilled == len(seq.prompt_ids):
-                    seq.next_logits = logits[0, -1]
-
-        # decode: sequences whose next-token logits are pending get a token sampled;
-        # the others feed their last token through one batched forward pass first.
-        ready = [s for s in self.running if s.prefilled == len(s.prompt_ids)]
-        needs_forward = sorted((s for s in ready if s.next_logits is None), key=lambda s: s.slot)
-        if needs_forward:
-            idx = torch.tensor([[s.out_ids[-1]] for s in needs_forward], device=self.device)
-            rows = [s.slot for s in needs_forward]
-            # the longest row's length after this step is known here, so the model needs no device
-            # sync (or graph break) for it
-            kv_len = max(len(s.prompt_ids) + len(s.out_ids) for s in needs_forward)
-            self._activate_adapters(needs_forward)
-            # adapters are switched per step by changing modules, which a compiled graph would not see
-            model = self.model if self.set_adapters is not None else self.decode_model
-            # a tensor (eager, the model reads consecutive rows as views of the cache); compiled, one
-            # with a symbolic length, so one graph serves every batch size (slice bounds would be
-            # constants, one graph per batch)
-            slots = torch.tensor(rows, device=self.device)
-            if model is not self.model:
-                torch._dynamo.maybe_mark_dynamic(idx, 0)
-                torch._dynamo.maybe_mark_dynamic(slots, 0)
-            logits = model(idx, cache=self.cache, slots=slots, last_only=True, kv_len=kv_len)[:, -1]
-            for s, row in zip(needs_forward, logits):
-                s.next_logits = row
+        # One forward pass: a decode token for every sequence whose next-token logits are not pending,
+        # and one prompt chunk for every admitted-but-unfilled sequence (long prompts take several
+        # steps, so they never stall the others). Packed together, the chunks' tokens share every
+        # Linear with the decode rows (see Packing in models/gpt.py) instead of a pass of their own.
+        decode = sorted((s for s in self.running if s.prefilled == len(s.prompt_ids) and s.next_logits is None),
+                        key=lambda s: s.slot)
+        fills = [s for s in self.running if s.prefilled < len(s.prompt_ids)]
+        if fills:
+            self._forward_packed(decode, fills)
+        elif decode:
+            self._forward_decode(decode)
+        ready = [s for s in self.running if s.next_logits is not None]
         # rows that only use a temperature are sampled together; penalties and filters go row by row
         plain = [s for s in ready if is_plain(s.params)]
         tokens = dict(zip((s.id for s in plain),
@@ -234,9 +211,55 @@ class Engine:
             events.append(self._sample(seq, tokens.get(seq.id)))
         return events
 
-    def _activate_adapters(self, seqs: list[Sequence]) -> None:
+    def _forward_decode(self, seqs: list[Sequence]) -> None:
+        """The last token of each sequence through one batched pass (rows sorted by slot)."""
+        idx = torch.tensor([[s.out_ids[-1]] for s in seqs], device=self.device)
+        # the longest row's length after this step is known here, so the model needs no device
+        # sync (or graph break) for it
+        kv_len = max(len(s.prompt_ids) + len(s.out_ids) for s in seqs)
+        self._activate_adapters([s.adapter for s in seqs])
+        # adapters are switched per step by changing modules, which a compiled graph would not see
+        model = self.model if self.set_adapters is not None else self.decode_model
+        # a tensor (eager, the model reads consecutive rows as views of the cache); compiled, one
+        # with a symbolic length, so one graph serves every batch size (slice bounds would be
+        # constants, one graph per batch)
+        slots = torch.tensor([s.slot for s in seqs], device=self.device)
+        if model is not self.model:
+            torch._dynamo.maybe_mark_dynamic(idx, 0)
+            torch._dynamo.maybe_mark_dynamic(slots, 0)
+        logits = model(idx, cache=self.cache, slots=slots, last_only=True, kv_len=kv_len)[:, -1]
+        for s, row in zip(seqs, logits):
+            s.next_logits = row
+
+    def _forward_packed(self, decode: list[Sequence], fills: list[Sequence]) -> None:
+        """Decode tokens and prompt chunks in one eager pass, a row per token: (N, 1)."""
+        tokens = [s.out_ids[-1] for s in decode]
+        slots = [s.slot for s in decode]
+        adapters = [s.adapter for s in decode]
+        segments, done = [], []
+        kv_len = max((len(s.prompt_ids) + len(s.out_ids) for s in decode), default=0)
+        for s in fills:
+            chunk = s.prompt_ids[s.prefilled:s.prefilled + self.prefill_chunk]
+            segments.append((len(tokens), len(tokens) + len(chunk)))
+            tokens += chunk
+            slots += [s.slot] * len(chunk)
+            adapters += [s.adapter] * len(chunk)
+            s.prefilled += len(chunk)
+            kv_len = max(kv_len, s.prefilled)
+            if s.prefilled == len(s.prompt_ids):
+                done.append((s, len(tokens) - 1))   # its last prompt token's logits pick the first answer token
+        out = decode + [s for s, _ in done]
+        out_rows = torch.tensor(list(range(len(decode))) + [row for _, row in done], dtype=torch.long)
+        self._activate_adapters(adapters)
+        logits = self.model(torch.tensor(tokens, device=self.device)[:, None], cache=self.cache,
+                            slots=torch.tensor(slots, device=self.device), segments=segments,
+                            out_rows=out_rows.to(self.device), kv_len=kv_len)[:, -1]
+        for s, row in zip(out, logits):
+            s.next_logits = row
+
+    def _activate_adapters(self, names: list[str | None]) -> None:
         if self.set_adapters is not None:
-            self.set_adapters(self.model, [s.adapter for s in seqs])
+            self.set_adapters(self.model, names)
 
     def _sample(self, seq: Sequence, token: int | None = None) -> Event:
         """Append a token (sampled here unless `token` was already drawn in a batch) and stream its text."""

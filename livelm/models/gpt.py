@@ -226,7 +226,8 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, attn_mask, layer: int, cache: KVCache | None, slots: torch.Tensor | None):
+    def forward(self, x, rope, attn_mask, layer: int, cache: KVCache | None, slots: torch.Tensor | None,
+                positions: torch.Tensor | None = None, packing: "Packing | None" = None):
         B, S, C = x.shape
         q = self.q_proj(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)      # (B, H, S, D)
         k = self.k_proj(x).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)   # (B, Hkv, S, D)
@@ -237,8 +238,8 @@ class CausalSelfAttention(nn.Module):
         is_causal = attn_mask is None
         if cache is not None:
             # write the new keys at each row's offset, then attend over the stored prefix
-            start = cache.lengths[slots]                                              # (B,)
-            pos = start[:, None] + torch.arange(S, device=x.device)                   # (B, S)
+            pos = positions if positions is not None else \
+                cache.lengths[slots][:, None] + torch.arange(S, device=x.device)      # (B, S)
             T = attn_mask.size(-1)                                                    # keys after this pass
             rows = (torch.arange(slots.start, slots.stop, device=x.device) if isinstance(slots, slice)
                     else slots)[:, None].expand(B, S)                                 # (B, S) cache rows
@@ -248,6 +249,9 @@ class CausalSelfAttention(nn.Module):
             at_layer = torch.full_like(rows, layer)
             cache.k[at_layer, rows, :, pos] = kt
             cache.v[at_layer, rows, :, pos] = vt
+            if packing is not None:
+                y = packed_attention(q, cache, layer, T, attn_mask, packing, self.n_kv_head != self.n_head)
+                return self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)))
             if isinstance(slots, slice):
                 # consecutive rows (the usual case in a full batch): views of the cache, not copies
                 k, v = cache.k[layer, slots, :, :T].to(q.dtype), cache.v[layer, slots, :, :T].to(q.dtype)
@@ -269,6 +273,48 @@ class CausalSelfAttention(nn.Module):
                                                enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)
         return self.resid_dropout(self.o_proj(y))
+
+
+def consecutive(slots: torch.Tensor) -> torch.Tensor | slice:
+    """Cache rows as a slice when they are consecutive (attention then reads views, not a gather)."""
+    lo = int(slots[0])
+    if torch.equal(slots, torch.arange(lo, lo + len(slots), device=slots.device)):
+        return slice(lo, lo + len(slots))
+    return slots
+
+
+@dataclass
+class Packing:
+    """A cached pass whose rows are single tokens, some of them one sequence's consecutive tokens.
+
+    Rows [0, segments[0][0]) are one-token sequences (decode steps), attended together as a batch;
+    each segment (lo, hi, slot) is rows lo..hi-1 of one sequence (a chunk of its prompt), attended
+    over its own cache row. So a prompt's prefill shares one forward pass with the other sequences'
+    decode steps: every Linear, norm and LoRA delta runs once over all rows, as vLLM's chunked
+    prefill mixes prompts into decode batches.
+    """
+    singles: torch.Tensor | slice                  # cache rows of the one-token sequences
+    segments: list[tuple[int, int, int]]
+
+
+def packed_attention(q: torch.Tensor, cache: KVCache, layer: int, T: int, attn_mask: torch.Tensor,
+                     packing: Packing, gqa: bool) -> torch.Tensor:
+    """q: (B, H, 1, D), one row per token, their keys already in the cache -> (B, H, 1, D).
+    attn_mask: (B, 1, 1, T), row i may see key j iff j <= its position (causal within a segment too)."""
+    parts = []
+    n1 = packing.segments[0][0] if packing.segments else q.size(0)
+    if n1:
+        rows = packing.singles
+        k = (cache.k[layer, rows, :, :T] if isinstance(rows, slice) else cache.k[layer][rows, :, :T]).to(q.dtype)
+        v = (cache.v[layer, rows, :, :T] if isinstance(rows, slice) else cache.v[layer][rows, :, :T]).to(q.dtype)
+        parts.append(F.scaled_dot_product_attention(q[:n1], k, v, attn_mask=attn_mask[:n1], enable_gqa=gqa))
+    for lo, hi, slot in packing.segments:
+        k = cache.k[layer, slot:slot + 1, :, :T].to(q.dtype)                              # (1, Hkv, T, D), a view
+        v = cache.v[layer, slot:slot + 1, :, :T].to(q.dtype)
+        y = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 2), k, v,                # as (1, H, n, D)
+                                           attn_mask=attn_mask[lo:hi, 0, 0][None, None], enable_gqa=gqa)
+        parts.append(y.transpose(0, 2))                                                   # back to (n, H, 1, D)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -310,8 +356,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, attn_mask, layer, cache, slots):
-        x = x + self.attn(self.ln_1(x), rope, attn_mask, layer, cache, slots)
+    def forward(self, x, rope, attn_mask, layer, cache, slots, positions=None, packing=None):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, layer, cache, slots, positions, packing)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -355,7 +401,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, slots: torch.Tensor | None = None,
-                last_only: bool = False, kv_len: int | None = None):
+                last_only: bool = False, kv_len: int | None = None,
+                segments: list[tuple[int, int]] | None = None, out_rows: torch.Tensor | None = None):
         """idx: (B, S) token ids.
 
         positions: (B, S) position of each token; defaults to 0..S-1, or to each
@@ -368,23 +415,33 @@ class GPT(nn.Module):
         last_only: compute logits only for the final position (generation).
         kv_len: with `cache`, the longest row's length after this pass, if the caller knows it;
             read from the cache otherwise (a device sync, and a graph break under torch.compile).
+        segments: with `cache`, idx (B, 1) and a tensor of slots: runs (lo, hi) of rows that are one
+            sequence's consecutive tokens (a prompt chunk), after the rows that are one token each
+            (see Packing). One pass then prefills prompts and decodes other sequences.
+        out_rows: compute logits only for these rows (B',): (B', S, V).
         Returns logits (B, S, V) (or (B, 1, V)), and the mean loss if targets given
         (targets == -1 are ignored).
         """
         B, S = idx.shape
+        packing = None
         if cache is not None:
             if slots is None:
                 slots = slice(0, B)
+            elif segments:
+                packing = self._packing(slots, segments, S)
             elif not isinstance(slots, slice) and not torch.compiler.is_compiling():
-                lo = int(slots[0])
-                if torch.equal(slots, torch.arange(lo, lo + B, device=slots.device)):
-                    slots = slice(lo, lo + B)   # consecutive rows: attention reads views of the cache
+                slots = consecutive(slots)   # consecutive rows: attention reads views of the cache
             start = cache.lengths[slots]
-            T = int((start + S).max()) if kv_len is None else kv_len
-            if T > min(cache.max_len, self.cfg.block_size):
-                raise ValueError(f"sequence would exceed the context window of {self.cfg.block_size} tokens")
             if positions is None:
                 positions = start[:, None] + torch.arange(S, device=idx.device)
+            if packing is not None:   # a segment's rows are one sequence: positions go on within it
+                offsets = [0] * B
+                for lo, hi in segments:
+                    offsets[lo:hi] = range(hi - lo)
+                positions = positions + torch.tensor(offsets, device=idx.device)[:, None]
+            T = int(positions.max()) + 1 if kv_len is None else kv_len
+            if T > min(cache.max_len, self.cfg.block_size):
+                raise ValueError(f"sequence would exceed the context window of {self.cfg.block_size} tokens")
             # each new token may see the slot's stored prefix and the new tokens up to itself
             key_pos = torch.arange(T, device=idx.device)
             attn_mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]   # (B, 1, S, T)
@@ -401,9 +458,13 @@ class GPT(nn.Module):
         if self.cfg.position == "rope":
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, S, D/2)
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, attn_mask, layer, cache, slots)
-        if cache is not None:
+            x = block(x, rope, attn_mask, layer, cache, slots, positions if cache is not None else None, packing)
+        if packing is not None:
+            cache.lengths.index_add_(0, slots, torch.ones_like(slots))   # a slot may take several rows
+        elif cache is not None:
             cache.lengths[slots] += S
+        if out_rows is not None:
+            x = x[out_rows]
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
@@ -412,6 +473,17 @@ class GPT(nn.Module):
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    @staticmethod
+    def _packing(slots: torch.Tensor, segments: list[tuple[int, int]], S: int) -> Packing:
+        if S != 1 or isinstance(slots, slice):
+            raise ValueError("segments need one token per row (idx of shape (B, 1)) and a tensor of slots")
+        rows = slots.tolist()
+        n1 = segments[0][0]
+        if any(a[1] != b[0] for a, b in zip(segments, segments[1:])) or segments[-1][1] != len(rows) \
+                or any(len(set(rows[lo:hi])) != 1 for lo, hi in segments):
+            raise ValueError("segments must be consecutive runs of one slot each, up to the last row")
+        return Packing(consecutive(slots[:n1]) if n1 else slots[:0], [(lo, hi, rows[lo]) for lo, hi in segments])
 
     def set_dropout(self, p: float) -> None:
         """Change the dropout of every layer (a fine-tune's --dropout on a loaded run). Attention reads

@@ -55,6 +55,42 @@ def test_continuous_batching_admits_new_work_while_others_run(model, tok):
     assert eng.free_slots == [] or len(eng.free_slots) == 1
 
 
+def test_prompt_chunks_share_the_decode_pass(model, tok):
+    """A prompt arriving mid-generation is prefilled chunk by chunk in the same forward pass as the
+    other rows' decode steps (one pass per step), per-row LoRA adapters included, and every
+    sequence gets the tokens it gets alone."""
+    import copy
+    from livelm.models import lora
+    model = copy.deepcopy(model)   # the module's model stays without adapters
+    torch.manual_seed(1)
+    lora.add_adapter(model, "sharp", lora.LoRAConfig(r=4, lora_alpha=8.0))
+    with torch.no_grad():
+        for m in lora.lora_modules(model).values():
+            m.B("sharp").normal_(0, 0.3)
+    lora.set_active(model, None)
+    greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    first, late = tok.encode("ab"), tok.encode("你好，世界！🙂 Hello world. 枫叶小铺的乌龙茶")
+    eng = Engine(model, tok, max_batch=3, prefill_chunk=8)
+    eng.set_adapters = lora.set_row_adapters
+    passes = []
+    model.register_forward_hook(lambda m, args, out: passes.append(args[0].shape))
+    a = eng.add(first, greedy.copy())
+    eng.step()
+    eng.step()
+    b = eng.add(late, greedy.copy(), adapter="sharp")
+    del passes[:]
+    for _ in range(3):   # b's prompt takes ceil(len / 8) steps, each one pass with a's decode row
+        eng.step()
+    assert len(late) > 16 and len(passes) == 3 and passes[0] == (1 + 8, 1)
+    while not (a.finished and b.finished):
+        eng.step()
+    alone = Engine(model, tok, max_batch=1)
+    alone.set_adapters = lora.set_row_adapters
+    assert a.out_ids == alone.generate([first], greedy.copy())[0].token_ids
+    assert b.out_ids == alone.generate([late], greedy.copy(), adapters=["sharp"])[0].token_ids
+    assert b.out_ids != alone.generate([late], greedy.copy())[0].token_ids   # the adapter mattered
+
+
 def test_greedy_matches_argmax_of_full_forward(model, tok):
     prompt = tok.encode("Hello")
     out = Engine(model, tok).generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]

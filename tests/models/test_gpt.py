@@ -69,6 +69,30 @@ def test_consecutive_and_scattered_cache_rows_agree():
                 assert (out[i] - alone[i]).abs().max() < 1e-4, rows
 
 
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_packed_pass_prefills_and_decodes_like_separate_passes(preset):
+    """One pass, a row per token: a decode token of one sequence and prompt chunks of two others
+    (segments) give the logits and cache each would get alone; a later plain decode step agrees too."""
+    model = tiny(preset)
+    a, b, c = (torch.randint(0, 97, (1, n)) for n in (6, 9, 4))
+    with torch.no_grad():
+        cache = KVCache(model.cfg, slots=4, max_len=32)
+        model(a, cache=cache, slots=torch.tensor([2]))
+        rows = [2] + [0] * 9 + [3] * 4
+        tokens = torch.cat([torch.tensor([[5]]), b.T, c.T])                       # (14, 1)
+        out = model(tokens, cache=cache, slots=torch.tensor(rows), segments=[(1, 10), (10, 14)],
+                    out_rows=torch.tensor([0, 9, 13]))[:, -1]
+        alone = [model(torch.cat([a, torch.tensor([[5]])], 1))[0, -1], model(b)[0, -1], model(c)[0, -1]]
+        for got, want in zip(out, alone):
+            assert (got - want).abs().max() < 1e-4
+        assert cache.lengths.tolist() == [9, 0, 7, 4]
+        nxt = model(torch.tensor([[1], [2], [3]]), cache=cache, slots=torch.tensor([0, 2, 3]))[:, -1]
+        for got, seq, t in zip(nxt, (b, torch.cat([a, torch.tensor([[5]])], 1), c), (1, 2, 3)):
+            assert (got - model(torch.cat([seq, torch.tensor([[t]])], 1))[0, -1]).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="consecutive runs"):
+        model(tokens, cache=KVCache(model.cfg, slots=4, max_len=32), slots=torch.tensor(rows), segments=[(1, 12)])
+
+
 def test_gqa_and_untied_head_shapes():
     model = tiny("llama")
     assert model.cfg.n_kv_head == 2 and model.blocks[0].attn.k_proj.out_features == 2 * 8
