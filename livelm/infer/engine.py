@@ -3,27 +3,28 @@
 Everything that generates text — `livelm generate`, the chat REPL, the HTTP
 server, evaluation, RL — goes through `Engine`. Its unit of work is `step()`:
 
-  1. admit waiting sequences into free cache slots and prefill one chunk of
-     each prompt (long prompts take several steps, so they never stall others);
-  2. decode one token for every running sequence in a single batched forward
-     pass (each row at its own position, see KVCache in models/gpt.py);
+  1. admit waiting sequences into free cache slots;
+  2. one forward pass: decode one token for every running sequence (each row at
+     its own position, see KVCache in models/gpt.py) and prefill one chunk of
+     each new prompt (long prompts take several steps, so they never stall
+     others), packed together when there are chunks (see Packing there);
   3. sample each row with its own parameters and its own seeded generator,
      update its text stream, and retire finished sequences, freeing their slots.
 
 `generate()` and `stream()` are loops over `step()` for callers that do not
-need a scheduler. The server runs `step()` on a scheduler thread.
+need a scheduler. The server runs `step()` in a process of its own (serve/engine_process.py).
 
-With `compile=True` the decode forward pass of step 2 runs through torch.compile
-(`compiled_decoder`); prefill stays eager (its shapes vary with every prompt).
+With `compile=True` the forward pass of step 2 runs through torch.compile
+(`compiled_decoder`) when it only decodes; passes with prompt chunks stay eager
+(their shapes vary with every prompt).
 
-The engine is not thread-safe by itself: `add`/`cancel` from other threads
-must hold `engine.lock` (the server does this).
+The engine is not thread-safe: one thread drives it (the server's engine
+process has just one).
 """
 from __future__ import annotations
 
 import heapq
 import itertools
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -134,7 +135,6 @@ class Engine:
         self.free_slots = list(range(max_batch))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.lock = threading.RLock()
         self._ids = itertools.count()
         self.default_stop_ids = {tokenizer.eos_id, tokenizer.end_id}
         self.set_adapters = None  # hook: fn(model, [adapter name per row]) installed by LoRA serving
@@ -160,8 +160,7 @@ class Engine:
             seq.generator.manual_seed(params.seed)
         else:
             seq.generator.seed()
-        with self.lock:
-            self.waiting.append(seq)
+        self.waiting.append(seq)
         return seq
 
     def cancel(self, seq: Sequence) -> None:
@@ -176,16 +175,15 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Event]:
         events: list[Event] = []
-        with self.lock:
-            for seq in [s for s in self.waiting if s.cancelled]:
-                self.waiting.remove(seq)
-                seq.finish_reason = "cancelled"
-                events.append(Event(seq, "", True))
-            while self.waiting and self.free_slots:
-                seq = self.waiting.popleft()
-                seq.slot = heapq.heappop(self.free_slots)
-                self.cache.reset(seq.slot)
-                self.running.append(seq)
+        for seq in [s for s in self.waiting if s.cancelled]:
+            self.waiting.remove(seq)
+            seq.finish_reason = "cancelled"
+            events.append(Event(seq, "", True))
+        while self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            seq.slot = heapq.heappop(self.free_slots)
+            self.cache.reset(seq.slot)
+            self.running.append(seq)
         for seq in [s for s in self.running if s.cancelled]:
             self._retire(seq, "cancelled")
             events.append(Event(seq, "", True))
@@ -297,20 +295,18 @@ class Engine:
 
     def abort(self, seq: Sequence) -> None:
         """Retire a sequence now, without waiting for a step (the server gives up on it); frees its slot."""
-        with self.lock:
-            if seq in self.waiting:
-                self.waiting.remove(seq)
-            if not seq.finished:
-                self._retire(seq, "cancelled")
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        if not seq.finished:
+            self._retire(seq, "cancelled")
 
     def _retire(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
-        with self.lock:
-            if seq in self.running:
-                self.running.remove(seq)
-            if seq.slot is not None:
-                heapq.heappush(self.free_slots, seq.slot)
-                seq.slot = None
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq.slot is not None:
+            heapq.heappush(self.free_slots, seq.slot)
+            seq.slot = None
 
     # ---- convenience loops -------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],

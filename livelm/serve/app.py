@@ -187,6 +187,9 @@ class ServeState:
         if self.load_error:
             raise APIError(503, f"the model failed to load: {self.load_error}", type="server_error",
                            code="model_load_failed")
+        if self.scheduler.failure:
+            raise APIError(503, f"{self.scheduler.failure}; restart the server (the logs say why)",
+                           type="server_error", code="engine_failed")
 
     def resolve(self, model: str | None) -> tuple[str, str | None]:
         if model is None or model == "":
@@ -310,7 +313,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        # answered on the event loop, never waiting for the model thread
+        # answered on the event loop, never waiting for the engine process
         if state.draining:
             return JSONResponse({"status": "shutting_down"}, status_code=503)
         if not state.ready.is_set():

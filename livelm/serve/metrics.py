@@ -4,7 +4,7 @@ Three kinds are enough for a server: counters (only go up), gauges (read at
 scrape time from a callback, so they are never stale) and histograms
 (cumulative buckets + sum + count, so Prometheus can compute quantiles).
 Names follow vLLM's (`vllm:time_to_first_token_seconds` -> `livelm_time_to_first_token_seconds`)
-so dashboards carry over. Observations come from the scheduler thread and
+so dashboards carry over. Observations come from the engine reader thread and
 scrapes from the event loop, hence one lock.
 """
 from __future__ import annotations

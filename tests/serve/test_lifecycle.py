@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import threading
@@ -151,6 +152,40 @@ def test_error_event_after_streaming_began_raw(slow_run, tmp_path):
         err = events[-2]["error"]
         assert err["code"] == "shutting_down" and err["type"] == "server_error"
         assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
+
+
+def engine_pid(server_pid: int) -> int:
+    """The engine process among the server's children (the other is multiprocessing's resource tracker)."""
+    from pathlib import Path
+    kids = [int(p) for t in Path(f"/proc/{server_pid}/task").iterdir()
+            for p in (t / "children").read_text().split()]
+    engines = [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    assert len(engines) == 1, kids
+    return engines[0]
+
+
+def test_engine_process_death_fails_requests_and_health(slow_run, tmp_path):
+    """The model runs in its own process. If it dies (OOM killer, a crash), a stream in flight ends with an
+    error event, /health says why, new requests get 503, and the server still exits cleanly."""
+    s = ServerProcess(slow_run, "--feedback-db", tmp_path / "fb.sqlite", log_dir=tmp_path)
+    try:
+        assert httpx.get(s.url + "/health").json() == {"status": "ok"}
+        with httpx.Client(timeout=60) as c, c.stream("POST", s.url + "/v1/chat/completions", json={
+                "messages": MSG, "max_tokens": 1900, "ignore_eos": True, "stream": True}) as r:
+            lines = r.iter_lines()
+            while '"delta":{"content"' not in next(lines):
+                pass
+            os.kill(engine_pid(s.proc.pid), signal.SIGKILL)
+            events = [ln[6:] if ln == "data: [DONE]" else json.loads(ln[6:]) for ln in lines if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "internal_error"
+        assert "engine process exited" in events[-2]["error"]["message"]
+        h = httpx.get(s.url + "/health")
+        assert h.status_code == 503 and "engine process exited" in h.json()["message"]
+        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_failed"
+        assert s.stop() == 0, s.stderr()
     finally:
         s.stop()
 
