@@ -23,6 +23,16 @@ def run_cli(*args, check=True, env=None, timeout=300, input=None):
     return proc
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and never spins on a busy machine."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def char_data(tmp_path_factory):
     """A small prepared character-level data directory."""

@@ -6,13 +6,7 @@ from livelm.models.bert import Bert, BertConfig, mask_tokens, nsp_pair, sentence
 from livelm.train.objectives import classify_loss, mlm_nsp_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and never spins on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, d_model=32, dropout=0.0)

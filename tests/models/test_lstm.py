@@ -5,13 +5,7 @@ from livelm.models.lstm import LSTMConfig, LSTMLM
 from livelm.train.objectives import lstm_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and never spins on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def test_state_carried_across_chunks_matches_one_long_forward():

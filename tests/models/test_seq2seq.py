@@ -6,13 +6,7 @@ from livelm.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy
 from livelm.train.objectives import seq2seq_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and never spins on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 BOS, EOS, PAD = 1, 2, 0

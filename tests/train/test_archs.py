@@ -3,7 +3,6 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from livelm.cli import main
 from livelm.data.prepare import prepare
@@ -12,13 +11,7 @@ from livelm.train import archs
 from tests.conftest import run_cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and never spins on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--d-model", "32", "--block-size", "32", "--batch-size", "4",
         "--warmup-iters", "2", "--eval-iters", "2", "--log-interval", "1", "--progress", "false"]
