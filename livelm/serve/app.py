@@ -142,7 +142,6 @@ class ServeState:
             self.scheduler = Scheduler(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
                                        metrics=self.metrics, compile=self.compile, row_adapters=bool(names))
             self.tokenizer, self.max_len = tokenizer, self.scheduler.max_len
-            del model
             if self.learn_config is not None and self.learn_config.modes:
                 from livelm.learn.live import LiveLearner
                 self.learner = LiveLearner(self.base_dir, self.feedback_path, self.adapter_store, self.scheduler,

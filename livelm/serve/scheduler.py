@@ -96,7 +96,8 @@ class Scheduler:
         self.tracks: dict[int, _Track] = {}       # sid -> its request; gone once the sequence finished
         self.calls: dict[int, concurrent.futures.Future] = {}
         self._sids, self._cids = itertools.count(), itertools.count()
-        self.lock = threading.Lock()               # tracks, calls and sending on the pipe
+        self.lock = threading.Lock()               # tracks and calls
+        self.send_lock = threading.Lock()          # writing to the pipe (see _send)
         self.accepting = False
         self.failure: str | None = None           # why the engine process is gone, if it died
         self.outbox: dict[asyncio.AbstractEventLoop, list] = {}   # chunks of the current step, per event loop
@@ -107,6 +108,9 @@ class Scheduler:
                                          row_adapters))
         self.process.start()
         child.close()
+        # shared, not copied: CPU tensors now live in shared memory, and CUDA tensors must stay alive in
+        # the process that shared them for as long as the engine uses them
+        self.model = model
         try:
             kind, value = self.conn.recv()
         except EOFError:
@@ -142,12 +146,11 @@ class Scheduler:
                 ticket.prompt_tokens += len(ids)
                 self.tracks[sid] = _Track(ticket, i)
                 items.append((sid, list(ids), params, adapter))
-            try:
-                self.conn.send(("add", items))
-            except OSError:   # the engine process died; the reader thread is about to say so
+        if not self._send(("add", items)):
+            with self.lock:
                 for sid in ticket.sids:
                     self.tracks.pop(sid, None)
-                raise NotAccepting("the engine process is gone") from None
+            raise NotAccepting("the engine process is gone")
         if self.metrics:
             self.metrics.prompt_tokens.inc(ticket.prompt_tokens)
         return ticket
@@ -156,11 +159,8 @@ class Scheduler:
         """Stop generating for a ticket (client gone). Safe to call on a finished ticket."""
         with self.lock:
             live = [sid for sid in ticket.sids if sid in self.tracks]
-            if live and self.failure is None:
-                try:
-                    self.conn.send(("cancel", live))
-                except OSError:
-                    pass   # the engine process died: the reader thread fails these sequences
+        if live:
+            self._send(("cancel", live))   # a dead engine's sequences are failed by the reader thread
 
     @property
     def running(self) -> int:
@@ -176,28 +176,34 @@ class Scheduler:
         """Run engine_process.OPS[op](engine, *args) in the engine between two steps; returns its future."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
-            if self.failure is not None:
-                fut.set_exception(RuntimeError(f"the engine stopped: {self.failure}"))
-                return fut
             cid = next(self._cids)
             self.calls[cid] = fut
-            self.conn.send(("call", cid, op, args))
+        if not self._send(("call", cid, op, args)):
+            with self.lock:
+                mine = self.calls.pop(cid, None)   # else the reader thread failed it already
+            if mine is not None:
+                fut.set_exception(RuntimeError(f"the engine stopped: {self.failure or 'its process is gone'}"))
         return fut
 
     def begin_shutdown(self, grace: float) -> None:
         """Refuse new work; let running work finish for `grace` seconds, then fail what is left."""
         self.accepting = False
-        with self.lock:
-            if self.failure is None:
-                self.conn.send(("shutdown", grace))
+        self._send(("shutdown", grace))
+
+    def _send(self, msg: tuple) -> bool:
+        """One message to the engine process; False if it is gone. Its own lock, never held with
+        self.lock: a send can wait for the engine to read (a long prompt fills the pipe), and the
+        reader thread must keep draining the other direction meanwhile."""
+        with self.send_lock:
+            try:
+                self.conn.send(msg)
+                return True
+            except OSError:
+                return False
 
     def stop(self, timeout: float = 5.0) -> None:
         self.accepting = False
-        with self.lock:
-            try:
-                self.conn.send(("stop",))
-            except OSError:
-                pass
+        self._send(("stop",))
         self.reader.join(timeout)
         self.process.join(timeout)
         if self.process.is_alive():
