@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sst2 import FINETUNE, MODEL, cache_dir, classify_bench, table  # noqa: E402
+from sst2 import FINETUNE, MODEL, cache_dir, classify_bench, ensemble_bench, ensemble_table, table  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chnsenticorp" / "ChnSentiCorp_htl_all.csv"
 # reviews are longer than SST-2 sentences (median ~100 characters): a 128-token window
@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--variants", default="with,without")
     ap.add_argument("--pooling", default="cls", choices=["cls", "mean", "max"])
     ap.add_argument("--no-nsp", dest="nsp", action="store_false", help="pretrain with masked LM only")
+    ap.add_argument("--ensemble", type=int, default=0, metavar="N",
+                    help="also average N independently initialised fine-tunes (no pretraining)")
     a = ap.parse_args()
     if a.quick:
         a.pretrain_iters, a.finetune_iters = 20, 20
@@ -69,6 +71,13 @@ def main() -> None:
     print(f"ChnSentiCorp, fixed 10% test split ({sum(1 for _ in open(test, encoding='utf-8'))} reviews), "
           f"encoder {' '.join(CHN_MODEL[:8])}, from scratch\n")
     print(table(rows, "test"))
+    if a.ensemble:
+        with open(test, encoding="utf-8", newline="") as fh:
+            labelled = list(csv.reader(fh))
+        seeds = [1337, *range(1, a.ensemble)]
+        res = ensemble_bench("chnsenticorp", train, test, [t for _, t in labelled], [lab for lab, _ in labelled], CHN_MODEL,
+                             a.finetune_iters, seeds, finetune=[*FINETUNE, "--batch-size", "32"], pooling=a.pooling)
+        print(ensemble_table(res, seeds, a.finetune_iters))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,57 @@ def classify_bench(name: str, corpus: Path, train_file: Path, val_file: Path, pr
     return rows
 
 
+def ensemble_bench(name: str, train_file: Path, val_file: Path, test_texts: list[str], test_labels: list[str],
+                   model: list[str],
+                   finetune_iters: int, seeds: list[int], finetune=FINETUNE, pooling: str = "cls") -> dict:
+    """Independently initialised encoders (one untrained encoder and one fine-tune per seed, no pretraining),
+    two at a time with one thread each; their label probabilities on the test texts are averaged.
+    Returns each member's accuracy, the accuracy of the average over the first k members for every k,
+    and the CPU time of all fine-tunes."""
+    work = cache_dir(name)
+    prep = work / "prep"            # classify_bench prepared it (tokenizer and data)
+    texts = work / "ensemble-test.txt"
+    texts.write_text("".join(t.replace("\n", " ") + "\n" for t in test_texts), encoding="utf-8")
+    cpu0 = child_cpu()
+
+    def member(seed: int) -> subprocess.Popen:
+        pre, ft = work / f"ens-pre-{seed}", work / f"ens-ft-{seed}"
+        script = (f"{PY} -m livelm.cli train --arch bert --data {prep} --out {pre} {' '.join(model)} "
+                  f"{' '.join(PRETRAIN)} --max-iters 0 --seed {seed} > /dev/null && "
+                  f"{PY} -m livelm.cli finetune {pre} --task classify --data {train_file} --val-data {val_file} --out {ft} "
+                  f"{' '.join(model)} {' '.join(map(str, finetune))} --pooling {pooling} --max-iters {finetune_iters} "
+                  f"--eval-interval {finetune_iters} --seed {seed} > /dev/null && "
+                  f"{PY} -m livelm.cli predict {ft} --file {texts} --json > {work / f'ens-pred-{seed}.jsonl'}")
+        return subprocess.Popen(["bash", "-c", script], cwd=REPO)
+
+    for i in range(0, len(seeds), 2):
+        log(f"[{name}] ensemble members {seeds[i:i + 2]}: {finetune_iters} fine-tuning steps each")
+        procs = [member(s) for s in seeds[i:i + 2]]
+        if any(p.wait() for p in procs):
+            sys.exit(f"[{name}] an ensemble member failed")
+    probs = []
+    for seed in seeds:
+        rows = [json.loads(line) for line in open(work / f"ens-pred-{seed}.jsonl", encoding="utf-8")]
+        probs.append([r["probs"] for r in rows])
+
+    def accuracy(members: list) -> float:
+        right = 0
+        for i, gold in enumerate(test_labels):
+            avg = {lab: sum(m[i][lab] for m in members) / len(members) for lab in members[0][i]}
+            right += max(avg, key=avg.get) == gold
+        return right / len(test_labels)
+    return {"members": [accuracy([p]) for p in probs], "averaged": [accuracy(probs[:k]) for k in range(1, len(probs) + 1)],
+            "cpu_s": child_cpu() - cpu0}
+
+
+def ensemble_table(res: dict, seeds: list[int], finetune_iters: int) -> str:
+    members = ", ".join(f"{a * 100:.1f}%" for a in res["members"])
+    curve = " → ".join(f"{a * 100:.1f}%" for a in res["averaged"])
+    return (f"\nEnsemble of {len(seeds)} encoders from scratch (seeds {', '.join(map(str, seeds))}, {finetune_iters} "
+            f"fine-tuning steps each, no pretraining): members {members}; probabilities averaged over the first "
+            f"1..{len(seeds)}: {curve}; CPU {res['cpu_s'] / 60:.1f} min for all of them\n")
+
+
 def table(rows: list[dict], what: str) -> str:
     head = (f"| pretraining | steps | fine-tune steps | pooling | masked-token acc | NSP acc | {what} accuracy | F1 "
             f"| wall (min) | CPU (min) |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -122,6 +173,8 @@ def main() -> None:
     ap.add_argument("--variants", default="with,without")
     ap.add_argument("--pooling", default="cls", choices=["cls", "mean", "max"])
     ap.add_argument("--nsp", action="store_true", help="pretrain with next-sentence prediction as well")
+    ap.add_argument("--ensemble", type=int, default=0, metavar="N",
+                    help="also average N independently initialised fine-tunes (no pretraining)")
     a = ap.parse_args()
     if a.quick:
         a.pretrain_iters, a.finetune_iters = 30, 30
@@ -134,6 +187,13 @@ def main() -> None:
                           a.pretrain_iters, a.finetune_iters, a.variants.split(","), pooling=a.pooling, nsp=a.nsp)
     print(f"SST-2 dev (872 sentences), encoder {' '.join(MODEL[:8])}, from scratch\n")
     print(table(rows, "dev"))
+    if a.ensemble:
+        with open(DATA / "dev.tsv", encoding="utf-8") as fh:
+            dev = [line.rstrip("\n").split("\t", 1) for n, line in enumerate(fh) if n and "\t" in line]
+        seeds = [1337, *range(1, a.ensemble)]
+        res = ensemble_bench("sst2", DATA / "train.tsv", DATA / "dev.tsv", [t for _, t in dev], [lab for lab, _ in dev], MODEL,
+                             a.finetune_iters, seeds, pooling=a.pooling)
+        print(ensemble_table(res, seeds, a.finetune_iters))
 
 
 if __name__ == "__main__":
