@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -118,12 +119,15 @@ def ensemble_bench(name: str, train_file: Path, val_file: Path, test_texts: list
 
     def member(seed: int) -> subprocess.Popen:
         pre, ft = work / f"ens-pre-{seed}", work / f"ens-ft-{seed}"
-        script = (f"{PY} -m livelm.cli train --arch bert --data {prep} --out {pre} {' '.join(model)} "
-                  f"{' '.join(PRETRAIN)} --max-iters 0 --seed {seed} > /dev/null && "
-                  f"{PY} -m livelm.cli finetune {pre} --task classify --data {train_file} --val-data {val_file} --out {ft} "
-                  f"{' '.join(model)} {' '.join(map(str, finetune))} --pooling {pooling} --max-iters {finetune_iters} "
-                  f"--eval-interval {finetune_iters} --seed {seed} > /dev/null && "
-                  f"{PY} -m livelm.cli predict {ft} --file {texts} --json > {work / f'ens-pred-{seed}.jsonl'}")
+        cli = [PY, "-m", "livelm.cli"]
+        steps = [[*cli, "train", "--arch", "bert", "--data", prep, "--out", pre, *model, *PRETRAIN, "--max-iters", 0,
+                  "--seed", seed],
+                 [*cli, "finetune", pre, "--task", "classify", "--data", train_file, "--val-data", val_file, "--out", ft,
+                  *model, *finetune, "--pooling", pooling, "--max-iters", finetune_iters,
+                  "--eval-interval", finetune_iters, "--seed", seed]]
+        predict = [*cli, "predict", ft, "--file", texts, "--json"]
+        script = " && ".join([*(shlex.join(map(str, c)) + " > /dev/null" for c in steps),
+                              shlex.join(map(str, predict)) + " > " + shlex.quote(str(work / f"ens-pred-{seed}.jsonl"))])
         return subprocess.Popen(["bash", "-c", script], cwd=REPO)
 
     for i in range(0, len(seeds), 2):
