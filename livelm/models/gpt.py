@@ -196,6 +196,13 @@ class KVCache:
     def reset(self, slot: int) -> None:
         self.lengths[slot] = 0
 
+    def read(self, layer: int, rows: torch.Tensor | slice, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `rows` (a slice: views of the cache; a tensor: a gather), the first T
+        positions, as `dtype`: (R, Hkv, T, D) each."""
+        if isinstance(rows, slice):
+            return self.k[layer, rows, :, :T].to(dtype), self.v[layer, rows, :, :T].to(dtype)
+        return self.k[layer][rows, :, :T].to(dtype), self.v[layer][rows, :, :T].to(dtype)
+
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """softmax(q·kᵀ/√D + causal mask)·v written out as two matmuls: (B, H, S, D) -> (B, H, S, D).
@@ -269,12 +276,8 @@ class CausalSelfAttention(nn.Module):
             if packing is not None:
                 y = packed_attention(q, cache, layer, T, attn_mask, packing, self.n_kv_head != self.n_head)
                 return self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)))
-            if isinstance(slots, slice):
-                # consecutive rows (the usual case in a full batch): views of the cache, not copies
-                k, v = cache.k[layer, slots, :, :T].to(q.dtype), cache.v[layer, slots, :, :T].to(q.dtype)
-            else:
-                k = cache.k[layer][slots, :, :T].to(q.dtype)                          # (B, Hkv, T, D), a gather
-                v = cache.v[layer][slots, :, :T].to(q.dtype)
+            # consecutive rows (the usual case in a full batch) come as a slice: views of the cache, not copies
+            k, v = cache.read(layer, slots, T, q.dtype)                               # (B, Hkv, T, D)
             is_causal = False
         dropout = self.cfg.dropout if self.training else 0.0
         gqa = self.n_kv_head != self.n_head   # each K/V head serves n_head/n_kv_head query heads
@@ -323,13 +326,10 @@ def packed_attention(q: torch.Tensor, cache: KVCache, layer: int, T: int, attn_m
     parts = []
     n1 = packing.segments[0][0] if packing.segments else q.size(0)
     if n1:
-        rows = packing.singles
-        k = (cache.k[layer, rows, :, :T] if isinstance(rows, slice) else cache.k[layer][rows, :, :T]).to(q.dtype)
-        v = (cache.v[layer, rows, :, :T] if isinstance(rows, slice) else cache.v[layer][rows, :, :T]).to(q.dtype)
+        k, v = cache.read(layer, packing.singles, T, q.dtype)
         parts.append(F.scaled_dot_product_attention(q[:n1], k, v, attn_mask=attn_mask[:n1], enable_gqa=gqa))
     for lo, hi, slot in packing.segments:
-        k = cache.k[layer, slot:slot + 1, :, :T].to(q.dtype)                              # (1, Hkv, T, D), a view
-        v = cache.v[layer, slot:slot + 1, :, :T].to(q.dtype)
+        k, v = cache.read(layer, slice(slot, slot + 1), T, q.dtype)                        # (1, Hkv, T, D), views
         y = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 2), k, v,                # as (1, H, n, D)
                                            attn_mask=attn_mask[lo:hi, 0, 0][None, None], enable_gqa=gqa)
         parts.append(y.transpose(0, 2))                                                   # back to (n, H, 1, D)
