@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,9 +30,10 @@ from pathlib import Path
 
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.memory import Memory
-from livelm.learn.update import UpdateConfig
+from livelm.learn.update import UpdateConfig, replay_pool
 
 log = logging.getLogger("livelm.learn")
+UPDATE_TIMEOUT = 600.0
 TRAINABLE = ("correction", "preference", "up", "down")
 
 
@@ -65,12 +65,58 @@ class LearnConfig:
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
 
+def update_context():
+    """Updates run in processes forked from a forkserver that has already imported torch and livelm
+    (1.4 s of imports per update otherwise, a sixth of the feedback -> live budget). The forkserver is
+    a fresh single-threaded process, so forking it is safe where forking the server (threads, an event
+    loop, OpenMP pools) is not. Where there is no forkserver (Windows), updates are spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["livelm.learn.update"])
+    return ctx
+
+
+def run_update_process(run: Path, db_path: Path, tenant: str, store_root: Path, cfg: LearnConfig) -> dict:
+    """One update (livelm/learn/update.py) in its own low-priority process; its result dict.
+
+    A separate process, so training never holds the server's interpreter or CPU threads and a crash
+    cannot take serving down; a crash or a timeout raises RuntimeError here."""
+    from livelm.learn.update import update_child
+    ctx = update_context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=update_child, name=f"livelm-update-{tenant}", daemon=True,
+                       args=(send, str(run), str(db_path), tenant, str(store_root), asdict(cfg.update),
+                             cfg.threads, cfg.nice))
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(UPDATE_TIMEOUT):
+            proc.kill()
+            raise RuntimeError(f"the update took longer than {UPDATE_TIMEOUT:.0f} s and was stopped")
+        try:
+            result = recv.recv()
+        except EOFError:
+            proc.join(5)
+            raise RuntimeError(f"the update process died (exit code {proc.exitcode})") from None
+    finally:
+        recv.close()
+        proc.join(30)
+    if result.get("status") == "failed":
+        raise RuntimeError(result.get("error", "update failed"))
+    return result
+
+
 class LiveLearner:
     def __init__(self, run: Path, db_path: Path, store_root: Path, scheduler, feedback_store, cfg: LearnConfig):
         self.run, self.db_path, self.cfg = Path(run), Path(db_path), cfg
         self.store = AdapterStore(store_root)
         self.scheduler = scheduler
-        self.memory = Memory(feedback_store)   # notes (memory mode) and the adapter's scope (adapter mode)
+        adapters = "adapter" in cfg.modes
+        # notes (memory mode) and the adapter's scope (adapter mode), which the run's training chats widen
+        examples = replay_pool(json.loads((self.run / "config.json").read_text()), self.run) \
+            if adapters and cfg.adapter_scope else []
+        self.memory = Memory(feedback_store, examples=examples)
         self.feedback = feedback_store
         self.loaded: dict[str, str] = {}        # tenant -> adapter name live in the engine
         self._state_mtime: dict[str, float] = {}
@@ -83,6 +129,9 @@ class LiveLearner:
         self.history: list[dict] = []           # results of updates, newest last (for /metrics and tests)
         for tenant in self.store.tenants():     # a restarted server comes back with each tenant's live version
             self._sync(tenant)
+        if adapters and update_context().get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+            forkserver.ensure_running()        # its imports happen now, not in the first update's latency
 
     # ---- per request --------------------------------------------------------------
     def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
@@ -192,18 +241,7 @@ class LiveLearner:
     def _update(self, tenant: str) -> None:
         t0 = time.perf_counter()
         try:
-            cmd = [sys.executable, "-m", "livelm.learn.update", "--run", str(self.run), "--db", str(self.db_path),
-                   "--tenant", tenant, "--store", str(self.store.root), "--threads", str(self.cfg.threads),
-                   "--config", json.dumps(asdict(self.cfg.update))]
-            env = {**os.environ, "OMP_NUM_THREADS": str(self.cfg.threads)}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
-                                  preexec_fn=(lambda: os.nice(self.cfg.nice)) if hasattr(os, "nice") else None)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "update failed")
-            for line in proc.stderr.splitlines():   # e.g. "the run's training chats are gone"
-                if "warning:" in line:
-                    log.warning("update for %s: %s", tenant, line.split("warning:", 1)[1].strip())
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result = run_update_process(self.run, self.db_path, tenant, self.store.root, self.cfg)
             self._seen[tenant] = max(self._seen.get(tenant, 0), int(result.get("last_feedback_id") or 0))
             if result.get("status") == "live":
                 self._sync(tenant)   # hot swap: load the new version between decode steps

@@ -87,16 +87,15 @@ def kto_loss(model, b: dict, beta: float = 0.1, w_good: float = 1.0, w_bad: floa
 def distill_loss(model, b: dict) -> torch.Tensor:
     """KL(reference || model) over the whole vocabulary at every answer position, averaged over them.
 
-    b["ref_logp"] (B, S, V): the reference model's log-probs on the same rows. Used on replayed
-    conversations: it keeps the model's distribution where it was (which answer template it
-    prefers, not only which facts it states), where SFT on the replayed text would pull it
-    towards whichever wording that training example happened to use.
+    b["ref_logp"] (N, V): the reference model's log-probs at the rows' N answer positions (targets >= 0),
+    row by row. Used on replayed conversations: it keeps the model's distribution where it was (which
+    answer template it prefers, not only which facts it states), where SFT on the replayed text would
+    pull it towards whichever wording that training example happened to use.
     """
-    logp = torch.log_softmax(model(b["idx"]).float(), dim=-1)                   # (B, S, V)
+    logits = model(b["idx"])[b["targets"] >= 0].float()                        # (N, V)
+    logp = torch.log_softmax(logits, dim=-1)
     ref = b["ref_logp"]
-    kl = (ref.exp() * (ref - logp)).sum(-1)                                     # (B, S)
-    mask = (b["targets"] >= 0).float()
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return (ref.exp() * (ref - logp)).sum() / max(1, ref.shape[0])
 
 
 def feedback_loss(model, batch: dict) -> torch.Tensor:

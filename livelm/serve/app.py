@@ -526,8 +526,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replayed chats keep the model's own next-token distribution (kl) or train on their text "
                         f"(sft) (default {d.replay_loss})")
     g.add_argument("--learn-propagate", type=int, default=d.propagate, metavar="N",
-                   help="training chats per update step whose answer was the corrected one, trained on the "
-                        f"correction so it reaches rephrasings (0 = off; default {d.propagate})")
+                   help="other phrasings of each corrected question (from the run's training chats), answered "
+                        "with the correction as a note and trained on, so it reaches rephrasings "
+                        f"(0 = off; default {d.propagate})")
     g.add_argument("--learn-memory-draft", type=int, default=LearnConfig.memory_draft, metavar="N",
                    help="memory (and the adapter's scope) look up by the question and a greedy draft answer of N "
                         f"tokens, for tenants with notes or a learned adapter (0 = the question alone; default "

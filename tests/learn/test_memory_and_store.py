@@ -174,7 +174,7 @@ def test_distill_loss_pulls_the_whole_distribution_back_to_the_reference():
     ref_table = torch.zeros(8, 8)
     ref_table[1] = torch.tensor([0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0, -1.0])
     b = {"idx": torch.tensor([[1]]), "targets": torch.tensor([[2]]),
-         "ref_logp": torch.log_softmax(ref_table[torch.tensor([[1]])], -1)}
+         "ref_logp": torch.log_softmax(ref_table[torch.tensor([1])], -1)}     # (1 answer position, V)
     m = LinearLM()
     with torch.no_grad():
         m.table.copy_(ref_table)
@@ -185,5 +185,5 @@ def test_distill_loss_pulls_the_whole_distribution_back_to_the_reference():
     train_steps(m, lambda mm: distill_loss(mm, b), steps=300)
     # not only the target token: every token's probability returns to the reference's
     assert torch.allclose(torch.softmax(m.table[1], -1), torch.softmax(ref_table[1], -1), atol=0.02)
-    masked = {**b, "targets": torch.tensor([[-1]])}
+    masked = {**b, "targets": torch.tensor([[-1]]), "ref_logp": torch.zeros(0, 8)}
     assert distill_loss(m, masked).item() == 0.0

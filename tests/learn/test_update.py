@@ -105,15 +105,41 @@ def test_replay_data_is_found_after_the_run_and_its_data_move(tiny_chat_run, tmp
     assert "training chats" in capsys.readouterr().err
 
 
-def test_propagation_finds_other_phrasings_of_the_corrected_answer():
-    from livelm.learn.update import propagated
+def test_related_chats_are_other_phrasings_of_the_corrected_question():
+    from livelm.learn.memory import related_chats
     old = "Delivery in the city costs ¥10."
-    pool = [[{"role": "user", "content": "How much is delivery?"}, {"role": "assistant", "content": old}],
-            [{"role": "user", "content": "同城 delivery fee? 🚚"}, {"role": "assistant", "content": " Delivery  in the city costs ¥10."}],
+    pool = [[{"role": "system", "content": "Notes:\n- 🚚"}, {"role": "user", "content": "How much is delivery?"},
+             {"role": "assistant", "content": old}],
+            [{"role": "user", "content": "同城 delivery fee? 🚚"}, {"role": "assistant", "content": "City delivery costs ¥10."}],
             [{"role": "user", "content": "Do you deliver?"}, {"role": "assistant", "content": "Yes."}],
-            [{"role": "user", "content": "Opening hours?"}, {"role": "assistant", "content": "9am to 9pm."}]]
-    items = [Feedback(kind="correction", conversation=pool[0][:1], answer=old, correction="Delivery costs ¥12."),
-             Feedback(kind="correction", conversation=pool[2][:1], answer="Yes.", correction="No."),   # too short
-             Feedback(kind="up", conversation=pool[3][:1], answer="9am to 9pm.")]
-    got = propagated(items, pool)
-    assert got == [(pool[0][:1], "Delivery costs ¥12."), (pool[1][:1], "Delivery costs ¥12.")]
+            [{"role": "user", "content": "Opening hours?"}, {"role": "assistant", "content": "9am to 9pm."}],
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},    # two questions
+             {"role": "user", "content": "Delivery?"}, {"role": "assistant", "content": old}]]
+    fixes = [Feedback(kind="correction", conversation=pool[0][1:2], answer=old, correction="Delivery costs ¥12."),
+             Feedback(kind="correction", conversation=[{"role": "user", "content": "周末几点开门？"}],
+                      answer="周末早上10点开门。", correction="周末早上11点开门。")]
+    got = related_chats(fixes, pool)
+    # asked without the training chat's system prompt; the answer that shares no terms and the
+    # two-question chat are not related
+    assert got == [(pool[0][1:2], old, 0), (pool[1][:1], "City delivery costs ¥10.", 0)]
+    assert related_chats([], pool) == [] and related_chats(fixes, []) == []
+
+
+def test_distilled_rows_carry_the_correction_and_never_the_old_fact(tiny_chat_run):
+    """The update's rows for other phrasings: the model's own answers with the correction as a note.
+    Each kept answer names a term of the correction that the corrected answer lacks (the new value)."""
+    from livelm.learn.memory import related_chats, terms
+    from livelm.learn.update import distilled, replay_pool
+    model, tok, run_config, _ = load(tiny_chat_run / "chat", [])
+    pool = replay_pool(run_config, tiny_chat_run / "chat")
+    # a training chat's question and answer, corrected to a new price
+    chats = ([m for m in c if m["role"] != "system"] for c in pool)
+    chat = next(c for c in chats if len(c) == 2 and "¥" in c[1]["content"] and c[0]["content"].isascii())
+    old = chat[1]["content"]
+    fix = Feedback(kind="correction", conversation=chat[:1], answer=old,
+                   correction=old.replace("¥", "¥1") + " 🚚")
+    related = related_chats([fix], pool)
+    rows = distilled(model, tok, [fix], pool, per_fix=6, seed=0)
+    new = set(terms(fix.correction)) - set(terms(old))
+    assert related and rows and len(rows) <= 6
+    assert all(p in [r[0] for r in related] and new & set(terms(a)) for p, a in rows)
