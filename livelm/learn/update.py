@@ -55,9 +55,9 @@ REPLAY_SET = 6   # distinct replayed chats per update, in units of UpdateConfig.
 
 @dataclass
 class UpdateConfig:
-    steps: int = 35
+    steps: int = 30
     rank: int = 8
-    lr: float = 3e-3            # 5e-3 broke unrelated answers of the 89%/91% assistant (probe guard rejected the update)
+    lr: float = 3.5e-3          # 5e-3 broke unrelated answers of the 89%/91% assistant (probe guard rejected the update)
     batch: int = 8               # DPO pairs, KTO items and distilled rephrasings sampled per step
     replay: int = 8              # replayed training conversations per step (KL: 4 -> 8 kept 75% -> 78% of
                                  # unrelated answers word for word, 16 took the update past 10 s)
