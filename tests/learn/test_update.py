@@ -143,3 +143,17 @@ def test_distilled_rows_carry_the_correction_and_never_the_old_fact(tiny_chat_ru
     new = set(terms(fix.correction)) - set(terms(old))
     assert related and rows and len(rows) <= 6
     assert all(p in [r[0] for r in related] and new & set(terms(a)) for p, a in rows)
+
+
+def test_an_update_that_fails_in_its_process_says_why(setup):
+    """The server runs updates in a forked process; an error there comes back as a RuntimeError that
+    names it (the learner logs it and keeps serving), and a good update comes back as its result."""
+    from livelm.learn.live import LearnConfig, run_update_process
+    run, fb, store_root = setup
+    fb.add(Feedback(kind="correction", conversation=Q_A, answer="?", correction="运费12元。🚚", tenant="dave"))
+    bad = LearnConfig(update=UpdateConfig(replay_loss="bogus", steps=1, probe_size=0))
+    with pytest.raises(RuntimeError, match="ValueError: replay_loss must be 'kl' or 'sft'"):
+        run_update_process(run, fb.path, "dave", store_root, bad)
+    good = LearnConfig(update=UpdateConfig(steps=2, probe_size=2, max_drop=1.0))
+    res = run_update_process(run, fb.path, "dave", store_root, good)
+    assert res["status"] == "live" and AdapterStore(store_root).current("dave").name == res["version"]
