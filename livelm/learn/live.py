@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field

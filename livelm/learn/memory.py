@@ -126,26 +126,38 @@ def scope_items(rows, examples: list[list[dict]] = ()) -> list[MemoryItem]:
     return out
 
 
-def related_chats(fixes, pool: list[list[dict]], coverage: float = 0.5) -> list[tuple[list[dict], str, int]]:
-    """(prompt, answer, i) for every single-question training chat whose answer states what fixes[i]
-    (a correction) corrected: the answer covers `coverage` of the corrected question and answer's term
-    weight, as memory's lookup by a draft answer. These chats ask the corrected question in other
-    words, and their answers use other templates ("Our member levels are ..." besides "We have three
-    membership tiers: ..."). On the default assistant's 20 bench corrections, 0.5 finds 16-36 chats
-    per correction, 92% of them about the corrected fact (0.4: 77%, 0.6: 95% but half as many)."""
-    if not fixes or not pool:
-        return []
+def correction_finder(fixes, coverage: float = 0.5):
+    """answer -> the index in `fixes` (corrections) of the one whose question and corrected answer the
+    answer covers `coverage` of by term weight (as memory's lookup by a draft answer), or None: does
+    this answer state what a correction corrected? On the default assistant's 20 bench corrections,
+    0.5 finds 16-36 training chats per correction, 92% of them about the corrected fact (0.4: 77%,
+    0.6: 95% but half as many)."""
     index = BM25([MemoryItem(i, "", last_question(r.conversation) + " " + (r.answer or ""))
                   for i, r in enumerate(fixes)])
+
+    def find(answer: str) -> int | None:
+        hit = index.search(answer, k=1, min_coverage=coverage) if fixes else []
+        return hit[0][1].id if hit else None
+    return find
+
+
+def related_chats(fixes, pool: list[list[dict]]) -> list[tuple[list[dict], str, int]]:
+    """(prompt, answer, i) for every single-question training chat whose answer states what fixes[i]
+    corrected (`correction_finder`). These chats ask the corrected question in other words, and their
+    answers use other templates ("Our member levels are ..." besides "We have three membership
+    tiers: ...")."""
+    if not fixes or not pool:
+        return []
+    find = correction_finder(fixes)
     out = []
     for conv in pool:
         # asked as users ask, without the training chat's system prompt: its notes would make the
         # update's rows several times longer (its cost grows with the longest row)
         turns = [m for m in conv if m["role"] != "system"]
         if len(turns) == 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant":
-            hit = index.search(turns[1]["content"], k=1, min_coverage=coverage)
-            if hit:
-                out.append((turns[:1], turns[1]["content"], hit[0][1].id))
+            i = find(turns[1]["content"])
+            if i is not None:
+                out.append((turns[:1], turns[1]["content"], i))
     return out
 
 

@@ -31,7 +31,7 @@ import torch
 from livelm.config import resolve_config
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import FeedbackStore
-from livelm.learn.memory import BM25, MemoryItem, related_chats
+from livelm.learn.memory import BM25, Memory, MemoryItem, correction_finder, related_chats
 from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logprob
 from livelm.models import lora
 from livelm.train.checkpoint import load_model
@@ -50,6 +50,10 @@ def native_bf16_dtype() -> str:
     return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "auto"
 
 
+# A question "asks a corrected question" when it covers this share of one's term weight (memory's bar for
+# notes). A raw BM25 score bar (2.0, before) depends on how many items the index holds: with a tenant's
+# single correction no question could reach it, so replay re-taught the fact just corrected.
+QUESTION_COVERAGE = 0.4
 REPLAY_SET = 6   # distinct replayed chats per update, in units of UpdateConfig.replay (see build_batches)
 
 
@@ -82,6 +86,10 @@ class UpdateConfig:
     # unscoped): off (25 steps, lr 3e-3) 65 / 72%; 8, 25 steps 80 / 82%; 8, 35 steps 90 / 92%;
     # 8, 30 steps at lr 3.5e-3 (the defaults) 92 / 95%, live in 8.2-8.5 s.
     propagate: int = 8
+    # The guard judges the adapter as it will be served: with the server's scope on (LearnConfig.adapter_scope)
+    # a probe question outside the tenant's scope keeps the base model's answer, so only probes in scope
+    # can count against the update. False (--learn-adapter-scope all) = every probe gets the adapter.
+    scoped: bool = True
     dtype: str = field(default_factory=lambda: native_bf16_dtype())   # the trainer's --dtype
     seed: int = 0
 
@@ -123,22 +131,29 @@ def probe_set(size: int, seed: int, regression_file: str | None) -> list[dict]:
     return probes
 
 
-def probe_accuracy(model, tokenizer, probes: list[dict]) -> float:
+def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
+    """Greedy answers to the probe questions (with whichever adapter is active)."""
     from livelm.chat.template import prompt_ids
-    from livelm.data.builtin import FACTS_BY_KEY, check_answer
     from livelm.infer.engine import Engine
     from livelm.infer.sampling import SamplingParams
     if not probes:
-        return float("nan")
+        return []
     engine = Engine(model, tokenizer, max_batch=min(64, len(probes)))
     outs = engine.generate([prompt_ids(p["messages"], tokenizer) for p in probes],
                            SamplingParams(max_tokens=48, temperature=0))
+    return [o.text for o in outs]
+
+
+def probe_accuracy(probes: list[dict], answers: list[str]) -> float:
+    from livelm.data.builtin import FACTS_BY_KEY, check_answer
+    if not probes:
+        return float("nan")
     ok = 0
-    for p, o in zip(probes, outs):
+    for p, text in zip(probes, answers):
         if "expect" in p:
-            ok += p["expect"] in o.text
+            ok += p["expect"] in text
         else:
-            ok += check_answer(FACTS_BY_KEY[p["fact"]], o.text, p["lang"])
+            ok += check_answer(FACTS_BY_KEY[p["fact"]], text, p["lang"])
     return ok / len(probes)
 
 
@@ -169,13 +184,18 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
         lora.set_active(model, "update")
     if "sft" not in modes:
         sft = []
-    spread = distilled(model, tokenizer, items, pool, cfg.propagate, cfg.seed) if sft and cfg.propagate > 0 else []
+    fixes = [r for r in items if r.kind == "correction" and r.answer and r.correction] if sft else []
+    related = related_chats(fixes, pool)
+    spread = distilled(model, tokenizer, fixes, related, cfg.propagate, cfg.seed) if cfg.propagate > 0 else []
     # Replay must not re-teach what was just corrected: the run's own training chats state the old
-    # facts, so conversations that ask a corrected question are left out of the pool.
+    # facts, so conversations that ask a corrected question, or answer it in other words (`related`),
+    # are left out of the pool.
     corrected = [MemoryItem(i, last_user(c), last_user(c)) for i, (c, _) in enumerate(sft)]
     if corrected and pool:
         index = BM25(corrected)
-        pool = [c for c in pool if not index.search(last_user(c), k=1, min_score=2.0)]
+        stale = {(last_user(p), a) for p, a, _ in related}
+        pool = [c for c in pool if (last_user(c), c[-1]["content"]) not in stale
+                and not index.search(last_user(c), k=1, min_coverage=QUESTION_COVERAGE)]
 
     def rows(b: dict, pick: list[int], paired: bool) -> dict:
         """The rows `pick` of a scored batch (for DPO, chosen row i and its rejected row i + n)."""
@@ -233,22 +253,21 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
                        "kto": len(marks) if "kto" in fixed else 0}
 
 
-def distilled(model, tokenizer, items, pool, per_fix: int, seed: int) -> list[tuple[list[dict], str]]:
+def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int) -> list[tuple[list[dict], str]]:
     """(prompt, answer) pairs that carry each correction to other phrasings of its question, in the
-    model's own words: up to `per_fix` related training chats per correction (`related_chats`) are
-    answered by the model before the update *with the correction as a memory note*, copying from it
-    as the server's memory does, and the adapter learns those answers without the note (context
-    distillation, Snell et al. 2022). An answer that names none of the correction's new terms (the
-    words it has and the answer it corrects has not: the new value) still states the old fact and
-    is dropped."""
+    model's own words: up to `per_fix` of the training chats `related_chats(fixes, pool)` found for
+    each correction are answered by the model before the update *with the correction as a memory
+    note*, copying from it as the server's memory does, and the adapter learns those answers without
+    the note (context distillation, Snell et al. 2022). An answer that names none of the correction's
+    new terms (the words it has and the answer it corrects has not: the new value) still states the
+    old fact and is dropped."""
     from livelm.chat.template import prompt_ids
     from livelm.infer.engine import Engine
     from livelm.infer.sampling import SamplingParams
     from livelm.learn.memory import terms, with_notes
-    fixes = [r for r in items if r.kind == "correction" and r.answer and r.correction]
     rng = random.Random(seed)
     by_fix: dict[int, list] = {}
-    for prompt, _, i in related_chats(fixes, pool):
+    for prompt, _, i in related:
         by_fix.setdefault(i, []).append(prompt)
     picked = [(p, i) for i, ps in sorted(by_fix.items()) for p in rng.sample(ps, min(per_fix, len(ps)))]
     if not picked:
@@ -263,17 +282,20 @@ def distilled(model, tokenizer, items, pool, per_fix: int, seed: int) -> list[tu
     return [(p, o.text) for (p, i), o in zip(picked, outs) if new_terms[i] & set(terms(o.text))]
 
 
-def unrelated(probes: list[dict], items) -> list[dict]:
-    """Probe questions the tenant has not corrected: those must not get worse.
+def unrelated(probes: list[dict], answers: list[str], items) -> list[int]:
+    """Indices of the probe questions the tenant has not corrected: those must not get worse.
 
-    A correction legitimately changes the answers to its own question and its
-    rephrasings; those probes are left out of the guard by lexical similarity."""
-    corrected = [MemoryItem(i, last_user(r.conversation), last_user(r.conversation))
-                 for i, r in enumerate(items) if r.kind in ("correction", "preference")]
-    if not corrected:
-        return probes
-    index = BM25(corrected)
-    return [p for p in probes if "expect" in p or not index.search(last_user(p["messages"]), k=1, min_score=2.0)]
+    A correction legitimately changes the answers to its own question and its rephrasings; those
+    probes are left out of the guard: a question like a corrected or preferred one (BM25), or one
+    whose answer before the update states what a correction corrected (`correction_finder`, the test
+    that picks the rephrasings an update trains on). The operator's regression checks always count."""
+    asked = [MemoryItem(i, last_user(r.conversation), last_user(r.conversation))
+             for i, r in enumerate(items) if r.kind in ("correction", "preference")]
+    index = BM25(asked) if asked else None
+    find = correction_finder([r for r in items if r.kind == "correction" and r.answer and r.correction])
+    return [k for k, (p, a) in enumerate(zip(probes, answers))
+            if "expect" in p or not (index and index.search(last_user(p["messages"]), k=1, min_coverage=QUESTION_COVERAGE))
+            and find(a) is None]
 
 
 def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | Path, cfg: UpdateConfig) -> dict:
@@ -283,18 +305,28 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     model.set_dropout(0.0)   # the update trains with dropout off, whatever the run was fine-tuned with
     feedback = FeedbackStore(db)
     items = [r for r in feedback.list(tenant, limit=100_000) if not getattr(r, "forgotten", 0)]
-    feedback.close()
     last_id = max((r.id for r in items), default=0)
     if not any(r.kind in ("correction", "preference", "up", "down") for r in items):
+        feedback.close()
         return {"tenant": tenant, "status": "skipped", "reason": "no trainable feedback", "last_id": last_id}
-    probes = unrelated(probe_set(cfg.probe_size, cfg.seed, cfg.regression_file), items)
-    before = probe_accuracy(model, tokenizer, probes)
+    pool = replay_pool(run_config, run)
+    probes = probe_set(cfg.probe_size, cfg.seed, cfg.regression_file)
+    answers = probe_answers(model, tokenizer, probes)
+    keep = unrelated(probes, answers, items)
+    probes, answers = [probes[k] for k in keep], [answers[k] for k in keep]
+    before = probe_accuracy(probes, answers)
+    # the probes the adapter will answer when served (the server's scope test, with the base model's
+    # answer as the draft); the others keep their answers
+    scope = Memory(feedback, examples=pool)
+    judged = [k for k, (p, a) in enumerate(zip(probes, answers))
+              if not cfg.scoped or scope.in_scope(tenant, last_user(p["messages"]), a)]
+    feedback.close()
 
     lcfg = lora.LoRAConfig(r=cfg.rank, lora_alpha=2 * cfg.rank)
     lora.add_adapter(model, "update", lcfg)
     lora.set_active(model, "update")
     block = model.cfg.block_size
-    get_batch, counts = build_batches(model, tokenizer, items, replay_pool(run_config, run), cfg, block)
+    get_batch, counts = build_batches(model, tokenizer, items, pool, cfg, block)
     tcfg = resolve_config(None, base={**run_config.get("train", {})}, max_iters=cfg.steps, lr=cfg.lr,
                           min_lr=cfg.lr / 10, warmup_iters=0, eval_iters=0, eval_interval=cfg.steps,
                           progress=False, dropout=0.0, compile=False, seed=cfg.seed, dtype=cfg.dtype)
@@ -304,10 +336,13 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
           trainable=lambda m: lora.only_adapter_trainable(m, "update"),
           save_fn=lambda d, m, step, state: lora.save_adapter(d, m, "update", lcfg, str(Path(run).resolve())))
     model.eval()
-    after = probe_accuracy(model, tokenizer, probes)
+    for k, text in zip(judged, probe_answers(model, tokenizer, [probes[k] for k in judged])):
+        answers[k] = text
+    after = probe_accuracy(probes, answers)
     accepted = not (after < before - cfg.max_drop)
     meta = {"tenant": tenant, "status": "live" if accepted else "rejected", "created_at": time.time(),
-            "probe_before": before, "probe_after": after, "probe_size": len(probes), "max_drop": cfg.max_drop,
+            "probe_before": before, "probe_after": after, "probe_size": len(probes), "probes_in_scope": len(judged),
+            "max_drop": cfg.max_drop,
             "trained_on": counts, "last_feedback_id": last_id, "config": asdict(cfg),
             "seconds": round(time.perf_counter() - t0, 2)}
     from livelm import io

@@ -608,7 +608,8 @@ def learn_config(a):
                           replay=a.learn_replay, replay_loss=a.learn_replay_loss, propagate=a.learn_propagate,
                           dtype=a.learn_dtype,
                           probe_size=a.probe_size,
-                          max_drop=a.max_probe_drop, regression_file=a.regression_file)
+                          max_drop=a.max_probe_drop, regression_file=a.regression_file,
+                          scoped=a.learn_adapter_scope == "feedback")   # the guard judges it as served
     return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, debounce=a.learn_debounce,
                        memory_draft=a.learn_memory_draft, adapter_scope=a.learn_adapter_scope == "feedback",
                        update=update)

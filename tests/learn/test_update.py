@@ -139,7 +139,7 @@ def test_distilled_rows_carry_the_correction_and_never_the_old_fact(tiny_chat_ru
     fix = Feedback(kind="correction", conversation=chat[:1], answer=old,
                    correction=old.replace("¥", "¥1") + " 🚚")
     related = related_chats([fix], pool)
-    rows = distilled(model, tok, [fix], pool, per_fix=6, seed=0)
+    rows = distilled(model, tok, [fix], related, per_fix=6, seed=0)
     new = set(terms(fix.correction)) - set(terms(old))
     assert related and rows and len(rows) <= 6
     assert all(p in [r[0] for r in related] and new & set(terms(a)) for p, a in rows)
@@ -157,3 +157,20 @@ def test_an_update_that_fails_in_its_process_says_why(setup):
     good = LearnConfig(update=UpdateConfig(steps=2, probe_size=2, max_drop=1.0))
     res = run_update_process(run, fb.path, "dave", store_root, good)
     assert res["status"] == "live" and AdapterStore(store_root).current("dave").name == res["version"]
+
+
+def test_the_guard_leaves_out_probes_whose_answer_states_a_corrected_fact():
+    """A correction legitimately changes the answers to other phrasings of its question: the guard
+    must not count them as broken (it did when only the question's words were compared)."""
+    from livelm.learn.update import unrelated
+    fix = Feedback(kind="correction", conversation=[{"role": "user", "content": "Can I get an invoice?"}],
+                   answer="We provide e-invoices for every order.", correction="Yes, we issue paper invoices by email.")
+    probes = [{"messages": [{"role": "user", "content": "Do you provide invoices?"}]},     # a rephrasing
+              {"messages": [{"role": "user", "content": "可以开发票吗？🧾"}]},                  # answered alike
+              {"messages": [{"role": "user", "content": "Can I get an invoice, please?"}]},  # the same words
+              {"messages": [{"role": "user", "content": "How much is delivery?"}]},          # unrelated
+              {"messages": [{"role": "user", "content": "Can I get an invoice?"}], "expect": "invoice"}]
+    answers = ["We provide e-invoices for every order.", "We provide e-invoices for every order. 🧾",
+               "Sorry?", "Delivery costs ¥8.", "anything"]
+    assert unrelated(probes, answers, [fix]) == [3, 4]     # the operator's regression checks always count
+    assert unrelated(probes, answers, []) == [0, 1, 2, 3, 4]
