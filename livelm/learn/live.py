@@ -59,7 +59,7 @@ class LearnConfig:
     # Default assistant, memory + adapter (efficacy / rephrasings / unrelated same text / still
     # correct): off 100 / 100 / 68 / 89% -> on 100 / 92 / 97 / 98%; adapter alone 100 / 72 / 68 / 91% ->
     # 100 / 65 / 97 / 100% (before updates learned other phrasings, UpdateConfig.propagate; with them,
-    # and the scope widened by those phrasings: adapter alone 100 / 92 / 97 / 100%). False = every
+    # and the scope widened by those phrasings: adapter alone 100 / 88 / 97 / 100%). False = every
     # question of the tenant gets the adapter (for feedback meant to change everything, e.g. a style).
     adapter_scope: bool = True
     update: UpdateConfig = field(default_factory=UpdateConfig)

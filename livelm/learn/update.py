@@ -84,7 +84,7 @@ class UpdateConfig:
     # correction, `batch` of them per step. A correction then reaches rephrasings the user never typed.
     # Default assistant, 20 corrections, adapter alone (bench/live_learning.py; rephrasings scoped /
     # unscoped): off (25 steps, lr 3e-3) 65 / 72%; 8, 25 steps 80 / 82%; 8, 35 steps 90 / 92%;
-    # 8, 30 steps at lr 3.5e-3 (the defaults) 92 / 95%, live in 8.2-8.5 s.
+    # 8, 30 steps at lr 3.5e-3 (the defaults) 88 / 90%, live in 8.2-9.0 s (88-90% scoped over 3 seeds).
     propagate: int = 8
     # The guard judges the adapter as it will be served: with the server's scope on (LearnConfig.adapter_scope)
     # a probe question outside the tenant's scope keeps the base model's answer, so only probes in scope
