@@ -186,7 +186,11 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
         sft = []
     fixes = [r for r in items if r.kind == "correction" and r.answer and r.correction] if sft else []
     related = related_chats(fixes, pool)
-    spread = distilled(model, tokenizer, fixes, related, cfg.propagate, cfg.seed) if cfg.propagate > 0 else []
+    spread = []
+    if cfg.propagate > 0:
+        lora.set_active(model, None)          # the model before this update answers with the notes
+        spread = distilled(model, tokenizer, fixes, related, cfg.propagate, cfg.seed)
+        lora.set_active(model, "update")
     # Replay must not re-teach what was just corrected: the run's own training chats state the old
     # facts, so conversations that ask a corrected question, or answer it in other words (`related`),
     # are left out of the pool.
