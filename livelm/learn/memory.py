@@ -89,6 +89,10 @@ class BM25:
         return scored[:k]
 
 
+def last_question(conversation: list[dict]) -> str:
+    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+
+
 def items_from_feedback(rows) -> list[MemoryItem]:
     """Feedback rows (with kind/conversation/correction, oldest first) -> memory items.
 
@@ -105,10 +109,6 @@ def items_from_feedback(rows) -> list[MemoryItem]:
             key = " ".join([question, r.correction, r.answer or ""])
             by_question[" ".join(question.lower().split())] = MemoryItem(r.id, r.correction.strip(), key)
     return facts + list(by_question.values())
-
-
-def last_question(conversation: list[dict]) -> str:
-    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
 
 
 def scope_items(rows, examples: list[list[dict]] = ()) -> list[MemoryItem]:
@@ -178,7 +178,7 @@ def with_notes(messages: list[dict], notes: list[str]) -> list[dict]:
     if not notes:
         return messages
     from livelm.data.builtin import notes_block, system_prompt
-    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    question = last_question(messages)
     lang = language(question)
     msgs = [dict(m) for m in messages]
     if msgs and msgs[0]["role"] == "system":
@@ -250,6 +250,6 @@ class Memory:
         """(messages with the relevant notes in the system prompt, those notes), looked up by the last
         question and, if given, a draft answer to it (LearnConfig.memory_draft). The caller passes the
         notes on as SamplingParams.copy_from, so the answer can copy their values."""
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        question = last_question(messages)
         notes = self.notes(tenant, question, draft)
         return with_notes(messages, notes), notes

@@ -31,7 +31,7 @@ import torch
 from livelm.config import resolve_config
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import FeedbackStore
-from livelm.learn.memory import BM25, Memory, MemoryItem, correction_finder, related_chats
+from livelm.learn.memory import BM25, Memory, MemoryItem, correction_finder, last_question, related_chats
 from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logprob
 from livelm.models import lora
 from livelm.train.checkpoint import load_model
@@ -61,7 +61,7 @@ REPLAY_SET = 6   # distinct replayed chats per update, in units of UpdateConfig.
 class UpdateConfig:
     steps: int = 30
     rank: int = 8
-    lr: float = 3.5e-3          # 5e-3 broke unrelated answers of the 89%/91% assistant (probe guard rejected the update)
+    lr: float = 3.5e-3          # 5e-3 broke unrelated answers of the 89%/91% assistant (the guard rejected it)
     batch: int = 8               # DPO pairs, KTO items and distilled rephrasings sampled per step
     replay: int = 8              # replayed training conversations per step (KL: 4 -> 8 kept 75% -> 78% of
                                  # unrelated answers word for word, 16 took the update past 10 s)
@@ -92,10 +92,6 @@ class UpdateConfig:
     scoped: bool = True
     dtype: str = field(default_factory=lambda: native_bf16_dtype())   # the trainer's --dtype
     seed: int = 0
-
-
-def last_user(conv: list[dict]) -> str:
-    return next((m["content"] for m in reversed(conv) if m["role"] == "user"), "")
 
 
 def replay_pool(run_config: dict, run_dir: str | Path) -> list[list[dict]]:
@@ -194,12 +190,12 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
     # Replay must not re-teach what was just corrected: the run's own training chats state the old
     # facts, so conversations that ask a corrected question, or answer it in other words (`related`),
     # are left out of the pool.
-    corrected = [MemoryItem(i, last_user(c), last_user(c)) for i, (c, _) in enumerate(sft)]
+    corrected = [MemoryItem(i, last_question(c), last_question(c)) for i, (c, _) in enumerate(sft)]
     if corrected and pool:
         index = BM25(corrected)
-        stale = {(last_user(p), a) for p, a, _ in related}
-        pool = [c for c in pool if (last_user(c), c[-1]["content"]) not in stale
-                and not index.search(last_user(c), k=1, min_coverage=QUESTION_COVERAGE)]
+        stale = {(last_question(p), a) for p, a, _ in related}
+        pool = [c for c in pool if (last_question(c), c[-1]["content"]) not in stale
+                and not index.search(last_question(c), k=1, min_coverage=QUESTION_COVERAGE)]
 
     def rows(b: dict, pick: list[int], paired: bool) -> dict:
         """The rows `pick` of a scored batch (for DPO, chosen row i and its rejected row i + n)."""
@@ -293,13 +289,16 @@ def unrelated(probes: list[dict], answers: list[str], items) -> list[int]:
     probes are left out of the guard: a question like a corrected or preferred one (BM25), or one
     whose answer before the update states what a correction corrected (`correction_finder`, the test
     that picks the rephrasings an update trains on). The operator's regression checks always count."""
-    asked = [MemoryItem(i, last_user(r.conversation), last_user(r.conversation))
+    asked = [MemoryItem(i, last_question(r.conversation), last_question(r.conversation))
              for i, r in enumerate(items) if r.kind in ("correction", "preference")]
     index = BM25(asked) if asked else None
     find = correction_finder([r for r in items if r.kind == "correction" and r.answer and r.correction])
-    return [k for k, (p, a) in enumerate(zip(probes, answers))
-            if "expect" in p or not (index and index.search(last_user(p["messages"]), k=1, min_coverage=QUESTION_COVERAGE))
-            and find(a) is None]
+
+    def changed_by_feedback(probe: dict, answer: str) -> bool:
+        asks = index is not None and index.search(last_question(probe["messages"]), k=1,
+                                                  min_coverage=QUESTION_COVERAGE)
+        return bool(asks) or find(answer) is not None
+    return [k for k, (p, a) in enumerate(zip(probes, answers)) if "expect" in p or not changed_by_feedback(p, a)]
 
 
 def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | Path, cfg: UpdateConfig) -> dict:
@@ -323,7 +322,7 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     # answer as the draft); the others keep their answers
     scope = Memory(feedback, examples=pool)
     judged = [k for k, (p, a) in enumerate(zip(probes, answers))
-              if not cfg.scoped or scope.in_scope(tenant, last_user(p["messages"]), a)]
+              if not cfg.scoped or scope.in_scope(tenant, last_question(p["messages"]), a)]
     feedback.close()
 
     lcfg = lora.LoRAConfig(r=cfg.rank, lora_alpha=2 * cfg.rank)
