@@ -535,8 +535,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{LearnConfig.memory_draft})")
     g.add_argument("--learn-adapter-scope", choices=["feedback", "all"], default="feedback",
                    help="which of a tenant's questions its learned adapter answers: those near its trainable "
-                        "feedback (the rest get the base model, so unrelated answers stay as they were) or all "
-                        "(default feedback)")
+                        "feedback (the rest get the base model, so unrelated answers stay as they were) or all; "
+                        "the probe guard judges the adapter the same way (default feedback)")
     g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
     g.add_argument("--probe-size", type=int, default=d.probe_size,
                    help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
