@@ -187,3 +187,21 @@ def test_distill_loss_pulls_the_whole_distribution_back_to_the_reference():
     assert torch.allclose(torch.softmax(m.table[1], -1), torch.softmax(ref_table[1], -1), atol=0.02)
     masked = {**b, "targets": torch.tensor([[-1]]), "ref_logp": torch.zeros(0, 8)}
     assert distill_loss(m, masked).item() == 0.0
+
+
+def test_the_adapter_scope_widens_to_training_chats_that_ask_a_corrected_question(tmp_path):
+    """The update trains other phrasings of a corrected question (found in the run's training chats
+    by their answer), so the learned adapter's scope takes them in too."""
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    store.add(Feedback(kind="correction", conversation=[{"role": "user", "content": "Do you offer free delivery?"}],
+                       answer="Orders above ¥99 ship for free.", correction="Delivery is free on orders over ¥79.",
+                       tenant="t"))
+    examples = [[{"role": "system", "content": "You are the assistant of Maple Leaf Shop."},
+                 {"role": "user", "content": "How much must I spend to not pay shipping? 🚚"},
+                 {"role": "assistant", "content": "Orders above ¥99 ship for free."}],
+                [{"role": "user", "content": "周末几点开门？"}, {"role": "assistant", "content": "周末早上10点开门。"}]]
+    rephrased, unrelated = "How much must I spend to not pay shipping?", "周末几点开门？"
+    plain, widened = Memory(store), Memory(store, examples=examples)
+    assert not plain.in_scope("t", rephrased) and widened.in_scope("t", rephrased)
+    assert not plain.in_scope("t", unrelated) and not widened.in_scope("t", unrelated)
+    assert not widened.in_scope("other-tenant", rephrased)
