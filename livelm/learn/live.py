@@ -131,7 +131,10 @@ class LiveLearner:
             self._sync(tenant)
         if adapters and update_context().get_start_method() == "forkserver":
             from multiprocessing import forkserver
-            forkserver.ensure_running()        # its imports happen now, not in the first update's latency
+            try:
+                forkserver.ensure_running()    # its imports happen now, not in the first update's latency
+            except OSError as e:               # serving goes on; each update will say why it cannot start
+                log.warning("the update forkserver did not start (%s); updates will retry it", e)
 
     # ---- per request --------------------------------------------------------------
     def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
