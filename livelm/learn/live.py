@@ -102,6 +102,8 @@ def run_update_process(run: Path, db_path: Path, tenant: str, store_root: Path, 
     finally:
         recv.close()
         proc.join(30)
+    for warning in result.pop("warnings", []):      # e.g. "the run's training chats are gone"
+        log.warning("update for %s: %s", tenant, warning)
     if result.get("status") == "failed":
         raise RuntimeError(result.get("error", "update failed"))
     return result

@@ -361,13 +361,23 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
 
 def update_child(conn, run: str, db: str, tenant: str, store_root: str, cfg: dict, threads: int, nice: int) -> None:
     """Entry point of the update process (livelm/learn/live.py: run_update_process): lower its CPU
-    priority, train with `threads` threads, send the result dict (or the error) back on `conn`."""
+    priority, train with `threads` threads, send the result dict (or the error) back on `conn`. What the
+    update prints (the trainer's step line, warnings) is kept out of the server's log; its warnings
+    travel back in the result, for the server to log."""
+    import contextlib
+    import io
+    printed = io.StringIO()
     try:
         if nice and hasattr(os, "nice"):
             os.nice(nice)
         torch.set_num_threads(threads)
-        conn.send(run_update(run, db, tenant, store_root, UpdateConfig(**cfg)))
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            result = run_update(run, db, tenant, store_root, UpdateConfig(**cfg))
     except Exception as e:   # said back to the server, which logs it and keeps serving
-        conn.send({"tenant": tenant, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+        result = {"tenant": tenant, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+    result["warnings"] = [line.split("warning:", 1)[1].strip() for line in printed.getvalue().splitlines()
+                          if "warning:" in line]
+    try:
+        conn.send(result)
     finally:
         conn.close()

@@ -145,9 +145,12 @@ def test_distilled_rows_carry_the_correction_and_never_the_old_fact(tiny_chat_ru
     assert all(p in [r[0] for r in related] and new & set(terms(a)) for p, a in rows)
 
 
-def test_an_update_that_fails_in_its_process_says_why(setup):
+def test_an_update_that_fails_in_its_process_says_why(setup, tmp_path, caplog):
     """The server runs updates in a forked process; an error there comes back as a RuntimeError that
-    names it (the learner logs it and keeps serving), and a good update comes back as its result."""
+    names it (the learner logs it and keeps serving), a good update comes back as its result, and the
+    update's warnings reach the server's log."""
+    import logging
+    import shutil
     from livelm.learn.live import LearnConfig, run_update_process
     run, fb, store_root = setup
     fb.add(Feedback(kind="correction", conversation=Q_A, answer="?", correction="运费12元。🚚", tenant="dave"))
@@ -157,6 +160,14 @@ def test_an_update_that_fails_in_its_process_says_why(setup):
     good = LearnConfig(update=UpdateConfig(steps=2, probe_size=2, max_drop=1.0))
     res = run_update_process(run, fb.path, "dave", store_root, good)
     assert res["status"] == "live" and AdapterStore(store_root).current("dave").name == res["version"]
+    moved = tmp_path / "moved"                      # a run whose training chats are gone
+    shutil.copytree(run, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config.update(data=str(tmp_path / "gone.jsonl"), data_relative="")
+    (moved / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="livelm.learn"):
+        assert run_update_process(moved, fb.path, "dave", tmp_path / "store2", good)["status"] == "live"
+    assert "training chats" in caplog.text and "dave" in caplog.text
 
 
 def test_the_guard_leaves_out_probes_whose_answer_states_a_corrected_fact():
