@@ -154,12 +154,24 @@ def probe_accuracy(probes: list[dict], answers: list[str]) -> float:
     return ok / len(probes)
 
 
+def latest_corrections(items) -> list:
+    """The tenant's corrections (oldest first), only the latest for each question, as memory keeps its
+    notes: an earlier correction of the same question is superseded, and training on both would
+    teach two answers to one question."""
+    latest = {}
+    for r in items:
+        if r.kind == "correction" and r.correction:
+            latest.pop(key := " ".join(last_question(r.conversation).lower().split()), None)
+            latest[key] = r
+    return list(latest.values())
+
+
 def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: int):
     """Fixed feedback parts (with reference log-probs) + a replay sampler; returns get_batch(split, i)."""
     modes = set(cfg.modes.split(","))
     if cfg.replay_loss not in ("kl", "sft"):
         raise ValueError(f"replay_loss must be 'kl' or 'sft', not {cfg.replay_loss!r}")
-    sft = [(r.conversation, r.correction) for r in items if r.kind == "correction"]
+    sft = [(r.conversation, r.correction) for r in latest_corrections(items)]
     pairs = [(r.conversation, r.chosen, r.rejected) for r in items if r.kind == "preference"]
     if cfg.correction_pairs:
         pairs += [(r.conversation, r.correction, r.answer) for r in items if r.kind == "correction" and r.answer]
@@ -181,7 +193,7 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
         lora.set_active(model, "update")
     if "sft" not in modes:
         sft = []
-    fixes = [r for r in items if r.kind == "correction" and r.answer and r.correction] if sft else []
+    fixes = [r for r in latest_corrections(items) if r.answer] if sft else []
     related = related_chats(fixes, pool)
     spread = []
     if cfg.propagate > 0:

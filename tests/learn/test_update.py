@@ -185,3 +185,15 @@ def test_the_guard_leaves_out_probes_whose_answer_states_a_corrected_fact():
                "Sorry?", "Delivery costs ¥8.", "anything"]
     assert unrelated(probes, answers, [fix]) == [3, 4]     # the operator's regression checks always count
     assert unrelated(probes, answers, []) == [0, 1, 2, 3, 4]
+
+
+def test_a_later_correction_of_the_same_question_supersedes_the_earlier_one():
+    from livelm.learn.update import latest_corrections
+    q = [{"role": "user", "content": "How much is delivery? 🚚"}]
+    items = [Feedback(id=1, kind="correction", conversation=q, answer="¥8", correction="Delivery costs ¥10."),
+             Feedback(id=2, kind="correction", conversation=[{"role": "user", "content": "周末几点开门？"}],
+                      answer="10点", correction="周末11点开门。"),
+             Feedback(id=3, kind="up", conversation=q, answer="¥8"),
+             Feedback(id=4, kind="correction", conversation=[{"role": "user", "content": " how much is  DELIVERY? 🚚"}],
+                      answer="Delivery costs ¥10.", correction="Delivery costs ¥12.")]
+    assert [r.id for r in latest_corrections(items)] == [2, 4]
