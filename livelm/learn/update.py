@@ -171,7 +171,8 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
     modes = set(cfg.modes.split(","))
     if cfg.replay_loss not in ("kl", "sft"):
         raise ValueError(f"replay_loss must be 'kl' or 'sft', not {cfg.replay_loss!r}")
-    sft = [(r.conversation, r.correction) for r in latest_corrections(items)]
+    corrections = latest_corrections(items)
+    sft = [(r.conversation, r.correction) for r in corrections]
     pairs = [(r.conversation, r.chosen, r.rejected) for r in items if r.kind == "preference"]
     if cfg.correction_pairs:
         pairs += [(r.conversation, r.correction, r.answer) for r in items if r.kind == "correction" and r.answer]
@@ -193,7 +194,7 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
         lora.set_active(model, "update")
     if "sft" not in modes:
         sft = []
-    fixes = [r for r in latest_corrections(items) if r.answer] if sft else []
+    fixes = [r for r in corrections if r.answer] if sft else []
     related = related_chats(fixes, pool)
     spread = []
     if cfg.propagate > 0:
