@@ -3,6 +3,7 @@
     .venv/bin/python bench/shakespeare_char.py                 # default settings, 2000 iterations each
     .venv/bin/python bench/shakespeare_char.py --quick         # smoke run: 60 iterations, 2 settings
     .venv/bin/python bench/shakespeare_char.py --settings fast --budget 180   # + best val loss in 3 minutes
+    .venv/bin/python bench/shakespeare_char.py --settings plain,fast --seeds 1337,1,2,3,4   # seed spread
 
 The recipe (nanoGPT README, "I only have a macbook"): character tokens, GPT-2
 blocks (preset gpt2, without biases as in nanoGPT), 4 layers x 4 heads x 128 wide, block 64, batch 12,
@@ -41,6 +42,12 @@ wall time. "others' CPU" is the CPU (in cores) that *other* processes used
 during the run, read from /proc/stat: wall-clock comparisons are only fair
 when it is near 0. wall is the whole run: model build, compile, training,
 evaluations and checkpoints.
+
+Loss: "final val loss" is the trainer's estimate, the mean over the same 20 random
+validation batches for every setting (as nanoGPT estimates it); "full val loss" reads
+every validation token once, in consecutive 64-token windows (as `livelm eval` does),
+so it has no sampling noise. With --seeds every setting is run once per seed (model
+init and batch order; the plain loop's random offsets too) and a spread is printed.
 
 Results are printed as a markdown table on stdout; progress goes to stderr.
 """
@@ -121,6 +128,23 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
+def full_val_loss(loss_fn, data, block: int) -> float:
+    """Mean loss over every validation token once, in consecutive windows of `block` tokens.
+    loss_fn(x, y) -> mean cross-entropy of (1, T) inputs and targets."""
+    import torch
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for arr in data.splits["val"]:
+            for start in range(0, arr.size - 1, block):
+                window = torch.from_numpy(arr[start:start + block + 1].astype("int64"))
+                if window.numel() < 2:
+                    continue
+                x, y = window[:-1][None], window[1:][None]
+                total += loss_fn(x, y).item() * y.numel()
+                count += y.numel()
+    return total / count
+
+
 # ---- one setting, in this process ---------------------------------------------------
 def run_setting(spec: dict) -> dict:
     """Train one setting with livelm's trainer; return timings and losses."""
@@ -153,6 +177,8 @@ def run_setting(spec: dict) -> dict:
                        run_config={"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict()},
                        bytes_per_token=data.bytes_per_token("val"))
         evals = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        model.eval()
+        full_val = full_val_loss(lambda x, y: model(x, y)[1], data, cfg.block_size)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     wall = time.perf_counter() - t_start
@@ -186,8 +212,8 @@ def run_setting(spec: dict) -> dict:
         "first_steps_s": train_t[min(WARMUP_STEPS, len(train_t) - 1)] - train_t[0] if train_t else 0.0,
         "first_eval_s": evals_s[0] if evals_s else 0.0,
         "eval_s": sum(evals_s[1:]) / (len(evals_s) - 1) if len(evals_s) > 1 else float("nan"),
-        "val_loss": result.val_loss, "best_val": min(vals) if vals else float("nan"),
-        "wall_s": wall, "busy": busy,
+        "val_loss": result.val_loss, "best_val": min(vals) if vals else float("nan"), "full_val": full_val,
+        "wall_s": wall, "busy": busy, "seed": cfg.seed,
     }
 
 
@@ -252,11 +278,12 @@ def plain_loop(spec: dict) -> dict:
                             lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2))
     t_start = time.perf_counter()
     steps = []
+    rng = np.random.default_rng(cfg["seed"])   # nanoGPT draws offsets from an unseeded RNG; seeded here to compare seeds
     for it in range(tcfg.max_iters):
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(it, tcfg)
-        ix = np.random.randint(len(train_ids) - T - 1, size=B)
+        ix = rng.integers(len(train_ids) - T - 1, size=B)
         x = torch.from_numpy(np.stack([train_ids[i:i + T] for i in ix]).astype(np.int64))
         y = torch.from_numpy(np.stack([train_ids[i + 1:i + 1 + T] for i in ix]).astype(np.int64))
         loss = model(x, y)
@@ -269,13 +296,14 @@ def plain_loop(spec: dict) -> dict:
     with torch.no_grad():   # the same 20 validation batches livelm's trainer evaluates on
         batches = [data.batch("val", i, B, T, tcfg.seed) for i in range(tcfg.eval_iters)]
         val = [model(b["idx"], b["targets"]).item() for b in batches]
+    full_val = full_val_loss(model, data, T)
     ms = sorted(steps[WARMUP_STEPS:])
     median = ms[len(ms) // 2]
     nan = float("nan")
     return {"setting": spec["name"], "iters": tcfg.max_iters, "threads": torch.get_num_threads(),
             "ms_iter": median * 1e3, "cpu_ms_iter": nan, "tok_s": B * T / median, "first_steps_s": sum(steps[:WARMUP_STEPS]),
             "first_eval_s": nan, "eval_s": nan, "val_loss": sum(val) / len(val), "best_val": sum(val) / len(val),
-            "wall_s": time.perf_counter() - t_start, "busy": nan}
+            "full_val": full_val, "wall_s": time.perf_counter() - t_start, "busy": nan, "seed": cfg["seed"]}
 
 
 def run_in_subprocess(name: str, config: dict, data: Path) -> dict:
@@ -292,13 +320,14 @@ def run_in_subprocess(name: str, config: dict, data: Path) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = [("setting", "{setting}"), ("iters", "{iters}"), ("threads", "{threads}"), ("ms/iter", "{ms_iter:.1f}"),
+    cols = [("setting", "{setting}"), ("seed", "{seed}"), ("iters", "{iters}"), ("threads", "{threads}"), ("ms/iter", "{ms_iter:.1f}"),
             ("tokens/s", "{tok_s:,.0f}"), ("× plain", "{x_plain}"), ("CPU ms/iter", "{cpu_ms_iter:.1f}"), ("first 10 iters (s)", "{first_steps_s:.1f}"),
             ("1st / later eval (s)", "{first_eval_s:.1f} / {eval_s:.1f}"),
-            ("final val loss", "{val_loss:.4f}"), ("best val loss", "{best_val:.4f}"), ("wall (s)", "{wall_s:.0f}"),
+            ("final val loss", "{val_loss:.4f}"), ("best val loss", "{best_val:.4f}"),
+            ("full val loss", "{full_val:.4f}"), ("wall (s)", "{wall_s:.0f}"),
             ("others' CPU (cores)", "{busy:.2f}")]
-    plain = next((r["tok_s"] for r in rows if r["setting"].startswith("plain")), None)
-    rows = [{**r, "x_plain": f"{r['tok_s'] / plain:.2f}" if plain else "–"} for r in rows]
+    plain = {r["seed"]: r["tok_s"] for r in rows if r["setting"].startswith("plain")}   # the same seed's plain run
+    rows = [{**r, "x_plain": f"{r['tok_s'] / plain[r['seed']]:.2f}" if r["seed"] in plain else "–"} for r in rows]
     lines = ["| " + " | ".join(name for name, _ in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt.format(**r) for _, fmt in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -315,6 +344,8 @@ def main(argv=None) -> int:
                    help="also rerun each setting with as many iterations as fit in this many seconds of wall "
                         "time (schedule stretched to match), e.g. 180")
     p.add_argument("--corpus", type=Path, default=CORPUS, help="tiny Shakespeare input.txt")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds; every setting runs once per seed "
+                                                  "(default: the recipe's 1337)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
@@ -335,11 +366,16 @@ def main(argv=None) -> int:
         recipe["max_iters"] = a.iters
     data = prepared_data(a.corpus)
 
+    try:
+        seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [recipe["seed"]]
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers, got {a.seeds!r}")
     rows = []
-    for name in names:
-        rows.append(run_in_subprocess(name, {**recipe, **SETTINGS[name]}, data))
+    for seed in seeds:   # settings interleaved per seed, so the VM's drift hits them alike
+        for name in names:
+            rows.append(run_in_subprocess(name, {**recipe, **SETTINGS[name], "seed": seed}, data))
     if a.budget:
-        for name, first in zip(names, list(rows)):
+        for name, first in zip(names, rows[:len(names)]):
             if name.startswith("plain"):
                 continue
             # wall = fixed cost (startup, compile, evals, saves) + iters * ms/iter; keep the eval count as in the recipe
@@ -356,6 +392,16 @@ def main(argv=None) -> int:
     print(f"nanoGPT CPU recipe on tiny Shakespeare (chars), {os.cpu_count()} CPUs, "
           f"torch {__import__('torch').__version__}; batch 12 x block 64 = 768 tokens/iter\n")
     print(markdown(rows))
+    if len(seeds) > 1:
+        print()
+        for name in names:
+            mine = [r for r in rows if r["setting"] == name]
+            full = [r["full_val"] for r in mine]
+            ratio = [r["tok_s"] / p_["tok_s"] for r in mine for p_ in rows
+                     if p_["setting"].startswith("plain") and p_["seed"] == r["seed"]]
+            print(f"- {name}, {len(mine)} seeds: full val loss mean {sum(full) / len(full):.4f} "
+                  f"(min {min(full):.4f}, max {max(full):.4f})"
+                  + (f"; × plain {min(ratio):.2f}–{max(ratio):.2f}" if ratio and not name.startswith("plain") else ""))
     return 0
 
 
