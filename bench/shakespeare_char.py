@@ -385,7 +385,7 @@ def main(argv=None) -> int:
                 log(f"{name}: no room for training in {a.budget:.0f}s")
                 continue
             iters -= iters % 10
-            cfg = {**recipe, **SETTINGS[name], "max_iters": iters,
+            cfg = {**recipe, **SETTINGS[name], "seed": seeds[0], "max_iters": iters,
                    "eval_interval": max(1, iters * recipe["eval_interval"] // recipe["max_iters"])}
             res = run_in_subprocess(f"{name} @ {a.budget:.0f}s", cfg, data)
             rows.append(res)
