@@ -134,14 +134,9 @@ def full_val_loss(loss_fn, data, block: int) -> float:
     import torch
     total, count = 0.0, 0
     with torch.no_grad():
-        for arr in data.splits["val"]:
-            for start in range(0, arr.size - 1, block):
-                window = torch.from_numpy(arr[start:start + block + 1].astype("int64"))
-                if window.numel() < 2:
-                    continue
-                x, y = window[:-1][None], window[1:][None]
-                total += loss_fn(x, y).item() * y.numel()
-                count += y.numel()
+        for x, y in data.windows("val", block):   # the windows `livelm eval` reads
+            total += loss_fn(x, y).item() * y.numel()
+            count += y.numel()
     return total / count
 
 

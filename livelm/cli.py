@@ -121,17 +121,12 @@ def cmd_eval(a) -> int:
     total_loss, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for arr in data.splits["val"]:
-            for start in range(0, arr.size - 1, block):
-                if total_tokens >= a.max_tokens:
-                    break
-                window = torch.from_numpy(arr[start:start + block + 1].astype("int64"))
-                if window.numel() < 2:
-                    continue
-                x, y = window[:-1][None].to(device), window[1:][None].to(device)
-                _, loss = model(x, y)
-                total_loss += loss.item() * y.numel()
-                total_tokens += y.numel()
+        for x, y in data.windows("val", block):
+            if total_tokens >= a.max_tokens:
+                break
+            _, loss = model(x.to(device), y.to(device))
+            total_loss += loss.item() * y.numel()
+            total_tokens += y.numel()
     if not total_tokens:
         raise CLIError(f"{a.data} has no validation tokens")
     val_loss = total_loss / total_tokens

@@ -98,6 +98,15 @@ class TokenData:
         info = self.meta[split]
         return info["bytes"] / max(1, info["tokens"])
 
+    def windows(self, split: str, block_size: int):
+        """Every token of `split` once, in consecutive windows: (x, y) int64 tensors of shape (1, T),
+        T <= block_size (shorter at a shard's end). No sampling noise: what `livelm eval` reads."""
+        for arr in self.splits[split]:
+            for start in range(0, arr.size - 1, block_size):
+                window = torch.from_numpy(arr[start:start + block_size + 1].astype(np.int64))
+                if window.numel() >= 2:
+                    yield window[:-1][None], window[1:][None]
+
     def batch(self, split: str, index: int, batch_size: int, block_size: int, seed: int):
         """Batch number `index` of `split`: (x, y) int64 tensors of shape (batch_size, block_size)."""
         arrays = [a for a in self.splits[split] if a.size > block_size + 1]
