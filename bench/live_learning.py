@@ -1,6 +1,7 @@
 """Live learning on the default assistant: 20 corrections through the HTTP API, then measure.
 
     python bench/live_learning.py [--modes memory adapter memory,adapter] [--facts 20]
+    python bench/live_learning.py --modes adapter --server-args "--learn-seed 1"   # another update seed
 
 For each learning mode a fresh server (loopback, free port) serves the default
 assistant. Twenty corrections that contradict facts it learned (half English,

@@ -537,6 +537,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which of a tenant's questions its learned adapter answers: those near its trainable "
                         "feedback (the rest get the base model, so unrelated answers stay as they were) or all; "
                         "the probe guard judges the adapter the same way (default feedback)")
+    g.add_argument("--learn-seed", type=int, default=d.seed,
+                   help="seed of an update's sampling (replayed chats, rephrasings), so a run of the live-learning "
+                        f"bench can be repeated with others (default {d.seed})")
     g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
     g.add_argument("--probe-size", type=int, default=d.probe_size,
                    help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
@@ -606,7 +609,7 @@ def learn_config(a):
         return None
     update = UpdateConfig(steps=a.learn_steps, rank=a.learn_rank, lr=a.learn_lr, modes=a.learn_modes,
                           replay=a.learn_replay, replay_loss=a.learn_replay_loss, propagate=a.learn_propagate,
-                          dtype=a.learn_dtype,
+                          dtype=a.learn_dtype, seed=a.learn_seed,
                           probe_size=a.probe_size,
                           max_drop=a.max_probe_drop, regression_file=a.regression_file,
                           scoped=a.learn_adapter_scope == "feedback")   # the guard judges it as served

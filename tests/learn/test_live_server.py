@@ -170,3 +170,16 @@ def test_repl_feedback_commands_and_export(tiny_chat_run, tmp_path):
     assert sorted(r["label"] for r in kto) == [False, False, True, True]
     sft = [json.loads(l) for l in run_cli("feedback", "export", "--db", db, "--format", "sft").stdout.splitlines()]
     assert sft[0]["messages"][-1]["role"] == "assistant"
+
+
+def test_learn_flags_reach_the_update_config():
+    """`livelm serve --learn-*` flags become the UpdateConfig each background update runs with."""
+    import argparse
+
+    from livelm.serve.app import add_arguments, learn_config
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = learn_config(p.parse_args(["RUN", "--learn-seed", "7", "--learn-steps", "12", "--learn-replay", "3"]))
+    assert (cfg.update.seed, cfg.update.steps, cfg.update.replay) == (7, 12, 3)
+    assert learn_config(p.parse_args(["RUN"])).update.seed == 0
+    assert learn_config(p.parse_args(["RUN", "--learn", "off"])) is None
