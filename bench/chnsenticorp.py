@@ -1,17 +1,21 @@
 """ChnSentiCorp (Chinese hotel reviews) from scratch: accuracy on a fixed 10% held-out test set.
 
-    .venv/bin/python bench/chnsenticorp.py           # with and without MLM+NSP pretraining
+    .venv/bin/python bench/chnsenticorp.py           # with and without MLM pretraining (8000 steps)
+    .venv/bin/python bench/chnsenticorp.py --nsp     # MLM + NSP pretraining
     .venv/bin/python bench/chnsenticorp.py --quick
 
 Same pipeline as bench/sst2.py, through the `livelm` CLI: the 7,765 reviews
 are split once (seeded) into 90% train / 10% test; the encoder is pretrained
-(MLM + NSP) on the training reviews only, cut into sentences at 。！？ with a
+(masked LM; with --nsp also next-sentence prediction) on the training reviews only, cut into sentences at 。！？ with a
 blank line between reviews (so NSP's "real next sentence" stays inside a
 review), then fine-tuned on the labelled training reviews (CSV, read as-is)
 and scored on the test reviews. The tokenizer is byte-level BPE, which keeps
 every Chinese character a token of its own. Target: >= 88% accuracy.
 
-Unlike SST-2, pretraining keeps NSP: a review's sentences do follow each other.
+Unlike SST-2, NSP has something to learn here (a review's sentences do follow each other),
+but masked LM alone measured higher (bench/RESULTS.md: 85.8% against 84.5% after 1500
+pretraining steps), so NSP is opt-in as in bench/sst2.py. 8000 pretraining steps (the
+default; ~28 CPU minutes) reach 52% masked-token accuracy.
 """
 from __future__ import annotations
 
@@ -52,11 +56,11 @@ def split(work: Path) -> tuple[Path, Path, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--pretrain-iters", type=int, default=400)
+    ap.add_argument("--pretrain-iters", type=int, default=8000)
     ap.add_argument("--finetune-iters", type=int, default=1500)
     ap.add_argument("--variants", default="with,without")
     ap.add_argument("--pooling", default="cls", choices=["cls", "mean", "max"])
-    ap.add_argument("--no-nsp", dest="nsp", action="store_false", help="pretrain with masked LM only")
+    ap.add_argument("--nsp", action="store_true", help="pretrain with next-sentence prediction as well")
     ap.add_argument("--ensemble", type=int, default=0, metavar="N",
                     help="also average N independently initialised fine-tunes (no pretraining)")
     a = ap.parse_args()
