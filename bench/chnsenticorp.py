@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sst2 import FINETUNE, MODEL, cache_dir, classify_bench, ensemble_bench, ensemble_table, table  # noqa: E402
+from sst2 import FINETUNE, MODEL, cache_dir, classify_bench, ensemble_bench, ensemble_table, pretrained, table  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chnsenticorp" / "ChnSentiCorp_htl_all.csv"
 # reviews are longer than SST-2 sentences (median ~100 characters): a 128-token window
@@ -62,7 +62,8 @@ def main() -> None:
     ap.add_argument("--pooling", default="cls", choices=["cls", "mean", "max"])
     ap.add_argument("--nsp", action="store_true", help="pretrain with next-sentence prediction as well")
     ap.add_argument("--ensemble", type=int, default=0, metavar="N",
-                    help="also average N independently initialised fine-tunes (no pretraining)")
+                    help="also average N fine-tunes with different seeds: from the pretrained encoder when "
+                         "--variants includes `with`, else from fresh encoders")
     a = ap.parse_args()
     if a.quick:
         a.pretrain_iters, a.finetune_iters = 20, 20
@@ -80,8 +81,9 @@ def main() -> None:
             labelled = list(csv.reader(fh))
         seeds = [1337, *range(1, a.ensemble)]
         res = ensemble_bench("chnsenticorp", train, test, [t for _, t in labelled], [lab for lab, _ in labelled], CHN_MODEL,
-                             a.finetune_iters, seeds, finetune=[*FINETUNE, "--batch-size", "32"], pooling=a.pooling)
-        print(ensemble_table(res, seeds, a.finetune_iters))
+                             a.finetune_iters, seeds, finetune=[*FINETUNE, "--batch-size", "32"], pooling=a.pooling,
+                             encoder=pretrained(a.variants, "chnsenticorp"))
+        print(ensemble_table(res, seeds, a.finetune_iters, pretrained(a.variants) is not None))
 
 
 if __name__ == "__main__":

@@ -108,9 +108,11 @@ def classify_bench(name: str, corpus: Path, train_file: Path, val_file: Path, pr
 
 def ensemble_bench(name: str, train_file: Path, val_file: Path, test_texts: list[str], test_labels: list[str],
                    model: list[str],
-                   finetune_iters: int, seeds: list[int], finetune=FINETUNE, pooling: str = "cls") -> dict:
-    """Independently initialised encoders (one untrained encoder and one fine-tune per seed, no pretraining),
-    two at a time with one thread each; their label probabilities on the test texts are averaged.
+                   finetune_iters: int, seeds: list[int], finetune=FINETUNE, pooling: str = "cls",
+                   encoder: Path | None = None) -> dict:
+    """One fine-tune per seed, two at a time with one thread each, from `encoder` (a pretrained run) or,
+    without it, from an untrained encoder of that seed; their label probabilities on the test texts are
+    averaged.
     Returns each member's accuracy, the accuracy of the average over the first k members for every k,
     and the CPU time of all fine-tunes."""
     work = cache_dir(name)
@@ -122,9 +124,9 @@ def ensemble_bench(name: str, train_file: Path, val_file: Path, test_texts: list
     def member(seed: int) -> subprocess.Popen:
         pre, ft = work / f"ens-pre-{seed}", work / f"ens-ft-{seed}"
         cli = [PY, "-m", "livelm.cli"]
-        steps = [[*cli, "train", "--arch", "bert", "--data", prep, "--out", pre, *model, *PRETRAIN, "--max-iters", 0,
-                  "--seed", seed],
-                 [*cli, "finetune", pre, "--task", "classify", "--data", train_file, "--val-data", val_file, "--out", ft,
+        steps = [] if encoder else [[*cli, "train", "--arch", "bert", "--data", prep, "--out", pre, *model, *PRETRAIN,
+                                     "--max-iters", 0, "--seed", seed]]
+        steps += [[*cli, "finetune", encoder or pre, "--task", "classify", "--data", train_file, "--val-data", val_file, "--out", ft,
                   *model, *finetune, "--pooling", pooling, "--max-iters", finetune_iters,
                   "--eval-interval", finetune_iters, "--seed", seed]]
         predict = [*cli, "predict", ft, "--file", texts, "--json"]
@@ -152,12 +154,18 @@ def ensemble_bench(name: str, train_file: Path, val_file: Path, test_texts: list
             "cpu_s": child_cpu() - cpu0}
 
 
-def ensemble_table(res: dict, seeds: list[int], finetune_iters: int) -> str:
+def ensemble_table(res: dict, seeds: list[int], finetune_iters: int, pretrained: bool = False) -> str:
     members = ", ".join(f"{a * 100:.1f}%" for a in res["members"])
     curve = " → ".join(f"{a * 100:.1f}%" for a in res["averaged"])
-    return (f"\nEnsemble of {len(seeds)} encoders from scratch (seeds {', '.join(map(str, seeds))}, {finetune_iters} "
-            f"fine-tuning steps each, no pretraining): members {members}; probabilities averaged over the first "
+    start = "fine-tuned from the one pretrained encoder" if pretrained else "encoders from scratch, no pretraining"
+    return (f"\nEnsemble of {len(seeds)} fine-tunes (seeds {', '.join(map(str, seeds))}, {finetune_iters} "
+            f"fine-tuning steps each, {start}): members {members}; probabilities averaged over the first "
             f"1..{len(seeds)}: {curve}; CPU {res['cpu_s'] / 60:.1f} min for all of them\n")
+
+
+def pretrained(variants: str, name: str = "sst2") -> Path | None:
+    """The pretrained encoder classify_bench left, when this run pretrained one."""
+    return cache_dir(name) / "pre-with" if "with" in variants.split(",") else None
 
 
 def table(rows: list[dict], what: str) -> str:
@@ -180,7 +188,8 @@ def main() -> None:
     ap.add_argument("--pooling", default="cls", choices=["cls", "mean", "max"])
     ap.add_argument("--nsp", action="store_true", help="pretrain with next-sentence prediction as well")
     ap.add_argument("--ensemble", type=int, default=0, metavar="N",
-                    help="also average N independently initialised fine-tunes (no pretraining)")
+                    help="also average N fine-tunes with different seeds: from the pretrained encoder when "
+                         "--variants includes `with`, else from fresh encoders")
     a = ap.parse_args()
     if a.quick:
         a.pretrain_iters, a.finetune_iters = 30, 30
@@ -198,8 +207,8 @@ def main() -> None:
             dev = [line.rstrip("\n").split("\t", 1) for n, line in enumerate(fh) if n and "\t" in line]
         seeds = [1337, *range(1, a.ensemble)]
         res = ensemble_bench("sst2", DATA / "train.tsv", DATA / "dev.tsv", [t for _, t in dev], [lab for lab, _ in dev], MODEL,
-                             a.finetune_iters, seeds, pooling=a.pooling)
-        print(ensemble_table(res, seeds, a.finetune_iters))
+                             a.finetune_iters, seeds, pooling=a.pooling, encoder=pretrained(a.variants))
+        print(ensemble_table(res, seeds, a.finetune_iters, pretrained(a.variants) is not None))
 
 
 if __name__ == "__main__":
