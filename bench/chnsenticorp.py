@@ -6,8 +6,8 @@
 
 Same pipeline as bench/sst2.py, through the `livelm` CLI: the 7,765 reviews
 are split once (seeded) into 90% train / 10% test; the encoder is pretrained
-(masked LM; with --nsp also next-sentence prediction) on the training reviews only, cut into sentences at 。！？ with a
-blank line between reviews (so NSP's "real next sentence" stays inside a
+(masked LM; with --nsp also next-sentence prediction) on the training reviews
+only, cut into sentences at 。！？ with a blank line between reviews (so NSP's "real next sentence" stays inside a
 review), then fine-tuned on the labelled training reviews (CSV, read as-is)
 and scored on the test reviews. The tokenizer is byte-level BPE, which keeps
 every Chinese character a token of its own. Target: >= 88% accuracy.
@@ -80,10 +80,11 @@ def main() -> None:
         with open(test, encoding="utf-8", newline="") as fh:
             labelled = list(csv.reader(fh))
         seeds = [1337, *range(1, a.ensemble)]
+        encoder = pretrained(a.variants, "chnsenticorp")
         res = ensemble_bench("chnsenticorp", train, test, [t for _, t in labelled], [lab for lab, _ in labelled], CHN_MODEL,
                              a.finetune_iters, seeds, finetune=[*FINETUNE, "--batch-size", "32"], pooling=a.pooling,
-                             encoder=pretrained(a.variants, "chnsenticorp"))
-        print(ensemble_table(res, seeds, a.finetune_iters, pretrained(a.variants) is not None))
+                             encoder=encoder)
+        print(ensemble_table(res, seeds, a.finetune_iters, encoder is not None))
 
 
 if __name__ == "__main__":

@@ -206,9 +206,10 @@ def main() -> None:
         with open(DATA / "dev.tsv", encoding="utf-8") as fh:
             dev = [line.rstrip("\n").split("\t", 1) for n, line in enumerate(fh) if n and "\t" in line]
         seeds = [1337, *range(1, a.ensemble)]
+        encoder = pretrained(a.variants)
         res = ensemble_bench("sst2", DATA / "train.tsv", DATA / "dev.tsv", [t for _, t in dev], [lab for lab, _ in dev], MODEL,
-                             a.finetune_iters, seeds, pooling=a.pooling, encoder=pretrained(a.variants))
-        print(ensemble_table(res, seeds, a.finetune_iters, pretrained(a.variants) is not None))
+                             a.finetune_iters, seeds, pooling=a.pooling, encoder=encoder)
+        print(ensemble_table(res, seeds, a.finetune_iters, encoder is not None))
 
 
 if __name__ == "__main__":
