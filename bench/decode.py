@@ -16,6 +16,7 @@ import time
 import torch
 
 from livelm.infer.engine import Engine
+from livelm.infer.loader import cast_for_inference
 from livelm.infer.sampling import SamplingParams
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 
@@ -39,14 +40,15 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--prompt", type=int, default=16)
     p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights' dtype (default auto: livelm.machine's batch-1 choice for this CPU)")
     p.add_argument("--compile", action="store_true", help="also time the cached decode with Engine(compile=True)")
     a = p.parse_args()
     torch.manual_seed(0)
-    dtype = getattr(torch, a.dtype)
     cfg = GPTConfig(vocab_size=a.vocab, block_size=1024, n_layer=a.layers, n_head=a.heads, d_model=a.width,
                     **PRESETS["gpt2"])
-    model = GPT(cfg).eval().to(dtype)
+    model = GPT(cfg).eval()
+    a.dtype = str(cast_for_inference(model, a.dtype, batch=1)).removeprefix("torch.")
     prompt = torch.randint(0, a.vocab, (a.prompt,)).tolist()
     params = SamplingParams(max_tokens=a.tokens, temperature=0, ignore_eos=True)
 

@@ -79,13 +79,15 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     p.add_argument("--quick", action="store_true", help="tiny model and 16 tokens: only checks that it runs")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="weights and activations of both sides (default float32)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights and activations of both sides (default auto: fp32 on CPUs at batch 1)")
     p.add_argument("--compile", action="store_true",
                    help="also time livelm with Engine(compile=True) (decode steps through torch.compile)")
     p.add_argument("--shapes", default="6x384,12x768", help="comma-separated LAYERSxWIDTH (default 6x384,12x768)")
     a = p.parse_args()
-    dtype = getattr(torch, a.dtype)
+    from livelm import machine   # auto: the batch-1 inference choice for this machine (fp32 on CPUs)
+    dtype = machine.inference_dtype(a.dtype, torch.device("cpu"), n_bytes=1 << 30, batch=1)
+    a.dtype = str(dtype).removeprefix("torch.")
     from transformers import AutoModelForCausalLM
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -75,7 +75,8 @@ RECIPE = dict(preset="gpt2", n_layer=4, n_head=4, d_model=128, block_size=64, ba
 # Named runtime settings (TrainConfig fields only). threads 0 = PyTorch's default (one per core).
 SETTINGS = {
     "plain-fp32": dict(dtype="float32", compile=False, threads=0),        # the reference: see plain_loop()
-    "fp32-eager": dict(dtype="float32", compile=False, threads=0),        # `livelm train` out of the box
+    "auto": dict(dtype="auto", compile="auto", threads=0),               # `livelm train` out of the box
+    "fp32-eager": dict(dtype="float32", compile=False, threads=0),
     "fp32-eager-1t": dict(dtype="float32", compile=False, threads=1),
     "bf16-eager-1t": dict(dtype="bfloat16", compile=False, threads=1),
     "fp32-compile-1t": dict(dtype="float32", compile=True, threads=1),
@@ -83,8 +84,8 @@ SETTINGS = {
     "bf16-compile": dict(dtype="bfloat16", compile=True, threads=0),
 }
 ALIASES = {"fast": "bf16-compile", "fast-1t": "bf16-compile-1t", "baseline": "fp32-eager", "plain": "plain-fp32"}
-DEFAULT_SETTINGS = ["plain-fp32", "fp32-eager", "fp32-eager-1t", "bf16-compile-1t", "bf16-compile"]
-QUICK_SETTINGS = ["fp32-eager-1t", "bf16-compile-1t"]
+DEFAULT_SETTINGS = ["plain-fp32", "auto", "fp32-eager", "fp32-eager-1t", "bf16-compile-1t", "bf16-compile"]
+QUICK_SETTINGS = ["auto", "fp32-eager-1t", "bf16-compile-1t"]
 WARMUP_STEPS = 10
 
 

@@ -59,8 +59,10 @@ class Model:
         return self.engine.generate([ids], params)[0].text
 
 
-def load(path: str | Path, adapters: list[str | Path] | None = None, device: str = "auto") -> Model:
-    """Load a livelm run, an adapter directory (with its base run), or a Hugging Face GPT-2/Llama folder."""
+def load(path: str | Path, adapters: list[str | Path] | None = None, device: str = "auto",
+         dtype: str = "auto") -> Model:
+    """Load a livelm run, an adapter directory (with its base run), or a Hugging Face GPT-2/Llama folder.
+    dtype: the weights' dtype (auto: livelm.machine's choice for this hardware at batch 1)."""
     from livelm.infer.loader import load as load_run
     path, keep = Path(path), None
     if (path / "config.json").is_file() and "architectures" in (path / "config.json").read_text(encoding="utf-8"):
@@ -71,7 +73,7 @@ def load(path: str | Path, adapters: list[str | Path] | None = None, device: str
         run = Path(keep.name) / "run"
     else:
         run = path
-    model, tokenizer, config, names = load_run(run, adapters, device=device)
+    model, tokenizer, config, names = load_run(run, adapters, device=device, dtype=dtype)
     return Model(model, tokenizer, config, path, names, keep_alive=keep)
 
 

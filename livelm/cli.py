@@ -44,10 +44,14 @@ def sampling_from_args(a) -> SamplingParams:
     return sp
 
 
-def load_run(run: str, device: str = "auto"):
+def load_run(run: str, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer, config) for inference at batch 1, in the dtype `--dtype` names (auto: livelm.machine)."""
+    from livelm.infer.loader import cast_for_inference
     from livelm.runtime import pick_device
     from livelm.train.checkpoint import load_model
-    return load_model(run, device=pick_device(device))
+    model, tok, config = load_model(run, device=pick_device(device))
+    cast_for_inference(model, dtype, batch=1)
+    return model, tok, config
 
 
 # ---- prepare -------------------------------------------------------------------
@@ -86,13 +90,15 @@ def cmd_train(a) -> int:
 # ---- generate ----------------------------------------------------------------------
 def cmd_generate(a) -> int:
     from livelm.infer.engine import Engine
-    model, tok, _ = load_run(a.run, a.device)
+    from livelm import machine
+    model, tok, _ = load_run(a.run, a.device, a.dtype)
     prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
     ids = tok.encode(prompt) if prompt else []
     if not ids:
         ids = [tok.bos_id]
     params = sampling_from_args(a)
-    engine = Engine(model, tok, max_batch=1, compile=a.compile)
+    engine = Engine(model, tok, max_batch=1,
+                    compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
     if sys.stdout.isatty():
         for delta in engine.stream(ids, params):
             sys.stdout.write(delta)
@@ -140,9 +146,45 @@ def cmd_eval(a) -> int:
     return 0
 
 
+# ---- doctor ------------------------------------------------------------------------------
+def cmd_doctor(a) -> int:
+    import torch
+    from livelm import machine
+    from livelm.runtime import pick_device
+    m = machine.detect(pick_device(a.device), measure=True)
+    report = m.to_dict()
+    if m.device == "cpu":
+        from livelm.compress.quantize import measure_kernels
+        report["quantized_kernels"] = {meth: measure_kernels(meth, 1024, 2816) for meth in ("int8", "int4")}
+    report["cache"] = str(machine.cache_dir() / "machine.json")
+    if a.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    rates = ", ".join(f"{k.removeprefix('matmul_')} {v} GFLOP/s" for k, v in m.rates.items())
+    lines = [f"device        {m.device}{' (' + m.accelerator + ')' if m.accelerator else ''}",
+             f"cpu           {m.cpu_model}",
+             f"capability    ATen {m.cpu_capability}; flags {' '.join(m.cpu_flags) or '(none readable)'}; "
+             f"oneDNN bf16 {'yes' if m.onednn_bf16 else 'no'}",
+             f"bf16          {m.bf16_reason}",
+             f"matmul        {rates} (256x256, {m.threads} threads)",
+             f"threads       {m.threads} of {m.usable_cpus} usable CPUs (torch {torch.__version__})",
+             f"compile       {'works' if m.reasons.get('compile') == 'a tiny graph compiled' else 'unavailable'}: "
+             f"{m.reasons.get('compile', '')}",
+             f"choices       training dtype {m.train_dtype}; inference dtype {m.infer_dtype} for batched models "
+             f"past the caches, float32 at batch 1 on CPUs",
+             f"              {m.reasons['compile_auto']}"]
+    for meth, k in report.get("quantized_kernels", {}).items():
+        us = k["1_rows_us"]
+        lines.append(f"{meth + ' kernels':<14}decode {k['decode']} ({us.get(k['decode'], us['fp32'])} µs vs fp32 "
+                     f"{us['fp32']} µs), prefill {k['prefill']} (1024->2816 layer)")
+    lines.append(f"cache         {report['cache']}")
+    print("\n".join(lines))
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from livelm.config import add_config_flags
+    from livelm.config import add_config_flags, add_inference_flags
 
     parser = argparse.ArgumentParser(prog="livelm", description="Train, chat with, serve and teach your own language model.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -170,9 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="complete a prompt", description="Print a completion of --prompt.")
     p.add_argument("run", help="run directory")
     p.add_argument("--prompt", required=True, help="prompt text ('-' reads stdin)")
-    p.add_argument("--compile", action="store_true",
-                   help="run decode steps through torch.compile: faster per token (bench/hf_decode.py), "
-                        "but the first tokens wait tens of seconds for compilation")
+    add_inference_flags(p, "true: faster per token (bench/hf_decode.py), but the first tokens wait for compilation")
     add_sampling_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -184,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=1_000_000, help="evaluate at most this many tokens")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("doctor", help="what this machine is and what livelm chose for it",
+                       description="Detect the CPU (and GPU), measure fp32 and bf16 matmul rates and the quantized "
+                                   "kernels, probe torch.compile, and print the dtype, compile and thread choices "
+                                   "that `auto` makes here (the measurements are cached per machine).")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=cmd_doctor)
 
     # commands that live beside their feature
     from livelm.chat import repl
@@ -207,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from livelm import machine
+    machine.apply_threads()   # no more torch threads than this process may use (containers, taskset)
     from livelm.data.shards import DataError
     from livelm.tokenizer import TokenizerError
     from livelm.models.lora import AdapterError

@@ -55,9 +55,9 @@ class TrainConfig:
     save_interval: int = 0         # 0 = save at every eval
     # --- runtime ---
     seed: int = 1337
-    dtype: str = "auto"            # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"            # auto | float32 | bfloat16 | float16: auto is bf16 only where it is fast (livelm.machine)
     device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
-    compile: bool = False
+    compile: str = "auto"          # auto | true | false: auto compiles long runs where torch.compile works (livelm.machine)
     # same seed, same run: torch.use_deterministic_algorithms. Measured: compiled CPU training is not
     # reproducible without it (inductor scatters the embedding gradient with atomic adds, so bf16 builds
     # of the default assistant scored 84-90% from one recipe); with it, ~3% slower.
@@ -113,12 +113,26 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         kind = types[f.name]
         default = f.default if f.default is not MISSING else None
         choices = {"preset": sorted(PRESETS), "arch": list(ARCHS)}.get(f.name)
-        if kind is bool:
+        if f.name == "compile":   # a bare --compile means true, as it did when the field was a bool
+            group.add_argument(flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
+                               choices=["auto", "true", "false"], help=f"(default: {default})")
+        elif kind is bool:
             group.add_argument(flag, dest=f.name, type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
                                metavar="BOOL", help=f"(default: {default})")
         else:
             group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, choices=choices,
                                help=f"(default: {default!r})")
+
+
+def add_inference_flags(parser: argparse.ArgumentParser, compile_help: str = "") -> None:
+    """--dtype and --compile for commands that run a model (generate, chat, serve); livelm.machine resolves auto."""
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="weights' dtype: auto picks bf16 only where it is faster on this machine (CUDA; a CPU "
+                             "with native bf16, batched, models past the caches), else float32 (default auto; "
+                             "`livelm doctor` shows the choice)")
+    parser.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
+                        help="decode steps through torch.compile; auto stays eager (compiling costs tens of seconds "
+                             "to minutes at start). " + compile_help)
 
 
 def load_yaml(path: Path) -> dict:

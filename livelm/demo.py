@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,26 +21,19 @@ from livelm import io
 RUNS = Path("runs")
 
 
-def _have_cxx() -> bool:
-    """torch.compile on CPU generates C++ and needs a compiler; without one the build stays eager."""
-    try:
-        from torch._inductor import cpp_builder
-        return bool(shutil.which(cpp_builder.get_cpp_compiler()))
-    except Exception:
-        return shutil.which("g++") is not None
-
-
-# The recipe: small enough to build in a few minutes on 2 CPU cores.
-# Pretraining runs in bf16 autocast under torch.compile: per step about half the CPU time of fp32
-# eager on this model (measured one thread: 0.21 vs 0.41 s), for a one-off compile of 15-30 s CPU.
+# The recipe: small enough to build in a few minutes on 2 CPU cores, whatever the CPU.
+# dtype and compile are `auto` (livelm.machine): bf16 where the CPU computes it natively, fp32 where it
+# would be emulated (AVX2: ~50-100x slower matmuls), and eager, since at 500 steps compiling does not pay
+# for itself (measured on Zen 5, 2 threads, ms per pretraining step: fp32 eager 211, fp32 compiled 159,
+# bf16 eager 110, bf16 compiled 64, each compile costing 18-28 s).
 PRETRAIN = dict(preset="llama", n_layer=4, n_head=4, n_kv_head=2, d_model=128, block_size=192, batch_size=16,
                 max_iters=500, lr=3e-3, min_lr=3e-4, warmup_iters=50, eval_interval=250, eval_iters=8, dropout=0.0,
-                dtype="bfloat16", compile=True)   # compile only where a C++ compiler is found (_have_cxx)
+                dtype="auto", compile="auto")
 # Fine-tuning packs several chats per row, so attention takes a mask: compiled, that path was slower
-# than eager here, while bf16 eager is ~15% faster than fp32. (compile must be set: it would be inherited.)
+# than eager, so compile is off here whatever the run length.
 FINETUNE = dict(max_iters=700, lr=2e-3, min_lr=2e-4, warmup_iters=30, eval_interval=350, batch_size=12,
                 block_size=192, dropout=0.1,  # dropout: +1 point en, +5 points zh on held-out phrasings
-                dtype="bfloat16", compile=False)
+                dtype="auto", compile="false")
 VOCAB = 2048
 SEED = 0
 
@@ -85,8 +77,10 @@ def evaluate_assistant(model, tokenizer, heldout: list[dict], notes: bool = Fals
     return result
 
 
-def build(out: Path = RUNS / "assistant", force: bool = False) -> Path:
-    """Build the default assistant into `out` (cached). Returns the chat run directory."""
+def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "auto") -> Path:
+    """Build the default assistant into `out` (cached). Returns the chat run directory.
+
+    dtype overrides the recipe's `auto` (e.g. float32, to build here what an AVX2 machine builds)."""
     from livelm.config import resolve_config
     from livelm.data import builtin
     from livelm.data.prepare import prepare
@@ -99,17 +93,21 @@ def build(out: Path = RUNS / "assistant", force: bool = False) -> Path:
     import torch
 
     stamp = out / "build.json"
-    key = recipe_hash()
+    key = recipe_hash() + ("" if dtype == "auto" else f"-{dtype}")
     if not force and stamp.is_file() and json.loads(stamp.read_text()).get("recipe") == key \
             and (out / "chat" / "model.safetensors").is_file():
         return out / "chat"
+    from livelm import machine
+    from livelm.runtime import pick_device
+    m = machine.detect(pick_device("auto"))
+    trained_in = str(machine.resolve_dtype(dtype, pick_device("auto"), warn=False)).removeprefix("torch.")
     t0 = time.perf_counter()
     log(f"building the default assistant in {out} (once; a few minutes on 2 cores)")
     paths = builtin.write(out / "corpus", seed=SEED)
     prepare([paths["pretrain"], paths["chat_train"]], out / "data", vocab_size=VOCAB, val_fraction=0.05)
     t_prep = time.perf_counter() - t0
 
-    cfg = resolve_config(None, **{**PRETRAIN, "compile": PRETRAIN["compile"] and _have_cxx()}, seed=SEED)
+    cfg = resolve_config(None, **{**PRETRAIN, "dtype": dtype}, seed=SEED)
     data = TokenData(out / "data")
     tokenizer = Tokenizer.load(out / "data" / "tokenizer.json")
     torch.manual_seed(cfg.seed)
@@ -124,7 +122,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False) -> Path:
 
     log("fine-tuning for chat")
     _, model, _ = finetune(out / "base", paths["chat_train"], out / "chat", val_data=paths["chat_heldout"],
-                           accuracy_limit=0, **FINETUNE)
+                           accuracy_limit=0, **{**FINETUNE, "dtype": dtype})
     t_ft = time.perf_counter() - t0
     heldout = [json.loads(l) for l in paths["chat_heldout"].read_text(encoding="utf-8").splitlines()]
     acc = evaluate_assistant(model.eval(), tokenizer, heldout)
@@ -132,7 +130,8 @@ def build(out: Path = RUNS / "assistant", force: bool = False) -> Path:
     report = {"recipe": key, "accuracy_en": acc["en"], "accuracy_zh": acc["zh"], "heldout_questions": acc["n"],
               "seconds": {"prepare": round(t_prep, 1), "pretrain": round(t_pre - t_prep, 1),
                           "finetune": round(t_ft - t_pre, 1), "total": round(total, 1)},
-              "params": model.num_params(), "failures": acc["failures"]}
+              "params": model.num_params(), "failures": acc["failures"],
+              "machine": {"cpu": m.cpu_model, "capability": m.cpu_capability, "train_dtype": trained_in}}
     io.write_json(stamp, report)
     log(f"built in {total:.0f}s: held-out accuracy en {acc['en']:.1%}, zh {acc['zh']:.1%}")
     return out / "chat"
@@ -144,8 +143,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RUNS / "assistant")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if the cached assistant is current")
     p.add_argument("--build-only", action="store_true", help="build (or verify the cache) and exit")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="training dtype (default auto: bf16 only where this CPU computes it natively)")
     a = p.parse_args(argv)
-    run = build(a.out, force=a.rebuild)
+    run = build(a.out, force=a.rebuild, dtype=a.dtype)
     report = json.loads((a.out / "build.json").read_text())
     log(f"default assistant: {run}  (held-out accuracy en {report['accuracy_en']:.0%}, zh {report['accuracy_zh']:.0%})")
     if a.build_only:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from livelm import machine
+
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
@@ -25,24 +27,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on GPUs that support it, fp32 elsewhere.
-
-    On CPU the default stays fp32: bf16 autocast paid off here only together
-    with --compile (2.2x faster than fp32 eager on the Shakespeare recipe, see
-    bench/RESULTS.md), and compilation costs start-up time and needs a C++
-    compiler. Pass --dtype bfloat16 --compile true to use it.
-    """
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"unknown dtype {name!r}; choose auto, float32, bfloat16 or float16")
-    if table[name] is torch.float16 and device.type == "cpu":
-        raise ValueError("float16 is not supported for CPU training; use bfloat16 or float32")
-    return table[name]
+    """The training dtype for `--dtype NAME` on `device`; `auto` is decided by livelm.machine
+    (bf16 where the hardware computes it natively or measurably faster, fp32 elsewhere)."""
+    return machine.resolve_dtype(name, device)
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

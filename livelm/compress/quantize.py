@@ -41,6 +41,8 @@ run before quantizing it.
 """
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 import torch
@@ -53,6 +55,10 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)   # what the CPU int4 kernel accepts
 
 class Int8Linear(nn.Module):
     """y = x Wᵀ + b with W stored as int8 (out, in) and an fp32 scale per output row (out,)."""
+
+    is_quantized = True
+    kernels = ("int8pack", "int8pack")   # (up to FEW_ROWS rows, more rows): set per machine by select_kernels
+    dense = None                         # fp32 copy of W, built on first use by the "dense" kernel
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool = False):
         super().__init__()
@@ -75,23 +81,29 @@ class Int8Linear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         return self.weight.float() * self.scale.float()[:, None]                # (out, in)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (*x.shape[:-1], self.out_features)
-        x2 = x.reshape(-1, self.in_features)                                    # (M, in)
-        if x.device.type != "cpu":
-            y = F.linear(x2, self.dequantize().to(x.dtype))
-        elif self.dynamic:
+    def matmul(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
+        """x2 (M, in) @ Wᵀ -> (M, out) by the named kernel (see KERNELS)."""
+        if kernel == "int_mm":
             # per-token symmetric int8 activations; int8 x int8 -> int32 matmul; rescale by both scales
             sx = x2.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127   # (M, 1)
             xq = torch.round(x2.float() / sx).clamp(-127, 127).to(torch.int8)
-            y = torch._int_mm(xq, self.weight.t()).float() * sx * self.scale.float()  # (M, out)
-        else:
-            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.weight,
-                                          self.scale.to(torch.bfloat16))
-        y = y.to(x.dtype)
+            return torch._int_mm(xq, self.weight.t()).float() * sx * self.scale.float()  # (M, out)
+        if kernel == "int8pack":
+            return torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.weight,
+                                             self.scale.to(torch.bfloat16))
+        return _dense_matmul(self, x2, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (*x.shape[:-1], self.out_features)
+        x2 = x.reshape(-1, self.in_features)                                    # (M, in)
+        y = self.matmul(x2, _kernel_for(self, x2)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(shape)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.dense = None
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, dynamic={self.dynamic}"
@@ -111,6 +123,8 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 class Int4Linear(nn.Module):
     """y = x Wᵀ + b with W ≈ q · s + z per group of `group_size` input columns.
 
+    Kernels and the dense copy as for Int8Linear.
+
     Buffers (what model.safetensors holds):
         qweight (out, in/2) uint8   two 4-bit codes per byte (pack_int4)
         scales, zeros (out, in/group_size) bf16
@@ -126,6 +140,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.bfloat16))
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.bfloat16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.kernels, self.dense = ("int4pack", "int4pack"), None
         # the CPU kernel's own tiled copy of the weights, rebuilt from qweight (not saved)
         self.register_buffer("cpu_packed", None, persistent=False)
         self.register_buffer("cpu_scales_zeros", None, persistent=False)
@@ -148,6 +163,8 @@ class Int4Linear(nn.Module):
         m.repack()
         return m
 
+    is_quantized = True
+
     def dequantize(self) -> torch.Tensor:
         N, K, G = self.out_features, self.in_features, self.group_size
         q = unpack_int4(self.qweight).view(N, K // G, G).float()
@@ -168,22 +185,111 @@ class Int4Linear(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self.repack()
+        self.dense = None
+
+    def matmul(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
+        """x2 (M, in) @ Wᵀ -> (M, out) by the named kernel (see KERNELS)."""
+        if kernel == "int4pack" and self.cpu_packed is not None:
+            return torch._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), self.cpu_packed,
+                                                     self.group_size, self.cpu_scales_zeros)
+        return _dense_matmul(self, x2, "dequantize" if kernel == "int4pack" else kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (*x.shape[:-1], self.out_features)
         x2 = x.reshape(-1, self.in_features)
-        if x.device.type == "cpu" and self.cpu_packed is not None:
-            y = torch._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), self.cpu_packed,
-                                                  self.group_size, self.cpu_scales_zeros)
-        else:
-            y = F.linear(x2.float(), self.dequantize())
-        y = y.to(x.dtype)
+        y = self.matmul(x2, _kernel_for(self, x2)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(shape)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}"
+
+# ---- kernels, chosen per machine -------------------------------------------------------------
+# Which matmul a quantized layer runs depends on the CPU: ATen's int8/int4 weight-only kernels take
+# bf16 activations and beat fp32 4x at decode on a CPU with AVX-512 BF16, yet where only AVX2 is there
+# they win at decode but lose to fp32 at prefill (measured, 1024 -> 2816, µs at 1 / 16 / 128 rows:
+# fp32 140 / 775 / 3732, int8pack 76 / 614 / 4922, int4pack 144 / 614 / 5002). So each layer keeps two
+# kernels, one for few rows (decode) and one for many (prefill), picked by timing the candidates on this
+# machine (select_kernels, cached). "dense" keeps an fp32 copy of the weights and runs F.linear: as fast
+# as the fp32 model, so a quantized model is never slower than it, at the cost of that copy's memory.
+KERNELS = {"int8": ("int8pack", "dequantize", "dense"),
+           "int8-dynamic": ("int_mm", "int8pack", "dequantize", "dense"),   # weight-only kernels round alike
+           "int4": ("int4pack", "dequantize", "dense")}
+FEW_ROWS = 16          # up to this many rows a product counts as decode
+PROBE_ROWS = (1, 128)  # rows timed for each regime
+
+
+def _kernel_for(layer: nn.Module, x2: torch.Tensor) -> str:
+    if x2.device.type != "cpu":
+        return "dequantize"
+    return layer.kernels[0] if x2.size(0) <= FEW_ROWS else layer.kernels[1]
+
+
+def _dense_matmul(layer: nn.Module, x2: torch.Tensor, kernel: str) -> torch.Tensor:
+    if kernel == "dense":
+        if layer.dense is None or layer.dense.device != x2.device:
+            layer.dense = layer.dequantize().to(x2.device)
+        return F.linear(x2.float(), layer.dense)
+    return F.linear(x2.float(), layer.dequantize().to(x2.device))
+
+
+def _time_us(fns: dict, seconds: float = 0.3) -> dict[str, float]:
+    """Best µs per call of each function, timed in interleaved rounds: a machine busy with something else
+    slows every candidate alike instead of whichever happened to run at the wrong moment."""
+    for fn in fns.values():
+        fn()   # warm-up
+    best = {k: float("inf") for k in fns}
+    deadline, rounds = time.perf_counter() + seconds, 0
+    while rounds < 3 or (time.perf_counter() < deadline and rounds < 200):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+        rounds += 1
+    return {k: round(v * 1e6, 1) for k, v in best.items()}
+
+
+def measure_kernels(method: str, in_features: int, out_features: int, group_size: int = 64) -> dict:
+    """Time each candidate kernel against fp32 F.linear on one (out, in) layer at PROBE_ROWS rows; pick,
+    per regime, the fastest quantized kernel unless fp32 beats it, then "dense" (fp32 speed)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(in_features, out_features, bias=False)
+    layer = Int4Linear.from_linear(lin, group_size) if method == "int4" else \
+        Int8Linear.from_linear(lin, dynamic=method == "int8-dynamic")
+    times: dict[str, dict[str, float]] = {}
+    chosen = []
+    with torch.inference_mode():
+        for rows in PROBE_ROWS:
+            x = torch.randn(rows, in_features)
+            fns = {"fp32": lambda: F.linear(x, lin.weight)}
+            for k in KERNELS[method]:
+                if k == "dense" or (k == "int4pack" and layer.cpu_packed is None):
+                    continue   # dense is F.linear on an fp32 copy: fp32's own time
+                fns[k] = functools.partial(layer.matmul, x, k)
+            row = _time_us(fns)
+            best = min((k for k in row if k != "fp32"), key=row.get)
+            chosen.append(best if row[best] <= row["fp32"] else "dense")
+            times[f"{rows}_rows_us"] = row
+    return {"decode": chosen[0], "prefill": chosen[1], **times}
+
+
+def select_kernels(model: nn.Module, method: str, group_size: int = 64) -> dict:
+    """Set every quantized layer's (decode, prefill) kernels from this machine's measurement on the model's
+    largest quantized shape (measured once per machine, method and shape; cached by livelm.machine)."""
+    from livelm import machine
+    layers = [m for m in model.modules() if getattr(m, "is_quantized", False)]
+    if not layers:
+        return {}
+    big = max(layers, key=lambda m: m.in_features * m.out_features)
+    key = f"quant {method} {big.out_features}x{big.in_features}" + (f" g{group_size}" if method == "int4" else "")
+    if any(p.device.type != "cpu" for p in model.buffers()):
+        return {"decode": "dequantize", "prefill": "dequantize"}
+    choice = machine.cached(key, lambda: measure_kernels(method, big.in_features, big.out_features, group_size))
+    for m in layers:
+        m.kernels = (choice["decode"], choice["prefill"])
+        m.dense = None
+    return choice
 
 
 def targets(model: nn.Module) -> list[str]:
@@ -220,6 +326,7 @@ def quantize_model(model: nn.Module, method: str, group_size: int = 64) -> dict:
     record = {"method": method, "modules": done}
     if method == "int4":
         record["group_size"] = group_size
+    select_kernels(model, method, group_size)
     if skipped:
         record["kept_fp32"] = skipped
     return record
@@ -237,6 +344,7 @@ def prepare_quantized(model: nn.Module, record: dict) -> None:
         else:
             q = Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, dynamic=method == "int8-dynamic")
         _set(model, name, q)
+    select_kernels(model, method, record.get("group_size", 64))
 
 
 # ---- livelm quantize ----------------------------------------------------------------------
@@ -265,6 +373,10 @@ def quantize_run(run: str | Path, out: str | Path, method: str, group_size: int 
               "source_size_mb": round(file_mb(run), 3), "max_abs_logit_diff": round(drift, 5)}
     if record.get("group_size"):
         report["group_size"] = record["group_size"]
+    # which matmul this machine runs, and why (the measured µs per call, fp32 alongside)
+    from livelm import machine
+    choice = select_kernels(model, method, group_size)
+    report["kernels"] = {**choice, "cpu": f"{machine.cpu_info()[0]}, {machine.cpu_capability()}"}
     if before:
         after = eval_perplexity(model, eval_data, eval_tokens)
         report.update(source_perplexity=round(before["perplexity"], 4), perplexity=round(after["perplexity"], 4),

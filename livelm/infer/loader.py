@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from livelm import machine
 from livelm.models import lora
 from livelm.runtime import pick_device
 from livelm.train.checkpoint import CheckpointError, load_model
@@ -19,7 +22,23 @@ def resolve_base(adapter_dir: Path) -> Path:
     return base
 
 
-def load(run: str | Path, adapters: list[str | Path] | None = None, device: str = "auto"):
+def cast_for_inference(model: torch.nn.Module, dtype: str = "auto", batch: int = 1) -> torch.dtype:
+    """Put the model's floating-point weights in the inference dtype for `--dtype NAME` (livelm.machine
+    decides `auto` from the hardware, the model's size and the batch) and return it. Quantized runs keep
+    their own kernels' choice (livelm.compress.quantize) unless a dtype is named."""
+    first = next(model.parameters())
+    quantized = any(getattr(m, "is_quantized", False) for m in model.modules())
+    if dtype == "auto" and quantized:
+        return first.dtype
+    n_bytes = 4 * sum(p.numel() for p in model.parameters())
+    chosen = machine.inference_dtype(dtype, first.device, n_bytes=n_bytes, batch=batch)
+    if chosen != first.dtype:
+        model.to(chosen)
+    return chosen
+
+
+def load(run: str | Path, adapters: list[str | Path] | None = None, device: str = "auto", dtype: str = "auto",
+         batch: int = 1):
     """Return (model, tokenizer, config, adapter_names).
 
     `run` may itself be an adapter directory; its base run is then loaded and the
@@ -40,6 +59,7 @@ def load(run: str | Path, adapters: list[str | Path] | None = None, device: str 
         lora.load_adapter(model, a, name)
         names.append(name)
     model.to(next(model.parameters()).device).eval()
+    cast_for_inference(model, dtype, batch)
     if len(names) == 1:
         lora.set_active(model, names[0])
     return model, tokenizer, config, names

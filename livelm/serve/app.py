@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -42,6 +43,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from livelm import machine
+from livelm.config import add_inference_flags
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
 from livelm.learn.memory import draft_params
 from livelm.serve import completions
@@ -79,13 +82,13 @@ class ServeState:
     def __init__(self, run, adapters=(), *, api_keys=(), max_batch: int = 16, max_queue: int = 256,
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
-                 learn=None, adapter_store=None, compile: bool = False):
+                 learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto"):
         from livelm.infer.loader import resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
         self.api_keys = {k: tenant_of(k) for k in api_keys}
         self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
-        self.device, self.max_body, self.compile = device, max_body_bytes, compile
+        self.device, self.max_body, self.compile, self.dtype = device, max_body_bytes, compile, dtype
         self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
 
         # Model ids are known before loading: the base run and each adapter (by directory name, as the loader names them).
@@ -132,9 +135,11 @@ class ServeState:
         try:
             from livelm.models import lora
             load = self._load
-            if load is None:
-                from livelm.infer.loader import load
+            if load is None:   # weights in the inference dtype for batches of max_batch (livelm.machine)
+                from livelm.infer import loader
+                load = functools.partial(loader.load, dtype=self.dtype, batch=self.max_batch)
             model, tokenizer, _, names = load(self.run, self.adapter_dirs, self.device)
+            log.info("serving in %s", str(next(model.parameters()).dtype).removeprefix("torch."))
             if names:
                 lora.set_active(model, None)   # the adapter is chosen per request (per batch row), never globally
             self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
@@ -489,9 +494,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="require 'Authorization: Bearer KEY' on /v1 (repeatable; default: $LIVELM_API_KEY if set)")
     keys.add_argument("--api-key-file", metavar="FILE", help="file with one API key per line")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
-    p.add_argument("--compile", action="store_true",
-                   help="decode steps through torch.compile: 2-3x faster single streams on the default assistant, "
-                        "for a longer start (~40 s compiling); rows that use a LoRA adapter decode eagerly")
+    add_inference_flags(p, "true: 2-3x faster single streams on the default assistant, for a longer start "
+                           "(~40 s compiling); rows that use a LoRA adapter decode eagerly")
     p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
                                                               "beyond it requests get 429 (default 256)")
     p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
@@ -591,7 +595,7 @@ def set_threads(n: int | None) -> None:
     if n is None:
         if os.environ.get("OMP_NUM_THREADS"):
             return
-        n = max(1, (os.cpu_count() or 2) - 1)
+        n = max(1, machine.usable_cpus() - 1)
     if n < 1:
         raise ValueError("--threads must be at least 1")
     torch.set_num_threads(n)
@@ -631,7 +635,7 @@ def cmd_serve(a) -> int:
     app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
                      max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
                      served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store,
-                     compile=a.compile)
+                     compile=machine.resolve_compile(a.compile, None), dtype=a.dtype)
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

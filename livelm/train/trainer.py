@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from livelm import io
+from livelm import io, machine
 from livelm.config import TrainConfig
 from livelm.runtime import autocast, init_distributed, pick_dtype, shard_model
 from livelm.train import checkpoint
@@ -140,8 +140,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     if ddp.world > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
         step_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
+    compiled = machine.resolve_compile(cfg.compile, device, steps=cfg.max_iters - start_step)
+    if compiled:
         step_model = torch.compile(step_model)
+    if ddp.is_main and cfg.progress:
+        log(f"training in {str(dtype).removeprefix('torch.')} (--dtype {cfg.dtype}), "
+            f"{'compiled' if compiled else 'eager'} (--compile {cfg.compile}), {torch.get_num_threads()} threads")
 
     def to_device(x):
         if torch.is_tensor(x):

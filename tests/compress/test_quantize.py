@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from livelm.cli import main
 from livelm.compress import eval_perplexity
+from livelm.compress import quantize
 from livelm.compress.quantize import Int4Linear, Int8Linear, pack_int4, quantize_model, unpack_int4
 from livelm.models.gpt import GPT, GPTConfig
 from livelm.train.checkpoint import load_model
@@ -98,6 +99,10 @@ def test_quantized_run_saves_loads_and_generates(tiny_llama_run, char_data, tmp_
                  "--eval-data", str(char_data)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == method and report["quantized_layers"] == 14
+    # the report says which kernel runs on this machine, and the measured times that chose it
+    kernels = report["kernels"]
+    assert kernels["decode"] in quantize.KERNELS[method] and kernels["prefill"] in quantize.KERNELS[method]
+    assert kernels["1_rows_us"]["fp32"] > 0 and torch.backends.cpu.get_cpu_capability() in kernels["cpu"]
     assert report["size_mb"] < 0.4 * report["source_size_mb"]
     assert abs(report["perplexity_change"]) <= TOLERANCE[method][2]
     config = json.loads((out / "config.json").read_text())
@@ -160,3 +165,54 @@ def test_quantized_run_in_the_serving_path(tiny_llama_run, tmp_path):
     # batching does not change a row's greedy answer: per-token activation scales keep rows independent
     alone = Engine(model, tok, max_batch=1).generate([prompts[1]], SamplingParams(max_tokens=12, temperature=0))[0]
     assert alone.token_ids == outs[1].token_ids
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic", "int4"])
+def test_every_kernel_computes_the_same_product(method):
+    """Whichever kernel a machine picks, a layer computes the same product (up to the kernels' rounding)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64, bias=False)
+    q = Int4Linear.from_linear(lin, 64) if method == "int4" else Int8Linear.from_linear(lin, method == "int8-dynamic")
+    for rows in (1, 40):
+        x = torch.randn(rows, 128)
+        ref = torch.nn.functional.linear(x, q.dequantize())
+        for kernel in quantize.KERNELS[method]:
+            y = q.matmul(x, kernel)
+            assert y.shape == (rows, 64)
+            assert (y - ref).abs().max() <= 0.03 * ref.abs().max(), kernel
+    assert q.dense is not None and q.dense.dtype == torch.float32    # the "dense" kernel's fp32 copy
+
+
+def test_kernels_are_chosen_by_measurement_and_never_slower_than_fp32(monkeypatch, tmp_path):
+    """A quantized kernel slower than fp32 on this machine is replaced by the fp32 copy ("dense"), per regime
+    (decode rows vs prefill rows); the choice is measured once per machine and shape, then read from the cache."""
+    monkeypatch.setenv("LIVELM_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def timed(fns):   # an AVX2-like machine: the int8 kernel wins at one row and loses at 128
+        calls.append(1)
+        rows = 1 if len(calls) % 2 else 128
+        fast = {"fp32": 140.0, "int8pack": 76.0, "dequantize": 565.0} if rows == 1 else \
+            {"fp32": 3700.0, "int8pack": 4900.0, "dequantize": 4500.0}
+        return {k: fast[k] for k in fns}
+    monkeypatch.setattr(quantize, "_time_us", timed)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, d_model=64))
+    x = torch.randint(0, 64, (1, 20))
+    with torch.inference_mode():
+        ref = model(x)
+    quantize_model(model, "int8")
+    layer = model.blocks[0].mlp.down_proj if hasattr(model.blocks[0].mlp, "down_proj") else \
+        next(m for m in model.modules() if isinstance(m, Int8Linear))
+    assert layer.kernels == ("int8pack", "dense") and len(calls) == 2
+    with torch.inference_mode():
+        prefill = model(x)                                   # 20 rows: the prefill kernel (fp32 copy)
+        decode = model(x[:, :1])                             # one row: the int8 kernel
+    assert layer.dense is not None
+    assert (prefill - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (decode[:, 0] - prefill[:, 0]).abs().max() <= 0.05 * ref.abs().max()
+    # another model of the same shapes on this machine: no new measurement
+    other = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, d_model=64))
+    quantize_model(other, "int8")
+    assert len(calls) == 2
+    assert next(m for m in other.modules() if isinstance(m, Int8Linear)).kernels == ("int8pack", "dense")
