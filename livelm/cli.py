@@ -151,6 +151,8 @@ def cmd_doctor(a) -> int:
     import torch
     from livelm import machine
     from livelm.runtime import pick_device
+    if a.remeasure:
+        machine.forget_cache()
     m = machine.detect(pick_device(a.device), measure=True)
     report = m.to_dict()
     if m.device == "cpu":
@@ -231,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that `auto` makes here (the measurements are cached per machine).")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="forget this machine's cached measurements first (e.g. ones taken while it was busy)")
     p.set_defaults(func=cmd_doctor)
 
     # commands that live beside their feature

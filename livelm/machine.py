@@ -227,6 +227,17 @@ def write_cache(**values) -> None:
         log(f"livelm: could not write the machine cache {path}: {e}")
 
 
+def forget_cache() -> None:
+    """Drop this machine's entry (others' stay): everything is measured again when next needed."""
+    path = _cache_file()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.pop(cache_key(), None) is not None:
+        io.write_json(path, data)
+
+
 def cached(name: str, measure):
     """The cached value `name` for this machine, measuring (and caching) it once when missing."""
     entry = read_cache()
@@ -265,14 +276,12 @@ _FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_
                 "amx_bf16", "amx_int8", "asimd", "bf16", "i8mm", "sve")
 
 
-def bf16_is_fast(measure: bool = True) -> tuple[bool, str]:
-    """Whether bf16 matmuls beat fp32 on this CPU, and why we think so."""
+def bf16_is_fast() -> tuple[bool, str]:
+    """Whether bf16 matmuls beat fp32 on this CPU, and why we think so: the hardware, else a cached measurement."""
     _, flags = cpu_info()
     native, reason = bf16_hardware(flags, cpu_capability(), onednn_bf16())
     if native is not None:
         return native, reason
-    if not measure:
-        return False, reason + " (not measured: fp32)"
     rates = cached("rates", measure_rates)
     ratio = rates["matmul_bfloat16"] / max(rates["matmul_float32"], 1e-9)
     return ratio >= BF16_SPEEDUP, f"{reason}: bf16 {rates['matmul_bfloat16']} vs fp32 {rates['matmul_float32']} GFLOP/s"

@@ -169,6 +169,10 @@ def test_doctor_prints_what_it_found_and_chose(tmp_path, monkeypatch, capsys):
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
     assert "GFLOP/s" in text and "training dtype" in text
+    # --remeasure forgets what was cached (a measurement taken on a busy machine) and measures again
+    machine.write_cache(stale=True)
+    assert main(["doctor", "--remeasure", "--json"]) == 0
+    assert "stale" not in machine.read_cache() and "rates" in machine.read_cache()
 
 
 def test_trainer_logs_its_choice(char_data, tmp_path, capsys):
