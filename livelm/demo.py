@@ -31,9 +31,11 @@ PRETRAIN = dict(preset="llama", n_layer=4, n_head=4, n_kv_head=2, d_model=128, b
                 dtype="auto", compile="auto")
 # Fine-tuning packs several chats per row, so attention takes a mask: compiled, that path was slower
 # than eager, so compile is off here whatever the run length.
-FINETUNE = dict(max_iters=700, lr=2e-3, min_lr=2e-4, warmup_iters=30, eval_interval=350, batch_size=12,
-                block_size=192, dropout=0.1,  # dropout: +1 point en, +5 points zh on held-out phrasings
-                dtype="auto", compile="false")
+# batch 16 at lr 2.7e-3 (12 at 2e-3 before, lr scaled with the batch): both dtypes "auto" picks reach 90%+
+# in each language (fp32 91/93, bf16 90/93); batch 12 left fp32 builds at 88/89. dropout: +1 point en,
+# +5 points zh on held-out phrasings.
+FINETUNE = dict(max_iters=700, lr=2.7e-3, min_lr=2.7e-4, warmup_iters=30, eval_interval=350, batch_size=16,
+                block_size=192, dropout=0.1, dtype="auto", compile="false")
 VOCAB = 2048
 SEED = 0
 
