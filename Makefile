@@ -23,7 +23,7 @@ browser:
 		|| echo "warning: could not install chromium; the browser test will be skipped")
 
 demo: setup
-	$(PY) -m livelm.demo
+	$(PY) -m livelm.cli demo
 
 test: setup browser
 	$(PY) -m pytest -q

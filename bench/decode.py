@@ -16,8 +16,8 @@ import time
 import torch
 
 from livelm.infer.engine import Engine
-from livelm.infer.loader import cast_for_inference
-from livelm.infer.sampling import SamplingParams
+from livelm.runs import cast_for_inference
+from livelm.sampling import SamplingParams
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 
 

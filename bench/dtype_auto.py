@@ -35,8 +35,8 @@ from serve_load import run_level, start_server, summarize  # noqa: E402
 
 from livelm import machine  # noqa: E402
 from livelm.infer.engine import Engine  # noqa: E402
-from livelm.infer.loader import load  # noqa: E402
-from livelm.infer.sampling import SamplingParams  # noqa: E402
+from livelm.runs import load  # noqa: E402
+from livelm.sampling import SamplingParams  # noqa: E402
 
 SHAPES = {"4x128": dict(n_layer=4, n_head=4, n_kv_head=2, d_model=128),
           "6x384": dict(n_layer=6, n_head=6, n_kv_head=2, d_model=384)}
@@ -46,7 +46,7 @@ def make_run(out: Path, shape: str) -> Path:
     """A random-weight run with a byte-level BPE tokenizer trained on a little bilingual text."""
     from livelm.models.gpt import GPT, GPTConfig, PRESETS
     from livelm.tokenizer import Tokenizer
-    from livelm.train.checkpoint import save_checkpoint
+    from livelm.runs import save_checkpoint
     run = out / shape
     if (run / "model.safetensors").is_file():
         return run

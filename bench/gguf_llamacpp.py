@@ -105,7 +105,7 @@ def main() -> int:
         return 0
 
     from livelm.interop.gguf import export_gguf
-    from livelm.train.checkpoint import load_model
+    from livelm.runs import load_model
     work = a.work or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
     run = a.run or train_small_run(work, a.iters, a.preset)
     path = export_gguf(run, work / "gguf")

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from livelm.infer.engine import Engine
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 from livelm.interop.hf import export_hf
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer
-from livelm.train.checkpoint import load_model, save_checkpoint
+from livelm.runs import load_model, save_checkpoint
 
 
 def char_tokenizer(vocab_size: int) -> Tokenizer:

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sst2 import PY, REPO, cache_dir, livelm, log  # noqa: E402
+from sst2 import REPO, cache_dir, livelm, log  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 CORPORA = {"tinyshakespeare": (SHARED / "tinyshakespeare" / "input.txt", "ROMEO:"),
@@ -57,14 +56,8 @@ def seconds_per_step(run: Path) -> float:
 
 
 def sample(run: Path, prompt: str, arch: str) -> str:
-    if arch == "gpt":
-        out = livelm("generate", run, "--prompt", prompt, "--max-tokens", "200", "--temperature", "0.8", "--seed", "1",
-                     "--device", "cpu")[0]
-    else:   # until `livelm generate` dispatches LSTM runs, call the same function it will call
-        code = ("import argparse, sys; from livelm.train.archs import generate_arch; generate_arch(argparse.Namespace("
-                f"run={str(run)!r}, prompt={prompt!r}, max_tokens=200, temperature=0.8, top_k=0, top_p=1.0, "
-                "min_p=0.0, repetition_penalty=1.0, stop=[], seed=1, device='cpu'))")
-        out = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    out = livelm("generate", run, "--prompt", prompt, "--max-tokens", "200", "--temperature", "0.8", "--seed", "1",
+                 "--device", "cpu")[0]
     return prompt + out.rstrip("\n")
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from livelm.chat.template import prompt_ids  # noqa: E402
 from livelm.data import builtin  # noqa: E402
 from livelm.infer.engine import Engine  # noqa: E402
-from livelm.infer.sampling import SamplingParams  # noqa: E402
+from livelm.sampling import SamplingParams  # noqa: E402
 from livelm.learn.memory import with_notes  # noqa: E402
 from livelm.train.checkpoint import load_model  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 A Llama-style model with random weights (8 x 512, 23M parameters, past the caches: decode
 streams its weights from memory), quantized in process as `livelm quantize` does. For each
-method: the kernels livelm.compress.quantize picked here for few rows (decode) and many
+method: the kernels livelm/models/quantized.py picked here for few rows (decode) and many
 (prefill), greedy decode tok/s at batch 1 through the Engine (best of 3 runs of --tokens),
 and prefill tok/s of one --prompt-token forward pass (best of 3). The aim: no quantized model
 slower than fp32 on the machine it runs on.
@@ -20,9 +20,10 @@ import time
 import torch
 
 from livelm import machine
-from livelm.compress.quantize import quantize_model, select_kernels
+from livelm.compress.quantize import quantize_model
+from livelm.models.quantized import select_kernels
 from livelm.infer.engine import Engine
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 from livelm.models.gpt import GPT, PRESETS, GPTConfig
 
 

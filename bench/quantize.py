@@ -40,10 +40,11 @@ def rss_mib() -> float:
 
 def measure(run: Path, variant: str, data: Path, eval_tokens: int, new_tokens: int) -> dict:
     """Load one variant and measure it (runs in its own process)."""
-    from livelm.compress import eval_perplexity, file_mb
+    from livelm.compress import file_mb
+    from livelm.infer.evaluate import perplexity
     from livelm.infer.engine import Engine
-    from livelm.infer.sampling import SamplingParams
-    from livelm.train.checkpoint import load_model
+    from livelm.sampling import SamplingParams
+    from livelm.runs import load_model
     gc.collect()
     before = rss_mib()
     model, tok, _ = load_model(run)
@@ -52,7 +53,7 @@ def measure(run: Path, variant: str, data: Path, eval_tokens: int, new_tokens: i
     gc.collect()
     rss = rss_mib() - before
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
-    ppl = eval_perplexity(model, data, eval_tokens)["perplexity"]
+    ppl = perplexity(model, data, eval_tokens)["perplexity"]
     engine = Engine(model, tok, max_batch=1)
     prompt = tok.encode("ROMEO:\n")
     greedy = SamplingParams(max_tokens=new_tokens, temperature=0)
@@ -65,10 +66,10 @@ def measure(run: Path, variant: str, data: Path, eval_tokens: int, new_tokens: i
 
 
 def build_variants(run: Path, data: Path, work: Path, ft_iters: int, eval_tokens: int) -> list[tuple[str, Path]]:
-    from livelm.compress import save_run
+    from livelm.runs import save_tensors as save_run
     from livelm.compress.prune import prune_run
     from livelm.compress.quantize import quantize_run
-    from livelm.train.checkpoint import load_weights, read_config
+    from livelm.runs import load_weights, read_config
     variants = [("fp32", run)]
     # bf16 on disk: the same tensors cast; load_model reads them back into the fp32 model, `measure` casts it
     tensors, _ = load_weights(run / "model.safetensors")

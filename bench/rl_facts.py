@@ -67,7 +67,7 @@ def heldout_accuracy(run: Path, adapter: Path | None) -> dict:
     """Greedy exact-fact accuracy on the held-out phrasings: {"mixed": {en, zh}, "same": {en, zh}}."""
     from livelm.data import builtin
     from livelm.demo import evaluate_assistant
-    from livelm.infer.loader import load
+    from livelm.runs import load
     model, tok, _, _ = load(run, [adapter] if adapter else None, device="cpu")
     same = builtin.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
     mixed = [{**c, "messages": [{"role": "system", "content": builtin.system_prompt(OTHER[c["lang"]])}, *c["messages"][1:]]}

@@ -146,7 +146,7 @@ def table(rows: list[dict]) -> str:
 
 
 def start_server(run: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "livelm.serve.app", str(run), "--host", "127.0.0.1", "--port", "0",
+    cmd = [sys.executable, "-m", "livelm.cli", "serve", str(run), "--host", "127.0.0.1", "--port", "0",
            "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     line: list[str] = []

@@ -52,7 +52,7 @@ def main() -> None:
     from livelm.data.prepare import prepare
     from livelm.data.shards import TokenData
     from livelm.infer.engine import Engine
-    from livelm.infer.sampling import SamplingParams
+    from livelm.sampling import SamplingParams
     from livelm.models.gpt import GPT
     from livelm.tokenizer import Tokenizer
     from livelm.train.finetune import finetune

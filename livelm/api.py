@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 
 
 class Model:
@@ -63,7 +63,7 @@ def load(path: str | Path, adapters: list[str | Path] | None = None, device: str
          dtype: str = "auto") -> Model:
     """Load a livelm run, an adapter directory (with its base run), or a Hugging Face GPT-2/Llama folder.
     dtype: the weights' dtype (auto: livelm.machine's choice for this hardware at batch 1)."""
-    from livelm.infer.loader import load as load_run
+    from livelm.runs import load as load_run
     path, keep = Path(path), None
     if (path / "config.json").is_file() and "architectures" in (path / "config.json").read_text(encoding="utf-8"):
         # a Hugging Face folder: convert it once into a temporary run (the same code as `livelm import`)
@@ -84,7 +84,7 @@ def train(config: dict | str | Path | None = None, data: str | Path | None = Non
     `config`: TrainConfig fields as a dict, or a YAML file like configs/*.yaml; `data` may also be given there.
     """
     from livelm.config import TrainConfig, load_yaml, resolve_config
-    from livelm.train import checkpoint
+    from livelm import runs
 
     values = dict(load_yaml(Path(config)) if isinstance(config, (str, Path)) else (config or {}))
     data = data or values.pop("data", None)
@@ -94,7 +94,7 @@ def train(config: dict | str | Path | None = None, data: str | Path | None = Non
     unknown = set(values) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
-    base = checkpoint.read_config(out).get("train") if resume else None
+    base = runs.read_config(out).get("train") if resume else None
     cfg = resolve_config(None, base=base, **values)
     if cfg.arch != "gpt":
         raise ValueError(f"train() pretrains GPTs; use `livelm train --arch {cfg.arch}` for the other architectures")
@@ -108,7 +108,7 @@ def pretrain_gpt(cfg, data: str | Path, out: str | Path, resume: bool = False):
     from livelm.data.shards import TokenData
     from livelm.models.gpt import GPT
     from livelm.tokenizer import Tokenizer
-    from livelm.train import checkpoint
+    from livelm import runs
     from livelm.train.objectives import lm_loss
     from livelm.train.trainer import log, train as train_loop
 
@@ -117,8 +117,8 @@ def pretrain_gpt(cfg, data: str | Path, out: str | Path, resume: bool = False):
     torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed reproduces
     model = GPT(cfg.model_config(tokens.vocab_size))
     if resume:
-        tensors, _ = checkpoint.load_weights(Path(out) / "model.safetensors")
-        checkpoint.load_state(model, tensors, Path(out) / "model.safetensors")
+        tensors, _ = runs.load_weights(Path(out) / "model.safetensors")
+        runs.load_state(model, tensors, Path(out) / "model.safetensors")
     n_params = model.num_params()
     log(f"model: {cfg.preset} preset, {cfg.n_layer} layers x {cfg.d_model} wide, {n_params / 1e6:.2f}M parameters, "
         f"{model.flops_per_token() / 1e6:.1f} MFLOPs/token (train, 6N + attention)")

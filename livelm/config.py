@@ -2,11 +2,10 @@
 
 Precedence, lowest first: dataclass defaults < architecture preset (--preset) <
 YAML file (--config) < explicit command-line flags. Every field becomes a flag
-(`n_layer` -> `--n-layer`), so `livelm train --help` documents them all.
+(`n_layer` -> `--n-layer`, livelm/cli/flags.py), so `livelm train --help` documents them all.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, fields, asdict, MISSING
 from pathlib import Path
 
@@ -92,49 +91,6 @@ def _field_types() -> dict[str, type]:
     return {f.name: {"int": int, "float": float, "str": str, "bool": bool}[f.type] for f in fields(TrainConfig)}
 
 
-def _parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Add --config plus one --flag per TrainConfig field; unset flags stay absent from the namespace."""
-    parser.add_argument("--config", type=Path, help="YAML file with any of the fields below")
-    group = parser.add_argument_group("config overrides (each defaults to the preset/YAML value, then the value shown)")
-    types = _field_types()
-    for f in fields(TrainConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = types[f.name]
-        default = f.default if f.default is not MISSING else None
-        choices = {"preset": sorted(PRESETS), "arch": list(ARCHS)}.get(f.name)
-        if f.name == "compile":   # a bare --compile means true, as it did when the field was a bool
-            group.add_argument(flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
-                               choices=["auto", "true", "false"], help=f"(default: {default})")
-        elif kind is bool:
-            group.add_argument(flag, dest=f.name, type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
-                               metavar="BOOL", help=f"(default: {default})")
-        else:
-            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, choices=choices,
-                               help=f"(default: {default!r})")
-
-
-def add_inference_flags(parser: argparse.ArgumentParser, compile_help: str = "") -> None:
-    """--dtype and --compile for commands that run a model (generate, chat, serve); livelm.machine resolves auto."""
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="weights' dtype: auto picks bf16 only where it is faster on this machine (CUDA; a CPU "
-                             "with native bf16, batched, models past the caches), else float32 (default auto; "
-                             "`livelm doctor` shows the choice)")
-    parser.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
-                        help="decode steps through torch.compile; auto stays eager (compiling costs tens of seconds "
-                             "to minutes at start). " + compile_help)
-
-
 def load_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -151,24 +107,25 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
-def resolve_config(args: argparse.Namespace | None = None, base: dict | None = None, **overrides) -> TrainConfig:
-    """Build a TrainConfig: defaults < base (e.g. a run's saved config) < preset < YAML < flags < overrides."""
-    values = dict(base or {})
-    explicit = {k: v for k, v in vars(args).items() if k in _field_types()} if args is not None else {}
-    yaml_values = load_yaml(args.config) if args is not None and getattr(args, "config", None) else {}
-    preset = overrides.get("preset") or explicit.get("preset") or yaml_values.get("preset") or values.get("preset") or "gpt2"
+def resolve_config(config_file: str | Path | None = None, base: dict | None = None, **values) -> TrainConfig:
+    """Build a TrainConfig: defaults < base (e.g. a run's saved config) < preset < YAML file < values.
+
+    `values` are what the caller sets on purpose: the command line's flags (livelm.cli.flags.train_values)
+    or a recipe's settings."""
+    merged = dict(base or {})
+    yaml_values = load_yaml(config_file) if config_file else {}
+    preset = values.get("preset") or yaml_values.get("preset") or merged.get("preset") or "gpt2"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
-    if not base:  # a resumed/fine-tuned run keeps its own architecture
-        values.update({k: v for k, v in PRESETS[preset].items() if k in _field_types()})
-    values.update(yaml_values)
-    values.update(explicit)
-    values.update(overrides)
-    values["preset"] = preset
     types = _field_types()
-    for k, v in values.items():
+    if not base:  # a resumed/fine-tuned run keeps its own architecture
+        merged.update({k: v for k, v in PRESETS[preset].items() if k in types})
+    merged.update(yaml_values)
+    merged.update(values)
+    merged["preset"] = preset
+    for k, v in merged.items():
         if k in types and types[k] is float and isinstance(v, int):
-            values[k] = float(v)
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in types})
+            merged[k] = float(v)
+    cfg = TrainConfig(**{k: v for k, v in merged.items() if k in types})
     cfg.model_config(vocab_size=16)  # validate the architecture early, with a readable error
     return cfg

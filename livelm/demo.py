@@ -1,4 +1,4 @@
-"""`make demo`: build the default bilingual assistant once, then chat with it.
+"""The default bilingual assistant's recipe: `make demo` (= `livelm demo`) builds it once, then chats with it.
 
 Pipeline (all through the same code a user runs by hand):
     builtin corpus -> livelm prepare (BPE) -> livelm train (pretrain)
@@ -9,7 +9,6 @@ The result is cached in runs/assistant/ and rebuilt only when its inputs change
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -63,7 +62,7 @@ def evaluate_assistant(model, tokenizer, heldout: list[dict], notes: bool = Fals
     from livelm.chat.template import prompt_ids
     from livelm.data import builtin
     from livelm.infer.engine import Engine
-    from livelm.infer.sampling import SamplingParams
+    from livelm.sampling import SamplingParams
     facts = {f.key: f for f in builtin.FACTS}
     engine = Engine(model, tokenizer, max_batch=32)
     prompts = [prompt_ids(c["messages"][:-1], tokenizer) for c in heldout]
@@ -100,7 +99,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
             and (out / "chat" / "model.safetensors").is_file():
         return out / "chat"
     from livelm import machine
-    from livelm.runtime import pick_device
+    from livelm.machine import pick_device
     m = machine.detect(pick_device("auto"))
     trained_in = str(machine.resolve_dtype(dtype, pick_device("auto"), warn=False)).removeprefix("torch.")
     t0 = time.perf_counter()
@@ -137,26 +136,3 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
     io.write_json(stamp, report)
     log(f"built in {total:.0f}s: held-out accuracy en {acc['en']:.1%}, zh {acc['zh']:.1%}")
     return out / "chat"
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m livelm.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=RUNS / "assistant")
-    p.add_argument("--rebuild", action="store_true", help="rebuild even if the cached assistant is current")
-    p.add_argument("--build-only", action="store_true", help="build (or verify the cache) and exit")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="training dtype (default auto: bf16 only where this CPU computes it natively)")
-    a = p.parse_args(argv)
-    run = build(a.out, force=a.rebuild, dtype=a.dtype)
-    report = json.loads((a.out / "build.json").read_text())
-    log(f"default assistant: {run}  (held-out accuracy en {report['accuracy_en']:.0%}, zh {report['accuracy_zh']:.0%})")
-    if a.build_only:
-        print(json.dumps({k: v for k, v in report.items() if k != "failures"}))
-        return 0
-    from livelm.cli import main as cli_main
-    return cli_main(["chat", str(run), "--temperature", "0"])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ another. `auto` therefore decides from the hardware:
    measured once and cached per machine.
 
 Measured results (rates, the torch.compile probe, the quantized kernels picked by
-livelm.compress.quantize) are cached in one small JSON file keyed by the CPU
+livelm/models/quantized.py) are cached in one small JSON file keyed by the CPU
 model, its ATen level, the torch version and the ISA limits set in the
 environment (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS
 change what is fast). The file is written atomically, and ignored and rewritten
@@ -292,9 +292,23 @@ def _bf16_fast_cpu() -> tuple[bool, str]:
     return bf16_is_fast()
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available on this machine (try --device cpu)")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def detect(device: torch.device | str | None = None, measure: bool = False) -> Machine:
     """Profile this machine. measure=True times the matmuls and probes torch.compile (cached afterwards)."""
-    from livelm.runtime import pick_device
     device = torch.device(device) if device is not None else pick_device("auto")
     model, flags = cpu_info()
     cap, dnn = cpu_capability(), onednn_bf16()

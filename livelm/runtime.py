@@ -1,4 +1,4 @@
-"""Device, precision and process-group setup shared by training and inference."""
+"""Autocast and process groups (DDP, FSDP) for training; livelm/machine.py picks the device and dtypes."""
 from __future__ import annotations
 
 import contextlib
@@ -8,28 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from livelm import machine
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"--device {name}: MPS is not available on this machine (try --device cpu)")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The training dtype for `--dtype NAME` on `device`; `auto` is decided by livelm.machine
-    (bf16 where the hardware computes it natively or measurably faster, fp32 elsewhere)."""
-    return machine.resolve_dtype(name, device)
+from livelm.machine import pick_device
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

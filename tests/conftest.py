@@ -13,14 +13,45 @@ TEXT = ("First Citizen: Before we proceed any further, hear me speak.\n"
         "所有人：说吧，说吧。我们听着呢！🙂 Mixed 中英 text.\n") * 200
 
 
-def run_cli(*args, check=True, env=None, timeout=300, input=None):
-    """Run `livelm ARGS` in a subprocess, return CompletedProcess (text mode)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([*LIVELM, *map(str, args)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, input=input, cwd=ROOT)
+def run_cli(*args, check=True, env=None, timeout=300, input=None, process=False):
+    """Run `livelm ARGS` and return a CompletedProcess (text mode).
+
+    In this process by default (livelm.cli.main with stdout/stderr captured, torch's global settings
+    restored afterwards): importing torch again for every command cost the suite minutes. A test whose
+    point is the process (an environment, stdin, exit on a signal) passes process=True, env= or input=."""
+    argv = list(map(str, args))
+    if process or env or input is not None:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.run([*LIVELM, *argv], capture_output=True, text=True, env=full_env,
+                              timeout=timeout, input=input, cwd=ROOT)
+    else:
+        proc = _run_in_process(argv)
     if check and proc.returncode != 0:
-        raise AssertionError(f"livelm {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"livelm {' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def _run_in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+
+    import torch
+
+    from livelm.cli import main
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.random.get_rng_state())
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:   # argparse: --help (0), usage errors (2)
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.random.set_rng_state(saved[3])
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

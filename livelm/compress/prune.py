@@ -28,11 +28,9 @@ same trainer and objective as pretraining; masked weights stay zero during it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -57,35 +55,6 @@ def magnitude_prune(model: GPT, amount: float) -> dict[str, torch.Tensor]:
                 w.mul_(mask)
                 masks[name + ".weight"] = mask
     return masks
-
-
-def sparsify(tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
-    """Store each named weight as NAME.mask (uint8, packed bits, row-major) + NAME.values (the non-zeros)."""
-    out = dict(tensors)
-    for name in names:
-        w = out.pop(name)
-        nonzero = w != 0
-        out[name + ".mask"] = torch.from_numpy(np.packbits(nonzero.flatten().numpy()))
-        out[name + ".values"] = w[nonzero].contiguous()
-    return out
-
-
-def densify(tensors: dict[str, torch.Tensor], names: list[str], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    """The inverse of sparsify: rebuild each named dense weight of the given shape."""
-    out = dict(tensors)
-    for name in names:
-        try:
-            bits, values = out.pop(name + ".mask"), out.pop(name + ".values")
-        except KeyError:
-            raise ValueError(f"config.json lists {name} as sparse but model.safetensors has no {name}.mask/.values") from None
-        n = int(np.prod(shapes[name]))
-        mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool))
-        if int(mask.sum()) != values.numel():
-            raise ValueError(f"{name}: the sparse mask has {int(mask.sum())} entries but {values.numel()} values are stored")
-        dense = torch.zeros(n, dtype=values.dtype)
-        dense[mask] = values
-        out[name] = dense.view(shapes[name])
-    return out
 
 
 # ---- structured: attention heads ----------------------------------------------------------------
@@ -216,8 +185,9 @@ def recover(model: GPT, tokenizer, run_config: dict, data_dir: str | Path, out: 
 def prune_run(run: str | Path, out: str | Path, method: str, amount: float, finetune_data: str | Path | None = None,
               finetune_iters: int = 200, finetune_lr: float = 3e-4, eval_data: str | Path | None = None,
               eval_tokens: int = 100_000) -> dict:
-    from livelm.compress import check_out, eval_perplexity, file_mb, save_run
-    from livelm.train.checkpoint import load_model, state_dict_for_save
+    from livelm.compress import check_out, file_mb
+    from livelm.infer.evaluate import perplexity
+    from livelm.runs import load_model, save_tensors as save_run, sparsify, state_dict_for_save
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
     if not 0 < amount < 1:
@@ -230,7 +200,7 @@ def prune_run(run: str | Path, out: str | Path, method: str, amount: float, fine
     eval_data = eval_data or finetune_data
     report = {"out": str(out), "method": method, "amount": amount, "source_params": model.num_params()}
     if eval_data:
-        report["source_perplexity"] = round(eval_perplexity(model, eval_data, eval_tokens)["perplexity"], 4)
+        report["source_perplexity"] = round(perplexity(model, eval_data, eval_tokens)["perplexity"], 4)
 
     masks = None
     if method == "magnitude":
@@ -254,43 +224,16 @@ def prune_run(run: str | Path, out: str | Path, method: str, amount: float, fine
         save_run(run_dir, run, tensors, {**config, "step": step})
 
     if eval_data:
-        report["pruned_perplexity"] = round(eval_perplexity(model, eval_data, eval_tokens)["perplexity"], 4)
+        report["pruned_perplexity"] = round(perplexity(model, eval_data, eval_tokens)["perplexity"], 4)
     if finetune_data:
         recover(model, tokenizer, config, finetune_data, out, finetune_iters, finetune_lr,
                 masks=masks, save_fn=save if masks else None)
         model.eval()
         report["finetune_iters"] = finetune_iters
         if eval_data:
-            report["finetuned_perplexity"] = round(eval_perplexity(model, eval_data, eval_tokens)["perplexity"], 4)
+            report["finetuned_perplexity"] = round(perplexity(model, eval_data, eval_tokens)["perplexity"], 4)
     else:
         save(out, model, config.get("step", 0))
     report.update(params=model.num_params(), size_mb=round(file_mb(out), 3), source_size_mb=round(file_mb(run), 3),
                   **{k: v for k, v in record.items() if k not in ("method", "amount", "kept_heads")})
     return report
-
-
-def cmd_prune(a) -> int:
-    if a.finetune_iters is not None and not a.finetune_data:
-        raise ValueError("--finetune-iters needs --finetune-data DIR (a prepared data directory)")
-    report = prune_run(a.run, a.out, a.method, a.amount, a.finetune_data, a.finetune_iters or 200, a.finetune_lr,
-                       a.eval_data, a.eval_tokens)
-    print(json.dumps(report))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("prune", help="magnitude or structured (heads, MLP channels) pruning of a run",
-                       description="Prune a run into a new run directory. magnitude: zero the smallest weights of "
-                                   "every projection (stored sparsely; smaller file, same speed). heads / mlp: "
-                                   "physically remove attention heads / MLP channels (smaller and faster), the same "
-                                   "number in every layer. Optionally fine-tune briefly to recover.")
-    p.add_argument("run", help="run directory to prune")
-    p.add_argument("--out", required=True, type=Path, help="new run directory to write")
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--amount", type=float, default=0.5, help="share of weights / heads / channels to remove, in (0, 1) (default 0.5)")
-    p.add_argument("--finetune-data", help="prepared data directory for a short recovery fine-tune")
-    p.add_argument("--finetune-iters", type=int, default=None, help="recovery fine-tune steps (default 200)")
-    p.add_argument("--finetune-lr", type=float, default=3e-4, help="recovery fine-tune peak learning rate (default 3e-4)")
-    p.add_argument("--eval-data", help="prepared data directory for the perplexity report (default: --finetune-data)")
-    p.add_argument("--eval-tokens", type=int, default=100_000, help="validation tokens to evaluate (default 100000)")
-    p.set_defaults(func=cmd_prune)

@@ -1,305 +1,17 @@
-"""Weight quantization of a GPT's Linear layers: int8 per-channel, int8 dynamic, int4 group-wise.
+"""`livelm quantize`: turn a run's Linear layers into int8 / int4 ones and write a new run.
 
-    int8          weight-only: W ≈ Wq · s, Wq int8 (out, in), one scale per output row
-    int8-dynamic  the same weights; each token's activations are also quantized to int8
-                  on the fly (one scale per row of x) and multiplied in int32
-    int4          weight-only, asymmetric per group of `group_size` input columns:
-                  W ≈ q · s + z, q in 0..15 packed two per byte, s and z per (row, group)
-
-Only the projections inside the blocks are quantized (q/k/v/o, gate/up/down: >90%
-of the parameters of any but the tiniest model). The token embedding, the norms and
-the lm_head stay in fp32: the head sees every logit, and at small vocabularies it is
-a small share of the weights.
-
-The kernels are ATen's own CPU ops, called from plain nn.Modules. Measured on this
-2-core CPU, one thread, a 512 -> 2048 layer, µs per call at batch 1 / 8 / 128 tokens:
-
-    fp32 nn.Linear                                   140 /  385 / 3420
-    int8 weight-only, torch._weight_int8pack_mm       64 /  291 / 3870   (bf16 activations)
-    int8 weight-only, dequantize + F.linear          194 /  470 / 3760
-    int8 dynamic, torch._int_mm                       72 /  199 /  939
-    int4, torch._weight_int4pack_mm_for_cpu           66 /  255 / 3630   (bf16 activations)
-    int4, unpack + dequantize + F.linear            1380 / 5990 / 6780
-    torchao 0.18 Int8WeightOnlyConfig (fp32)         258 /  479 / 3900
-    torchao 0.18 Int8DynamicActivationInt8Weight     739 / 1360 / 2060
-
-so torchao (whose int4 config does not run here: "Requires mslk >= 1.0.0") is not
-used, and the fp32 versions of the two weight-only kernels (10-100x slower than
-their bf16 paths) are avoided by casting activations to bf16 around the matmul.
-Whole model, greedy decode through the Engine at batch 1, one thread, 8 layers x 512
-(23M parameters): fp32 75 tok/s, bf16 86, int8 145, int8-dynamic 113, int4 140.
-int8-dynamic pays for quantizing every activation row, which wins at prefill and
-large batches (the 128-token column above), not at batch-1 decode.
-
-Storage is our own simple layout (int tensors + scales in model.safetensors,
-the method in config.json): the CPU int4 kernel wants a tiled layout that depends
-on the CPU, so it is built from the plain nibbles when the model is loaded (and
-held beside them: an int4 layer takes 1 byte per weight in memory, half a byte on
-disk). On other devices, or shapes the kernels refuse, the layers dequantize and
-call F.linear. LoRA adapters wrap nn.Linear only: merge an adapter into its base
-run before quantizing it.
+The quantized layers, their kernels and how a machine picks between them are livelm/models/quantized.py
+(the run layer needs them to load what this writes); this file does the converting and the report.
 """
 from __future__ import annotations
 
-import functools
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-METHODS = ("int8", "int8-dynamic", "int4")
-INT4_GROUP_SIZES = (32, 64, 128, 256)   # what the CPU int4 kernel accepts
-
-
-class Int8Linear(nn.Module):
-    """y = x Wᵀ + b with W stored as int8 (out, in) and an fp32 scale per output row (out,)."""
-
-    is_quantized = True
-    kernels = ("int8pack", "int8pack")   # (up to FEW_ROWS rows, more rows): set per machine by select_kernels
-    dense = None                         # fp32 copy of W, built on first use by the "dense" kernel
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool = False):
-        super().__init__()
-        self.in_features, self.out_features, self.dynamic = in_features, out_features, dynamic
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(out_features))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-
-    @classmethod
-    def from_linear(cls, lin: nn.Linear, dynamic: bool = False) -> "Int8Linear":
-        w = lin.weight.detach().float()
-        m = cls(lin.in_features, lin.out_features, lin.bias is not None, dynamic)
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127                     # (out,) symmetric, per row
-        m.weight.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        m.scale.copy_(scale)
-        if lin.bias is not None:
-            m.bias.copy_(lin.bias.detach().float())
-        return m
-
-    def dequantize(self) -> torch.Tensor:
-        return self.weight.float() * self.scale.float()[:, None]                # (out, in)
-
-    def matmul(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
-        """x2 (M, in) @ Wᵀ -> (M, out) by the named kernel (see KERNELS)."""
-        if kernel == "int_mm":
-            # per-token symmetric int8 activations; int8 x int8 -> int32 matmul; rescale by both scales
-            sx = x2.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127   # (M, 1)
-            xq = torch.round(x2.float() / sx).clamp(-127, 127).to(torch.int8)
-            return torch._int_mm(xq, self.weight.t()).float() * sx * self.scale.float()  # (M, out)
-        if kernel == "int8pack":
-            return torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.weight,
-                                             self.scale.to(torch.bfloat16))
-        return _dense_matmul(self, x2, kernel)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (*x.shape[:-1], self.out_features)
-        x2 = x.reshape(-1, self.in_features)                                    # (M, in)
-        y = self.matmul(x2, _kernel_for(self, x2)).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.view(shape)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self.dense = None
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, dynamic={self.dynamic}"
-
-
-def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """(N, K) integers in 0..15 -> (N, K/2) uint8; column 2j in the low nibble, 2j+1 in the high one."""
-    q = q.to(torch.uint8)
-    return q[:, 0::2] | (q[:, 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """(N, K/2) uint8 -> (N, K) uint8 in 0..15; the inverse of pack_int4."""
-    return torch.stack((packed & 15, packed >> 4), dim=-1).view(packed.size(0), -1)
-
-
-class Int4Linear(nn.Module):
-    """y = x Wᵀ + b with W ≈ q · s + z per group of `group_size` input columns.
-
-    Kernels and the dense copy as for Int8Linear.
-
-    Buffers (what model.safetensors holds):
-        qweight (out, in/2) uint8   two 4-bit codes per byte (pack_int4)
-        scales, zeros (out, in/group_size) bf16
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int = 64):
-        super().__init__()
-        if in_features % group_size:
-            raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
-        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        n_groups = in_features // group_size
-        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.bfloat16))
-        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.bfloat16))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self.kernels, self.dense = ("int4pack", "int4pack"), None
-        # the CPU kernel's own tiled copy of the weights, rebuilt from qweight (not saved)
-        self.register_buffer("cpu_packed", None, persistent=False)
-        self.register_buffer("cpu_scales_zeros", None, persistent=False)
-
-    @classmethod
-    def from_linear(cls, lin: nn.Linear, group_size: int = 64) -> "Int4Linear":
-        m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size)
-        N, K, G = lin.out_features, lin.in_features, group_size
-        w = lin.weight.detach().float().view(N, K // G, G)
-        lo, hi = w.amin(dim=-1), w.amax(dim=-1)                                 # (N, K/G)
-        # round the scales to bf16 first, so the codes are chosen for the scales actually stored
-        scales = ((hi - lo) / 15).clamp(min=1e-8).to(torch.bfloat16)
-        zeros = lo.to(torch.bfloat16)
-        q = torch.round((w - zeros.float()[..., None]) / scales.float()[..., None]).clamp(0, 15)
-        m.qweight.copy_(pack_int4(q.view(N, K)))
-        m.scales.copy_(scales)
-        m.zeros.copy_(zeros)
-        if lin.bias is not None:
-            m.bias.copy_(lin.bias.detach().float())
-        m.repack()
-        return m
-
-    is_quantized = True
-
-    def dequantize(self) -> torch.Tensor:
-        N, K, G = self.out_features, self.in_features, self.group_size
-        q = unpack_int4(self.qweight).view(N, K // G, G).float()
-        return (q * self.scales.float()[..., None] + self.zeros.float()[..., None]).view(N, K)
-
-    @torch.no_grad()
-    def repack(self) -> None:
-        """Build the CPU kernel's layout; the kernel wants out % 16 == 0 and value = (q - 8)·s + z'."""
-        if self.out_features % 16 or self.group_size not in INT4_GROUP_SIZES or self.qweight.device.type != "cpu":
-            self.cpu_packed = self.cpu_scales_zeros = None
-            return
-        q = unpack_int4(self.qweight).to(torch.int32)                            # (N, K)
-        self.cpu_packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
-        # q·s + z = (q - 8)·s + (z + 8s); the kernel takes (K/G, N, 2) pairs of (s, z + 8s)
-        s, z = self.scales.float(), self.zeros.float()
-        self.cpu_scales_zeros = torch.stack((s, z + 8 * s), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self.repack()
-        self.dense = None
-
-    def matmul(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
-        """x2 (M, in) @ Wᵀ -> (M, out) by the named kernel (see KERNELS)."""
-        if kernel == "int4pack" and self.cpu_packed is not None:
-            return torch._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), self.cpu_packed,
-                                                     self.group_size, self.cpu_scales_zeros)
-        return _dense_matmul(self, x2, "dequantize" if kernel == "int4pack" else kernel)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (*x.shape[:-1], self.out_features)
-        x2 = x.reshape(-1, self.in_features)
-        y = self.matmul(x2, _kernel_for(self, x2)).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.view(shape)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}"
-
-# ---- kernels, chosen per machine -------------------------------------------------------------
-# Which matmul a quantized layer runs depends on the CPU: ATen's int8/int4 weight-only kernels take
-# bf16 activations and beat fp32 4x at decode on a CPU with AVX-512 BF16, yet where only AVX2 is there
-# they win at decode but lose to fp32 at prefill (measured, 1024 -> 2816, µs at 1 / 16 / 128 rows:
-# fp32 140 / 775 / 3732, int8pack 76 / 614 / 4922, int4pack 144 / 614 / 5002). So each layer keeps two
-# kernels, one for few rows (decode) and one for many (prefill), picked by timing the candidates on this
-# machine (select_kernels, cached). "dense" keeps an fp32 copy of the weights and runs F.linear: as fast
-# as the fp32 model, so a quantized model is never slower than it, at the cost of that copy's memory.
-KERNELS = {"int8": ("int8pack", "dequantize", "dense"),
-           "int8-dynamic": ("int_mm", "int8pack", "dequantize", "dense"),   # weight-only kernels round alike
-           "int4": ("int4pack", "dequantize", "dense")}
-FEW_ROWS = 16          # up to this many rows a product counts as decode
-PROBE_ROWS = (1, 128)  # rows timed for each regime
-
-
-def _kernel_for(layer: nn.Module, x2: torch.Tensor) -> str:
-    if x2.device.type != "cpu":
-        return "dequantize"
-    return layer.kernels[0] if x2.size(0) <= FEW_ROWS else layer.kernels[1]
-
-
-def _dense_matmul(layer: nn.Module, x2: torch.Tensor, kernel: str) -> torch.Tensor:
-    if kernel == "dense":
-        if layer.dense is None or layer.dense.device != x2.device:
-            layer.dense = layer.dequantize().to(x2.device)
-        return F.linear(x2.float(), layer.dense)
-    return F.linear(x2.float(), layer.dequantize().to(x2.device))
-
-
-def _time_us(fns: dict, seconds: float = 0.3) -> dict[str, float]:
-    """Best µs per call of each function, timed in interleaved rounds: a machine busy with something else
-    slows every candidate alike instead of whichever happened to run at the wrong moment."""
-    for fn in fns.values():
-        fn()   # warm-up
-    best = {k: float("inf") for k in fns}
-    deadline, rounds = time.perf_counter() + seconds, 0
-    while rounds < 3 or (time.perf_counter() < deadline and rounds < 200):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t)
-        rounds += 1
-    return {k: round(v * 1e6, 1) for k, v in best.items()}
-
-
-def measure_kernels(method: str, in_features: int, out_features: int, group_size: int = 64) -> dict:
-    """Time each candidate kernel against fp32 F.linear on one (out, in) layer at PROBE_ROWS rows; pick,
-    per regime, the fastest quantized kernel unless fp32 beats it, then "dense" (fp32 speed)."""
-    torch.manual_seed(0)
-    lin = nn.Linear(in_features, out_features, bias=False)
-    layer = Int4Linear.from_linear(lin, group_size) if method == "int4" else \
-        Int8Linear.from_linear(lin, dynamic=method == "int8-dynamic")
-    times: dict[str, dict[str, float]] = {}
-    chosen = []
-    with torch.inference_mode():
-        for rows in PROBE_ROWS:
-            x = torch.randn(rows, in_features)
-            fns = {"fp32": lambda: F.linear(x, lin.weight)}
-            for k in KERNELS[method]:
-                if k == "dense" or (k == "int4pack" and layer.cpu_packed is None):
-                    continue   # dense is F.linear on an fp32 copy: fp32's own time
-                fns[k] = functools.partial(layer.matmul, x, k)
-            row = _time_us(fns)
-            best = min((k for k in row if k != "fp32"), key=row.get)
-            chosen.append(best if row[best] <= row["fp32"] else "dense")
-            times[f"{rows}_rows_us"] = row
-    return {"decode": chosen[0], "prefill": chosen[1], **times}
-
-
-def select_kernels(model: nn.Module, method: str, group_size: int = 64) -> dict:
-    """Set every quantized layer's (decode, prefill) kernels from this machine's measurement on the model's
-    largest quantized shape (measured once per machine, method and shape; cached by livelm.machine)."""
-    from livelm import machine
-    layers = [m for m in model.modules() if getattr(m, "is_quantized", False)]
-    if not layers:
-        return {}
-    big = max(layers, key=lambda m: m.in_features * m.out_features)
-    key = f"quant {method} {big.out_features}x{big.in_features}" + (f" g{group_size}" if method == "int4" else "")
-    if any(p.device.type != "cpu" for p in model.buffers()):
-        return {"decode": "dequantize", "prefill": "dequantize"}
-    choice = machine.cached(key, lambda: measure_kernels(method, big.in_features, big.out_features, group_size))
-    for m in layers:
-        m.kernels = (choice["decode"], choice["prefill"])
-        m.dense = None
-    return choice
-
-
-def targets(model: nn.Module) -> list[str]:
-    """Names of the Linear layers that get quantized: every projection inside the blocks."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")]
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
+from livelm.models.quantized import (INT4_GROUP_SIZES, METHODS, Int4Linear, Int8Linear, _set, select_kernels,
+                                     targets)
 
 
 def quantize_model(model: nn.Module, method: str, group_size: int = 64) -> dict:
@@ -332,27 +44,12 @@ def quantize_model(model: nn.Module, method: str, group_size: int = 64) -> dict:
     return record
 
 
-def prepare_quantized(model: nn.Module, record: dict) -> None:
-    """Swap in empty quantized layers named by a config.json record, ready for load_state_dict."""
-    method = record.get("method")
-    if method not in METHODS:
-        raise ValueError(f"config.json names an unknown quantization method {method!r}")
-    for name in record["modules"]:
-        lin = model.get_submodule(name)
-        if method == "int4":
-            q = Int4Linear(lin.in_features, lin.out_features, lin.bias is not None, record["group_size"])
-        else:
-            q = Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, dynamic=method == "int8-dynamic")
-        _set(model, name, q)
-    select_kernels(model, method, record.get("group_size", 64))
-
-
-# ---- livelm quantize ----------------------------------------------------------------------
 def quantize_run(run: str | Path, out: str | Path, method: str, group_size: int = 64,
                  eval_data: str | Path | None = None, eval_tokens: int = 100_000) -> dict:
     """Quantize a run into a new run directory; returns a report (sizes, logit drift, perplexities)."""
-    from livelm.compress import check_out, eval_perplexity, file_mb, save_run
-    from livelm.train.checkpoint import load_model, state_dict_for_save
+    from livelm.compress import check_out, file_mb
+    from livelm.infer.evaluate import perplexity
+    from livelm.runs import load_model, save_tensors as save_run, state_dict_for_save
     check_out(run, out)
     model, _, config = load_model(run)
     if "quantization" in config:
@@ -362,7 +59,7 @@ def quantize_run(run: str | Path, out: str | Path, method: str, group_size: int 
                           generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = model(probe)
-    before = eval_perplexity(model, eval_data, eval_tokens) if eval_data else None
+    before = perplexity(model, eval_data, eval_tokens) if eval_data else None
     record = quantize_model(model, method, group_size)
     config = {k: v for k, v in config.items() if k != "sparse"}   # weights are now stored dense (and quantized)
     save_run(out, run, state_dict_for_save(model), {**config, "quantization": record, "source_run": str(Path(run).resolve())})
@@ -378,29 +75,7 @@ def quantize_run(run: str | Path, out: str | Path, method: str, group_size: int 
     choice = select_kernels(model, method, group_size)
     report["kernels"] = {**choice, "cpu": f"{machine.cpu_info()[0]}, {machine.cpu_capability()}"}
     if before:
-        after = eval_perplexity(model, eval_data, eval_tokens)
+        after = perplexity(model, eval_data, eval_tokens)
         report.update(source_perplexity=round(before["perplexity"], 4), perplexity=round(after["perplexity"], 4),
                       perplexity_change=round(after["perplexity"] / before["perplexity"] - 1, 5))
     return report
-
-
-def cmd_quantize(a) -> int:
-    import json
-    print(json.dumps(quantize_run(a.run, a.out, a.method, a.group_size, a.eval_data, a.eval_tokens)))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("quantize", help="int8 / int4 weight quantization of a run",
-                       description="Quantize the Linear layers of a run's blocks (the embedding and lm_head stay "
-                                   "fp32) and write a new run directory that generate, chat, serve and eval load "
-                                   "like any other. int8: per-channel weight-only; int8-dynamic: int8 weights and "
-                                   "per-token int8 activations; int4: group-wise weight-only.")
-    p.add_argument("run", help="run directory to quantize")
-    p.add_argument("--out", required=True, type=Path, help="new run directory to write")
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--group-size", type=int, default=64, choices=INT4_GROUP_SIZES,
-                   help="int4: input columns sharing one scale and zero (default 64)")
-    p.add_argument("--eval-data", help="prepared data directory: also report perplexity before and after")
-    p.add_argument("--eval-tokens", type=int, default=100_000, help="validation tokens to evaluate (default 100000)")
-    p.set_defaults(func=cmd_quantize)

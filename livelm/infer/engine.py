@@ -32,7 +32,7 @@ from typing import Iterator
 
 import torch
 
-from livelm.infer.sampling import (SamplingParams, copy_next, is_plain, lean_to_first_source, sample_next,
+from livelm.sampling import (SamplingParams, copy_next, is_plain, lean_to_first_source, sample_next,
                                    sample_plain, top_logprobs)
 from livelm.infer.textstream import TextStream
 from livelm.models.gpt import KVCache

@@ -37,7 +37,7 @@ import torch
 from livelm import io
 from livelm.chat.template import JINJA_TEMPLATE
 from livelm.tokenizer import _bytes_to_unicode
-from livelm.train.checkpoint import load_model
+from livelm.runs import load_model
 
 
 class GGUFExportError(ValueError):

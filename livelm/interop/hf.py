@@ -266,7 +266,7 @@ def export_hf(run_dir, out_dir, adapter_dir=None) -> dict:
     for the HF module names.
     """
     from livelm.models.lora import read_adapter_config
-    from livelm.train.checkpoint import load_weights, read_config
+    from livelm.runs import load_weights, read_config
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InteropError(f"run directory not found: {run_dir}")
@@ -274,7 +274,7 @@ def export_hf(run_dir, out_dir, adapter_dir=None) -> dict:
         if adapter_dir is not None:
             raise InteropError(f"{run_dir} is an adapter, and --adapter was given too; "
                                f"run `livelm export BASE_RUN --adapter ADAPTER`")
-        from livelm.infer.loader import resolve_base
+        from livelm.runs import adapter_base as resolve_base
         run_dir, adapter_dir = resolve_base(run_dir), run_dir
     config = read_config(run_dir)
     arch = config.get("arch", "gpt")
@@ -331,7 +331,7 @@ def adapter_to_hf(adapter_dir, cfg: GPTConfig, fam: str, out: Path) -> tuple[dic
     (rank_pattern / alpha_pattern) to keep alpha/r unchanged.
     """
     from livelm.models.lora import PREFIX, read_adapter_config
-    from livelm.train.checkpoint import load_weights
+    from livelm.runs import load_weights
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise InteropError(f"adapter directory not found: {adapter_dir}")
@@ -692,46 +692,3 @@ def remap_vocab(sd: dict[str, torch.Tensor], mapping: torch.Tensor) -> dict[str,
             new[mapping] = old
             out[name] = new
     return out
-
-
-# ---- CLI ------------------------------------------------------------------------------------
-def cmd_export(a) -> int:
-    if a.format == "gguf":
-        if a.adapter:
-            raise InteropError("--adapter is not supported with --format gguf; merge the adapter first "
-                               "(livelm learn --promote) or export to hf")
-        try:
-            from livelm.interop.gguf import export_gguf
-        except ImportError as e:
-            raise InteropError(f"GGUF export is not available in this installation ({e})") from None
-        path = export_gguf(a.run, a.out)
-        print(json.dumps({"format": "gguf", "out": str(path)}, ensure_ascii=False))
-        return 0
-    print(json.dumps(export_hf(a.run, a.out, a.adapter), ensure_ascii=False))
-    return 0
-
-
-def cmd_import(a) -> int:
-    print(json.dumps(import_hf(a.hf_dir, a.out, a.block_size), ensure_ascii=False))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("export", help="write a run as a Hugging Face (or GGUF) model folder",
-                       description="Export a GPT run to a folder that transformers loads with from_pretrained "
-                                   "(gpt2 preset -> GPT2LMHeadModel, llama preset -> LlamaForCausalLM), with the "
-                                   "tokenizer and chat template; --adapter adds a PEFT adapter in out/adapter.")
-    p.add_argument("run", help="run directory (or a LoRA adapter directory: its base run is exported with it)")
-    p.add_argument("--out", required=True, type=Path, help="new folder to write")
-    p.add_argument("--adapter", type=Path, help="LoRA adapter trained on RUN, written to OUT/adapter for PEFT")
-    p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf (default) or gguf (llama.cpp/Ollama)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("import", help="turn a Hugging Face GPT-2/Llama folder into a run",
-                       description="Import a GPT2LMHeadModel or LlamaForCausalLM folder (config.json, "
-                                   "model.safetensors or sharded safetensors, tokenizer.json) as a livelm run.")
-    p.add_argument("hf_dir", help="Hugging Face model folder")
-    p.add_argument("--out", required=True, type=Path, help="run directory to write (new)")
-    p.add_argument("--block-size", type=int, default=None,
-                   help="cap the context window of a RoPE model (default: max_position_embeddings)")
-    p.set_defaults(func=cmd_import)

@@ -97,3 +97,28 @@ class AdapterStore:
 
     def discard(self, version_dir: Path) -> None:
         shutil.rmtree(version_dir, ignore_errors=True)
+
+
+def promote(run, tenant: str, store_root, out) -> dict:
+    """Merge the tenant's live adapter into the base weights and save a new run (never done automatically).
+    Served, a learned adapter answers only the questions near the tenant's feedback (LearnConfig.adapter_scope);
+    merged into the weights it answers every question, for every tenant of the new run."""
+    from livelm.models import lora
+    from livelm.models.gpt import GPT
+    from livelm.runs import load_model, read_config, save_checkpoint
+    if not out:
+        raise ValueError("--promote needs --out NEW_RUN (the base run is never overwritten)")
+    current = AdapterStore(store_root).current(tenant)
+    if current is None:
+        raise ValueError(f"tenant {tenant} has no live adapter to promote")
+    model, tok, config = load_model(run)
+    lora.load_adapter(model, current, "promote")
+    lora.merge(model, "promote")
+    merged = {k.replace(".base.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k}
+    plain = GPT(model.cfg)
+    plain.load_state_dict(merged)
+    config = {**read_config(run), "promoted_from": {"run": str(Path(run).resolve()), "tenant": tenant,
+                                                    "adapter": str(current)}}
+    config.pop("step", None)
+    save_checkpoint(out, plain, tok, config, step=0)
+    return {"out": str(out), "merged": str(current)}

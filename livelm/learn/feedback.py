@@ -184,3 +184,33 @@ class FeedbackStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def export_rows(items, fmt: str) -> list[dict]:
+    """Feedback -> TRL dataset rows (conversational format): sft {messages}, dpo {prompt, chosen, rejected},
+    kto {prompt, completion, label} (`livelm feedback export`)."""
+    rows = []
+    for r in items:
+        prompt = [m for m in r.conversation]
+        if fmt == "sft":
+            if r.kind == "correction":
+                rows.append({"messages": prompt + [{"role": "assistant", "content": r.correction}]})
+            elif r.kind == "up":
+                rows.append({"messages": prompt + [{"role": "assistant", "content": r.answer}]})
+            elif r.kind == "preference":
+                rows.append({"messages": prompt + [{"role": "assistant", "content": r.chosen}]})
+        elif fmt == "dpo":
+            pair = (r.correction, r.answer) if r.kind == "correction" and r.answer else \
+                (r.chosen, r.rejected) if r.kind == "preference" else None
+            if pair:
+                rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": pair[0]}],
+                             "rejected": [{"role": "assistant", "content": pair[1]}]})
+        elif fmt == "kto":
+            if r.kind in ("up", "down"):
+                rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": r.answer}],
+                             "label": r.kind == "up"})
+            elif r.kind == "correction":
+                rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": r.correction}], "label": True})
+                if r.answer:
+                    rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": r.answer}], "label": False})
+    return rows

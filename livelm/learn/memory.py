@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 
 _WORD = re.compile(r"[a-z0-9¥$€£%.]+|[\u3400-\u9fff]")
 _CJK = re.compile(r"[\u3400-\u9fff]")

@@ -1,4 +1,4 @@
-"""`livelm rl`: reward-driven reinforcement learning (GRPO-style) on a LoRA adapter.
+"""Reward-driven reinforcement learning (GRPO-style) on a LoRA adapter.
 
 Each step: take a few prompts, sample a group of G answers for each from the
 current policy (the shared Engine), score every answer with the user's reward
@@ -12,7 +12,7 @@ named as `module:function` (e.g. `livelm.learn.rewards:same_language`); `columns
 are the prompt record's other JSONL fields, such as a reference answer
 (`livelm.learn.rewards:states_reference`). Worked example: bench/rl_facts.py.
 
-It prints JSON: the mean reward of the sampled answers at every step, and the
+`livelm rl` prints what run_rl returns, as JSON: the mean reward of the sampled answers at every step, and the
 reward on the held-out prompts (20% of the file, chosen by --seed, never trained on)
 before and after, greedy and sampled (--heldout-samples answers per prompt).
 
@@ -29,7 +29,6 @@ distribution, while an adapter on the output layer moves it directly.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
@@ -41,9 +40,9 @@ import numpy as np
 import torch
 
 from livelm.chat.template import prompt_ids, validate
-from livelm.config import add_config_flags, resolve_config
+from livelm.config import resolve_config
 from livelm.infer.engine import Engine
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 from livelm.learn.objectives import grpo_loss, token_logprobs
 from livelm.models import lora
 from livelm.train.trainer import log, train
@@ -191,17 +190,17 @@ def check_lengths(prompts, tokenizer, block_size: int, path) -> None:
                              f"context window is {block_size}; shorten it or drop it")
 
 
-def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=None, group: int = 8, per_step: int = 4,
+def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, config_file=None, group: int = 8, per_step: int = 4,
            max_tokens: int = 48, temperature: float = 1.0, kl: float = 0.02, rank: int = 8, val_fraction: float = 0.2,
            targets: list[str] | None = None, heldout_samples: int = 4, **overrides) -> dict:
-    from livelm.infer.loader import load
+    from livelm.runs import load
     reward_fn = load_reward(reward)
     prompts = read_prompts(prompts_file)
     model, tok, saved, _ = load(run)
     check_lengths(prompts, tok, model.cfg.block_size, prompts_file)
     base_train = {**saved.get("train", {}), "max_iters": 30, "lr": 3e-3, "min_lr": 3e-4, "warmup_iters": 0,
                   "eval_interval": 10, "eval_iters": 0, "grad_clip": 1.0, "dropout": 0.0}
-    cfg = resolve_config(args, base=base_train, **overrides)
+    cfg = resolve_config(config_file, base=base_train, **overrides)
     order = np.random.default_rng(cfg.seed).permutation(len(prompts))
     n_val = max(1, int(len(prompts) * val_fraction)) if len(prompts) > 4 else 0
     val = [prompts[i] for i in order[:n_val]] or prompts
@@ -236,33 +235,3 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, args=Non
         result.update(reward_heldout_sampled_before=start_sampled,
                       reward_heldout_sampled_after=sampler.mean_reward(val, heldout_samples))
     return {**result, "reward_train_per_step": [round(r, 3) for r in sampler.rewards]}
-
-
-def cmd_rl(a) -> int:
-    result = run_rl(a.run, a.prompts, a.reward, a.out, args=a, group=a.group, per_step=a.prompts_per_step,
-                    max_tokens=a.max_tokens, temperature=a.temperature, kl=a.kl, rank=a.lora_rank,
-                    targets=[t.strip() for t in a.lora_targets.split(",") if t.strip()], heldout_samples=a.heldout_samples)
-    print(json.dumps(result))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("rl", help="reinforcement learning from a reward function (GRPO-style, LoRA)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="chat run to improve")
-    p.add_argument("--prompts", required=True, help="prompts: JSONL ({messages} or {prompt}) or text lines")
-    p.add_argument("--reward", required=True, help="module:function, called as f(messages, answer, **other JSONL fields) -> float")
-    p.add_argument("--out", required=True, type=Path, help="adapter directory to write")
-    p.add_argument("--group", type=int, default=8, help="answers sampled per prompt (default 8)")
-    p.add_argument("--prompts-per-step", type=int, default=4)
-    p.add_argument("--max-tokens", type=int, default=48, help="answer length limit while sampling")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--kl", type=float, default=0.02, help="KL penalty to the starting model (0 = off)")
-    p.add_argument("--heldout-samples", type=int, default=4,
-                   help="answers per held-out prompt for the sampled reward before/after (0 = greedy only)")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--lora-targets", default=",".join(lora.DEFAULT_TARGETS), metavar="NAMES",
-                   help="comma-separated layers the adapter wraps (PEFT's target_modules); add lm_head for "
-                        "small or barely trained models and token-level rewards (default: %(default)s)")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_rl)

@@ -34,7 +34,7 @@ from livelm.learn.feedback import FeedbackStore
 from livelm.learn.memory import BM25, Memory, MemoryItem, correction_finder, last_question, related_chats
 from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logprob
 from livelm.models import lora
-from livelm.train.checkpoint import load_model
+from livelm.runs import load_model
 from livelm.train.trainer import train
 
 
@@ -120,7 +120,7 @@ def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
     """Greedy answers to the probe questions (with whichever adapter is active)."""
     from livelm.chat.template import prompt_ids
     from livelm.infer.engine import Engine
-    from livelm.infer.sampling import SamplingParams
+    from livelm.sampling import SamplingParams
     if not probes:
         return []
     engine = Engine(model, tokenizer, max_batch=min(64, len(probes)))
@@ -265,7 +265,7 @@ def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int) -> list
     old fact and is dropped."""
     from livelm.chat.template import prompt_ids
     from livelm.infer.engine import Engine
-    from livelm.infer.sampling import SamplingParams
+    from livelm.sampling import SamplingParams
     from livelm.learn.memory import terms, with_notes
     rng = random.Random(seed)
     by_fix: dict[int, list] = {}

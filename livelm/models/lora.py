@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
 from livelm import io
 
@@ -221,9 +222,14 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[LoRAConfig, dict]:
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, name: str) -> LoRAConfig:
     """Add the adapter saved in `adapter_dir` to `model` under `name` (not activated)."""
-    from livelm.train.checkpoint import load_weights
     cfg, _ = read_adapter_config(adapter_dir)
-    tensors, _ = load_weights(Path(adapter_dir) / "adapter_model.safetensors")
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise AdapterError(f"{adapter_dir}: missing weights file {path.name}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{path} is corrupt or truncated ({e}); delete the adapter or restore it") from None
     add_adapter(model, name, cfg)
     modules = lora_modules(model)
     expected = set()

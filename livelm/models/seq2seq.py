@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from livelm.infer.sampling import SamplingParams, sample_next
+from livelm.sampling import SamplingParams, sample_next
 from livelm.models.bert import Encoder
 from livelm.models.gpt import GPT, GPTConfig, KVCache, CausalSelfAttention, MLP, make_norm, rope_tables
 

@@ -1,10 +1,11 @@
-"""`livelm serve`: an OpenAI-compatible HTTP API and a web chat page over one model.
+"""An OpenAI-compatible HTTP API and a web chat page over one model.
 
     livelm serve runs/assistant/chat                      # http://127.0.0.1:8000/
     curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"你好"}]}'
 
 Layout of the package:
-    app.py            this file: the FastAPI app, auth, errors, small routes, the CLI
+    app.py            this file: the FastAPI app, auth, errors, small routes
+    (livelm/cli/serve.py: the `livelm serve` command that binds the socket and runs uvicorn)
     completions.py    the two generation endpoints (JSON and Server-Sent Events)
     scheduler.py      requests to the engine and chunks back
     engine_process.py the process that owns the model and runs the Engine
@@ -20,17 +21,11 @@ rest (streams get an error event) and exit.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import functools
 import hashlib
 import hmac
 import json
 import logging
-import os
-import signal
-import socket
-import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -43,8 +38,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from livelm import machine
-from livelm.config import add_inference_flags
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
 from livelm.learn.memory import draft_params
 from livelm.serve import completions
@@ -83,7 +76,7 @@ class ServeState:
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
                  learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto"):
-        from livelm.infer.loader import resolve_base
+        from livelm.runs import adapter_base as resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
         self.api_keys = {k: tenant_of(k) for k in api_keys}
@@ -136,8 +129,8 @@ class ServeState:
             from livelm.models import lora
             load = self._load
             if load is None:   # weights in the inference dtype for batches of max_batch (livelm.machine)
-                from livelm.infer import loader
-                load = functools.partial(loader.load, dtype=self.dtype, batch=self.max_batch)
+                from livelm import runs
+                load = functools.partial(runs.load, dtype=self.dtype, batch=self.max_batch)
             model, tokenizer, _, names = load(self.run, self.adapter_dirs, self.device)
             log.info("serving in %s", str(next(model.parameters()).dtype).removeprefix("torch."))
             if names:
@@ -479,230 +472,3 @@ def feedback_json(item: Feedback) -> dict:
     d = item.to_dict()
     d.pop("tenant", None)   # callers only ever see their own items
     return d
-
-
-# ---- the command line ----------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run directory (or a LoRA adapter directory)")
-    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
-                   help="LoRA adapter to serve beside the base model; requests pick it by its directory name "
-                        "as `model` (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    keys = p.add_mutually_exclusive_group()
-    keys.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                      help="require 'Authorization: Bearer KEY' on /v1 (repeatable; default: $LIVELM_API_KEY if set)")
-    keys.add_argument("--api-key-file", metavar="FILE", help="file with one API key per line")
-    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
-    add_inference_flags(p, "true: 2-3x faster single streams on the default assistant, for a longer start "
-                           "(~40 s compiling); rows that use a LoRA adapter decode eagerly")
-    p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
-                                                              "beyond it requests get 429 (default 256)")
-    p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
-                   help="largest max_tokens a request may ask for (default: the context window)")
-    p.add_argument("--feedback-db", type=Path, default=None, help="SQLite file for feedback (default RUN/feedback.sqlite)")
-    p.add_argument("--served-model-name", default=None, help="model id of the base run (default: its directory name)")
-    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="on SIGINT/SIGTERM, how long running requests may take to finish (default 10)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for the model (default: cores - 1, leaving one core to the HTTP side; "
-                        "$OMP_NUM_THREADS if set)")
-    g = p.add_argument_group("live learning (see livelm/learn/live.py)")
-    g.add_argument("--learn", default="memory,adapter",
-                   help="comma-separated: memory (facts/corrections into prompts at once), adapter (background "
-                        "LoRA updates, hot-swapped); 'off' disables (default memory,adapter)")
-    g.add_argument("--adapter-store", type=Path, default=None, help="where learned adapters are kept (default RUN/adapters)")
-    g.add_argument("--learn-every", type=int, default=1, metavar="N", help="new trainable feedback items per update (default 1)")
-    g.add_argument("--learn-interval", type=float, default=2.0, metavar="SECONDS",
-                   help="minimum seconds between two updates of one tenant (default 2)")
-    g.add_argument("--learn-debounce", type=float, default=0.5, metavar="SECONDS",
-                   help="quiet seconds after feedback before an update starts, so a burst is one update (default 0.5)")
-    from livelm.learn.live import LearnConfig
-    from livelm.learn.update import UpdateConfig
-    d = UpdateConfig()
-    g.add_argument("--learn-steps", type=int, default=d.steps, help=f"training steps per update (default {d.steps})")
-    g.add_argument("--learn-rank", type=int, default=d.rank, help=f"LoRA rank of learned adapters (default {d.rank})")
-    g.add_argument("--learn-lr", type=float, default=d.lr, help=f"learning rate of updates (default {d.lr})")
-    g.add_argument("--learn-modes", default=d.modes, help=f"objectives used by updates (default {d.modes})")
-    g.add_argument("--learn-replay", type=int, default=d.replay,
-                   help=f"replayed training chats per update step, against forgetting (default {d.replay})")
-    g.add_argument("--learn-replay-loss", default=d.replay_loss, choices=["kl", "sft"],
-                   help="replayed chats keep the model's own next-token distribution (kl) or train on their text "
-                        f"(sft) (default {d.replay_loss})")
-    g.add_argument("--learn-propagate", type=int, default=d.propagate, metavar="N",
-                   help="other phrasings of each corrected question (from the run's training chats), answered "
-                        "with the correction as a note and trained on, so it reaches rephrasings "
-                        f"(0 = off; default {d.propagate})")
-    g.add_argument("--learn-memory-draft", type=int, default=LearnConfig.memory_draft, metavar="N",
-                   help="memory (and the adapter's scope) look up by the question and a greedy draft answer of N "
-                        f"tokens, for tenants with notes or a learned adapter (0 = the question alone; default "
-                        f"{LearnConfig.memory_draft})")
-    g.add_argument("--learn-adapter-scope", choices=["feedback", "all"], default="feedback",
-                   help="which of a tenant's questions its learned adapter answers: those near its trainable "
-                        "feedback (the rest get the base model, so unrelated answers stay as they were) or all; "
-                        "the probe guard judges the adapter the same way (default feedback)")
-    g.add_argument("--learn-seed", type=int, default=d.seed,
-                   help="seed of an update's sampling (replayed chats, rephrasings), so a run of the live-learning "
-                        f"bench can be repeated with others (default {d.seed})")
-    g.add_argument("--learn-dtype", default=d.dtype, help=f"update training dtype: auto | float32 | bfloat16 (default {d.dtype})")
-    g.add_argument("--probe-size", type=int, default=d.probe_size,
-                   help=f"held-out built-in questions in the guard's probe (default {d.probe_size})")
-    g.add_argument("--max-probe-drop", type=float, default=d.max_drop,
-                   help=f"reject an update whose probe accuracy drops by more than this (default {d.max_drop})")
-    g.add_argument("--regression-file", default=None, help="operator's JSONL probes: {\"messages\": [...], \"expect\": \"text\"}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
-
-
-def read_api_keys(a) -> list[str]:
-    if a.api_key_file:
-        path = Path(a.api_key_file)
-        if not path.is_file():
-            raise ValueError(f"--api-key-file {path}: no such file")
-        keys = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and not ln.strip().startswith("#")]
-        if not keys:
-            raise ValueError(f"--api-key-file {path} has no keys (one per line)")
-        return keys
-    if a.api_key:
-        return a.api_key
-    env = os.environ.get("LIVELM_API_KEY", "").strip()
-    return [env] if env else []
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves, so --port 0 reveals its real port before we print the URL."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP;
-    # with proto 0 every streamed chunk would wait up to 40 ms for a delayed ACK
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def set_threads(n: int | None) -> None:
-    """One core stays free for the event loop (HTTP, JSON, SSE). On a small machine this matters a lot:
-    with every core in torch's pool, its worker threads spin while the event loop wants the CPU, and a
-    decode step gets several times slower (measured on 2 cores: see bench/serve_load.py in bench/RESULTS.md)."""
-    import torch
-    if n is None:
-        if os.environ.get("OMP_NUM_THREADS"):
-            return
-        n = max(1, machine.usable_cpus() - 1)
-    if n < 1:
-        raise ValueError("--threads must be at least 1")
-    torch.set_num_threads(n)
-
-
-def learn_config(a):
-    """--learn* flags -> LearnConfig (None when learning is off)."""
-    from livelm.learn.live import LearnConfig
-    from livelm.learn.update import UpdateConfig
-    modes = tuple(m for m in a.learn.split(",") if m and m != "off")
-    unknown = set(modes) - {"memory", "adapter"}
-    if unknown:
-        raise ValueError(f"--learn: unknown mode(s) {', '.join(sorted(unknown))}; use memory, adapter or off")
-    if not modes:
-        return None
-    update = UpdateConfig(steps=a.learn_steps, rank=a.learn_rank, lr=a.learn_lr, modes=a.learn_modes,
-                          replay=a.learn_replay, replay_loss=a.learn_replay_loss, propagate=a.learn_propagate,
-                          dtype=a.learn_dtype, seed=a.learn_seed,
-                          probe_size=a.probe_size,
-                          max_drop=a.max_probe_drop, regression_file=a.regression_file,
-                          scoped=a.learn_adapter_scope == "feedback")   # the guard judges it as served
-    return LearnConfig(modes=modes, every_n=a.learn_every, min_interval=a.learn_interval, debounce=a.learn_debounce,
-                       memory_draft=a.learn_memory_draft, adapter_scope=a.learn_adapter_scope == "feedback",
-                       update=update)
-
-
-def cmd_serve(a) -> int:
-    import uvicorn
-
-    for name in ("max_batch", "max_queue"):
-        if getattr(a, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if a.max_tokens_limit is not None and a.max_tokens_limit < 1:
-        raise ValueError("--max-tokens-limit must be at least 1")
-    keys = read_api_keys(a)
-    set_threads(a.threads)
-    app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
-                     max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
-                     served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store,
-                     compile=machine.resolve_compile(a.compile, None), dtype=a.dtype)
-    state: ServeState = app.state.live
-    sock = bind(a.host, a.port)
-    port = sock.getsockname()[1]
-    url = f"http://{'[' + a.host + ']' if ':' in a.host else a.host}:{port}"
-    if a.host not in ("127.0.0.1", "localhost", "::1") and not keys:
-        print(f"livelm serve: warning: listening on {a.host} without an API key; anyone who can reach this "
-              f"machine can use the model (pass --api-key or --api-key-file)", file=sys.stderr, flush=True)
-
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    for handler in log_config["handlers"].values():
-        handler["stream"] = "ext://sys.stderr"   # stdout carries only the URL
-    log_config["loggers"]["livelm.serve"] = {"handlers": ["default"], "level": a.log_level.upper()}
-    config = uvicorn.Config(app, log_config=log_config, log_level=a.log_level,
-                            timeout_graceful_shutdown=int(a.shutdown_timeout) + 5)
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            # First refuse new work and start the grace clock, then let uvicorn stop accepting connections
-            # and wait for open requests. Unlike uvicorn's own handler we do not re-raise the signal after
-            # the graceful stop, so a clean shutdown exits 0. A second Ctrl-C forces the exit.
-            state.begin_shutdown(a.shutdown_timeout)
-            if self.should_exit and sig == signal.SIGINT:
-                self.force_exit = True
-            self.should_exit = True
-
-    server = Server(config)
-    failed = []
-
-    def announce():
-        state.ready.wait()
-        while not server.started and not server.should_exit:
-            time.sleep(0.02)
-        if state.load_error:
-            print(f"livelm serve: error: {state.load_error}", file=sys.stderr, flush=True)
-            failed.append(True)
-            server.should_exit = True
-            return
-        print(f"livelm serve: {', '.join(state.models)} ready; web chat at {url}/ , API at {url}/v1",
-              file=sys.stderr, flush=True)
-        print(url, flush=True)
-
-    print(f"livelm serve: loading {a.run} ...", file=sys.stderr, flush=True)
-    threading.Thread(target=announce, name="livelm-announce", daemon=True).start()
-    server.run(sockets=[sock])
-    return 1 if failed else 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web chat",
-                       description="Serve a run (and LoRA adapters) over an OpenAI-compatible API with continuous "
-                                   "batching, plus a web chat page at /. Prints the URL on stdout when ready.")
-    add_arguments(p)
-    p.set_defaults(func=cmd_serve)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m livelm.serve.app ...` = `livelm serve ...`."""
-    p = argparse.ArgumentParser(prog="livelm serve", description="Serve a run over an OpenAI-compatible API.")
-    add_arguments(p)
-    a = p.parse_args(argv)
-    from livelm.train.checkpoint import CheckpointError
-    try:
-        return cmd_serve(a)
-    except (ValueError, CheckpointError, FileNotFoundError, PermissionError) as e:
-        print(f"livelm serve: error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ import uuid
 from pydantic import ValidationError
 
 from livelm.chat.template import ChatFormatError, prompt_ids, validate
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 from livelm.serve.openai_schema import (MAX_N, SEED_MAX, SEED_MIN, ChatCompletionRequest, CompletionRequest,
                                         FeedbackRequest, unsupported)
 from livelm.serve.scheduler import Chunk, NotAccepting, QueueFull, Ticket

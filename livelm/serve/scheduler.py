@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from livelm.infer.engine import check_request
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 from livelm.serve import engine_process
 
 log = logging.getLogger("livelm.serve")

@@ -6,9 +6,9 @@ Each path is the same four pieces the GPT uses, and nothing else:
     an objective(model, batch) -> loss           (livelm/train/objectives.py)
     trainer.train(...)                           the one loop: AdamW, schedule, eval, checkpoints, resume
 and a run directory laid out like a GPT run, with config.json["arch"] naming the
-model. This file is the glue: reading data files, the CLI commands (`train
---arch`, `finetune --task classify|tag`, `eval`, `predict`, `translate`, and
-`generate` for LSTM runs) and the metrics (accuracy/F1, BLEU/chrF).
+model. This file is the glue: reading data files, what the commands (livelm/cli/)
+call for `train --arch`, `finetune --task classify|tag`, `eval`, `predict`,
+`translate` and `generate` on LSTM runs, and the metrics (accuracy/F1, BLEU/chrF).
 
 Data each command reads:
     train --arch bert     a `livelm prepare` directory of plain text: one sentence per line,
@@ -27,33 +27,33 @@ import functools
 import json
 import math
 import re
-import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from livelm.config import resolve_config
 from livelm.data.shards import DataError, TokenData
-from livelm.infer.sampling import SamplingParams, sample_next
+from livelm.sampling import SamplingParams, sample_next
 from livelm.infer.textstream import TextStream
 from livelm.models.bert import Bert, BertConfig, mask_tokens, nsp_pair, sentence_spans
 from livelm.models.lstm import LSTMConfig, LSTMLM
 from livelm.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy, pad_batch
-from livelm.runtime import pick_device
+from livelm.machine import pick_device
 from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from livelm import runs
 from livelm.train import checkpoint
 from livelm.train.objectives import classify_loss, lstm_loss, mlm_nsp_loss, seq2seq_loss
 from livelm.train.trainer import log, train
 
 N_SPECIAL = len(SPECIAL_TOKENS)      # ids below this are special: never masked, never random replacements
-MODELS = {"bert": (Bert, BertConfig), "seq2seq": (Seq2Seq, Seq2SeqConfig), "lstm": (LSTMLM, LSTMConfig)}
 # fine-tuning a BERT starts from its pretraining config; these defaults differ (eval_iters 0 = whole val set)
 CLASSIFY_DEFAULTS = dict(max_iters=1000, lr=2e-4, min_lr=2e-5, warmup_iters=50, eval_interval=200, eval_iters=0,
                          batch_size=32, grad_accum=1)
 
 
-# ---- model configs from TrainConfig, loading runs --------------------------------------------
+# ---- model configs from TrainConfig --------------------------------------------
 def bert_config(cfg, vocab_size: int, task: str = "pretrain", labels=()) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                       d_model=cfg.d_model, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, bias=cfg.bias,
@@ -74,45 +74,6 @@ def lstm_config(cfg, vocab_size: int) -> LSTMConfig:
                       hidden=cfg.lstm_hidden, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings)
 
 
-def load_tensors(model: torch.nn.Module, tensors: dict, where, allow_new: tuple[str, ...] = ()) -> None:
-    """Strict load that knows tied weights: save_checkpoint stores a shared tensor once, under
-    its first name, so later names of the same storage are not expected in the file.
-    allow_new: name prefixes that may be missing (a fresh fine-tuning head)."""
-    expected = model.state_dict()
-    seen, tied = set(), set()
-    for name, t in expected.items():
-        if t.numel() and t.data_ptr() in seen:
-            tied.add(name)
-        seen.add(t.data_ptr())
-    missing = [k for k in expected if k not in tensors and k not in tied and not k.startswith(allow_new)]
-    unexpected = [k for k in tensors if k not in expected]
-    bad_shape = [k for k in tensors if k in expected and tensors[k].shape != expected[k].shape]
-    if missing or unexpected or bad_shape:
-        raise checkpoint.CheckpointError(f"{where} does not match its config.json: missing {missing[:3]}, "
-                                         f"unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}")
-    model.load_state_dict(tensors, strict=False)
-
-
-def load_arch_model(run: str | Path, device="cpu"):
-    """(model in eval mode, tokenizer, config) from a bert/seq2seq/lstm run directory.
-
-    A seq2seq run with separate vocabularies also holds src_tokenizer.json: see source_tokenizer()."""
-    run = Path(run)
-    config = checkpoint.read_config(run)
-    arch = config.get("arch", "gpt")
-    if arch not in MODELS:
-        raise checkpoint.CheckpointError(f"{run} holds a {arch!r} model; this command needs a "
-                                         f"{'/'.join(MODELS)} run")
-    cls, cfg_cls = MODELS[arch]
-    try:
-        model = cls(cfg_cls.from_dict(config["model"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise checkpoint.CheckpointError(f"{run}/config.json has an invalid model section: {e}") from None
-    tensors, _ = checkpoint.load_weights(run / "model.safetensors")
-    load_tensors(model, tensors, run / "model.safetensors")
-    return model.to(device).eval(), Tokenizer.load(run / "tokenizer.json"), config
-
-
 def source_tokenizer(run: str | Path, tokenizer: Tokenizer) -> Tokenizer:
     path = Path(run) / "src_tokenizer.json"
     return Tokenizer.load(path) if path.is_file() else tokenizer
@@ -124,8 +85,8 @@ def _run_config(arch: str, model, cfg, data, **extra) -> dict:
 
 
 def _restore_weights(model, run_dir: Path) -> None:
-    tensors, _ = checkpoint.load_weights(run_dir / "model.safetensors")
-    load_tensors(model, tensors, run_dir / "model.safetensors")
+    tensors, _ = runs.load_weights(run_dir / "model.safetensors")
+    runs.load_state(model, tensors, run_dir / "model.safetensors")
 
 
 # ---- BERT pretraining batches -------------------------------------------------------------------
@@ -172,25 +133,22 @@ class SentenceData:
         return out
 
 
-def _train_bert(a, cfg, data_dir) -> int:
+def _train_bert(cfg, data_dir, out: Path, resume: bool):
     data = TokenData(data_dir)
     tok = Tokenizer.load(Path(data_dir) / "tokenizer.json")
     sets = {s: SentenceData(data, tok, s) for s in ("train", "val")}
     torch.manual_seed(cfg.seed)
     model = Bert(bert_config(cfg, data.vocab_size))
-    if a.resume:
-        _restore_weights(model, Path(a.out))
+    if resume:
+        _restore_weights(model, out)
     log(f"model: BERT encoder, {cfg.n_layer} layers x {cfg.d_model} wide, {model.num_params() / 1e6:.2f}M parameters; "
         f"{len(sets['train'].spans):,} training sentences; MLM {cfg.mlm_prob:.0%}{' + NSP' if cfg.nsp else ''}")
 
     def get_batch(split, i):
         return sets[split].batch(i, cfg.batch_size, cfg.block_size, cfg.seed, cfg.mlm_prob, cfg.nsp)
 
-    result = train(cfg, a.out, model, tok, get_batch, mlm_nsp_loss, _run_config("bert", model, cfg, data_dir),
-                   resume=a.resume)
-    if result.is_main:   # torchrun: one result line, not one per rank
-        print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
-    return 0
+    return train(cfg, out, model, tok, get_batch, mlm_nsp_loss, _run_config("bert", model, cfg, data_dir),
+                 resume=resume)
 
 
 # ---- labelled text for fine-tuning ------------------------------------------------------------------
@@ -375,47 +333,49 @@ def evaluate_labelled(model: Bert, tok: Tokenizer, examples, task: str) -> dict:
     return {**accuracy_f1(gold, pred, len(labels)), "examples": len(examples)}
 
 
-def finetune_task(a) -> int:
-    """`livelm finetune BERT_RUN --task classify|tag --data FILE --out RUN`."""
-    base = Path(a.run)
-    base_model, tok, saved = load_arch_model(base)
+def finetune_task(run: str | Path, task: str, data: str | Path, out: str | Path, val_data: str | Path | None = None,
+                  val_fraction: float = 0.05, skip_bad: bool = False, config_file=None, **values):
+    """`livelm finetune BERT_RUN --task classify|tag --data FILE --out RUN`: a classifier (or tagger) head
+    on a BERT run. Returns (TrainResult, summary: out, task, labels and the last evaluation)."""
+    base = Path(run)
+    base_model, tok, saved = runs.load_model(base, arch=None)
     if saved["arch"] != "bert":
-        raise ValueError(f"--task {a.task} fine-tunes a BERT run (`livelm train --arch bert`); {base} is a "
+        raise ValueError(f"--task {task} fine-tunes a BERT run (`livelm train --arch bert`); {base} is a "
                          f"{saved['arch']!r} run")
-    reader = read_labelled if a.task == "classify" else read_tagged
-    examples, bad = reader(a.data, a.skip_bad)
+    reader = read_labelled if task == "classify" else read_tagged
+    examples, bad = reader(data, skip_bad)
     if bad:
-        log(f"skipped {bad} bad line(s) in {a.data}")
-    cfg = resolve_config(a, base={**saved["train"], **CLASSIFY_DEFAULTS})
+        log(f"skipped {bad} bad line(s) in {data}")
+    cfg = resolve_config(config_file, base={**saved["train"], **CLASSIFY_DEFAULTS}, **values)
     seed_rng = np.random.default_rng(cfg.seed)
-    if a.val_data:
-        val, vbad = reader(a.val_data, a.skip_bad)
+    if val_data:
+        val, vbad = reader(val_data, skip_bad)
         if vbad:
-            log(f"skipped {vbad} bad line(s) in {a.val_data}")
+            log(f"skipped {vbad} bad line(s) in {val_data}")
     else:  # a fixed held-out slice, chosen by seed
         order = seed_rng.permutation(len(examples))
-        n_val = max(1, int(len(examples) * a.val_fraction))
+        n_val = max(1, int(len(examples) * val_fraction))
         val, examples = [examples[i] for i in order[:n_val]], [examples[i] for i in order[n_val:]] or examples
-    if a.task == "classify":
+    if task == "classify":
         labels = sorted({l for l, _ in examples})
     else:
         labels = sorted({t for _, tags in examples for t in tags})
     if len(labels) < 2:
-        raise DataError(f"{a.data} has only the label(s) {labels}; classification needs at least two")
+        raise DataError(f"{data} has only the label(s) {labels}; classification needs at least two")
 
-    mcfg = BertConfig.from_dict({**saved["model"], "task": a.task, "labels": labels, "dropout": cfg.dropout,
+    mcfg = BertConfig.from_dict({**saved["model"], "task": task, "labels": labels, "dropout": cfg.dropout,
                                  "pooling": cfg.pooling})
     torch.manual_seed(cfg.seed)
     model = Bert(mcfg)
-    tensors, _ = checkpoint.load_weights(base / "model.safetensors")
-    keep_head = saved["model"].get("task") == a.task and saved["model"].get("labels") == labels
+    tensors, _ = runs.load_weights(base / "model.safetensors")
+    keep_head = saved["model"].get("task") == task and saved["model"].get("labels") == labels
     tensors = {k: v for k, v in tensors.items() if keep_head or not k.startswith(("cls_head", "tag_head"))}
-    load_tensors(model, tensors, base / "model.safetensors", allow_new=("cls_head", "tag_head"))
+    runs.load_state(model, tensors, base / "model.safetensors", allow_new=("cls_head", "tag_head"))
     del base_model
 
     max_len = min(cfg.block_size, mcfg.block_size)
     label_ids = {l: i for i, l in enumerate(labels)}
-    if a.task == "classify":
+    if task == "classify":
         def encode(exs):
             return encode_classify(tok, [t for _, t in exs], max_len), [label_ids.get(l, -1) for l, _ in exs]
     else:
@@ -437,22 +397,15 @@ def finetune_task(a) -> int:
         return _pad_rows(val_rows[lo:lo + cfg.batch_size], val_labels[lo:lo + cfg.batch_size], tok.pad_id)
 
     def extra_eval(m):
-        out = evaluate_labelled(m, tok, val, a.task)
+        out = evaluate_labelled(m, tok, val, task)
         m.train()
         return {k: v for k, v in out.items() if k != "examples"}
 
-    log(f"fine-tuning {base} for {a.task} on {len(examples):,} examples, {len(val):,} held out, "
+    log(f"fine-tuning {base} for {task} on {len(examples):,} examples, {len(val):,} held out, "
         f"{len(labels)} labels: {', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}")
-    run_config = _run_config("bert", model, cfg, a.data, base_run=str(base.resolve()))
-    result = train(cfg, a.out, model, tok, get_batch, classify_loss, run_config, extra_eval=extra_eval)
-    last = {}
-    for line in result.metrics_path.read_text().splitlines():
-        rec = json.loads(line)
-        if "val_loss" in rec:
-            last = rec
-    if result.is_main:   # torchrun: one result line, not one per rank
-        print(json.dumps({"out": str(a.out), "task": a.task, "labels": labels, **last}))
-    return 0
+    run_config = _run_config("bert", model, cfg, data, base_run=str(base.resolve()))
+    result = train(cfg, out, model, tok, get_batch, classify_loss, run_config, extra_eval=extra_eval)
+    return result, {"out": str(out), "task": task, "labels": labels, **result.last_eval()}
 
 
 # ---- translation pairs -------------------------------------------------------------------------------
@@ -534,12 +487,11 @@ def translate_texts(model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, text
     return out
 
 
-def _train_seq2seq(a, cfg, data_file) -> int:
-    out = Path(a.out)
+def _train_seq2seq(cfg, data_file, out: Path, resume: bool):
     if Path(data_file).is_dir():
         raise DataError(f"--arch seq2seq reads a source<TAB>target file, not a folder ({data_file})")
     train_pairs, held = split_pairs(read_pairs(data_file, cfg.reverse), cfg.holdout, cfg.seed)
-    if a.resume:   # the run's own tokenizers, never retrained
+    if resume:   # the run's own tokenizers, never retrained
         tgt_tok = Tokenizer.load(out / "tokenizer.json")
         src_tok = source_tokenizer(out, tgt_tok)
     elif cfg.shared_vocab:
@@ -548,7 +500,7 @@ def _train_seq2seq(a, cfg, data_file) -> int:
         src_tok = Tokenizer.train_bpe((s for s, _ in train_pairs), cfg.bpe_vocab, show_progress=False)
         tgt_tok = Tokenizer.train_bpe((t for _, t in train_pairs), cfg.bpe_vocab, show_progress=False)
     out.mkdir(parents=True, exist_ok=True)
-    if not a.resume:
+    if not resume:
         tgt_tok.save(out / "tokenizer.json")
         if src_tok is not tgt_tok:
             src_tok.save(out / "src_tokenizer.json")
@@ -559,7 +511,7 @@ def _train_seq2seq(a, cfg, data_file) -> int:
         raise DataError(f"{data_file}: no pairs held out for validation; set --holdout")
     torch.manual_seed(cfg.seed)
     model = Seq2Seq(seq2seq_config(cfg, src_tok.vocab_size, tgt_tok.vocab_size))
-    if a.resume:
+    if resume:
         _restore_weights(model, out)
     log(f"model: encoder-decoder, {model.cfg.n_enc_layer}+{model.cfg.n_dec_layer} layers x {cfg.d_model} wide, "
         f"{model.num_params() / 1e6:.2f}M parameters; {len(train_pairs):,} training pairs, {len(held):,} held out; "
@@ -579,11 +531,8 @@ def _train_seq2seq(a, cfg, data_file) -> int:
         return {k: v for k, v in bleu_chrf(hyps, [t for _, t in held[:200]]).items() if k != "bleu_tokenize"}
 
     objective = functools.partial(seq2seq_loss, label_smoothing=cfg.label_smoothing)
-    result = train(cfg, out, model, tgt_tok, get_batch, objective, _run_config("seq2seq", model, cfg, data_file),
-                   resume=a.resume, extra_eval=extra_eval)
-    if result.is_main:   # torchrun: one result line, not one per rank
-        print(json.dumps({"run": str(out), "step": result.step, "val_loss": result.val_loss}))
-    return 0
+    return train(cfg, out, model, tgt_tok, get_batch, objective, _run_config("seq2seq", model, cfg, data_file),
+                 resume=resume, extra_eval=extra_eval)
 
 
 # ---- LSTM language model ---------------------------------------------------------------------------
@@ -607,15 +556,15 @@ def lstm_batch(data: TokenData, split: str, index: int, cfg) -> dict:
             "chunk": chunk}
 
 
-def _train_lstm(a, cfg, data_dir) -> int:
+def _train_lstm(cfg, data_dir, out: Path, resume: bool):
     data = TokenData(data_dir)
     tok = Tokenizer.load(Path(data_dir) / "tokenizer.json")
     torch.manual_seed(cfg.seed)
     model = LSTMLM(lstm_config(cfg, data.vocab_size))
     carry: dict = {}
-    if a.resume:
-        _restore_weights(model, Path(a.out))
-        saved = checkpoint.load_train_state(a.out).get("lstm_carry")
+    if resume:
+        _restore_weights(model, out)
+        saved = checkpoint.load_train_state(out).get("lstm_carry")
         if saved is not None:
             carry["train"] = saved
     run_config = _run_config("lstm", model, cfg, data_dir)
@@ -624,14 +573,11 @@ def _train_lstm(a, cfg, data_dir) -> int:
         f"{cfg.carry_chunks} chunks")
 
     def save_fn(run_dir, m, step, state):   # the trainer's checkpoint plus the carried hidden state
-        checkpoint.save_checkpoint(run_dir, m, tok, run_config, step, {**state, "lstm_carry": carry.get("train")})
+        runs.save_checkpoint(run_dir, m, tok, run_config, step, {**state, "lstm_carry": carry.get("train")})
 
-    result = train(cfg, a.out, model, tok, lambda split, i: lstm_batch(data, split, i, cfg),
-                   functools.partial(lstm_loss, carry=carry), run_config,
-                   bytes_per_token=data.bytes_per_token("val"), resume=a.resume, save_fn=save_fn)
-    if result.is_main:   # torchrun: one result line, not one per rank
-        print(json.dumps({"run": str(a.out), "step": result.step, "val_loss": result.val_loss}))
-    return 0
+    return train(cfg, out, model, tok, lambda split, i: lstm_batch(data, split, i, cfg),
+                 functools.partial(lstm_loss, carry=carry), run_config,
+                 bytes_per_token=data.bytes_per_token("val"), resume=resume, save_fn=save_fn)
 
 
 @torch.inference_mode()
@@ -655,26 +601,16 @@ def lstm_stream_loss(model: LSTMLM, arr: np.ndarray, block: int, streams: int = 
     return total / max(1, streams * per), streams * per
 
 
-def generate_arch(a) -> int:
-    """`livelm generate` for an LSTM run: the prompt sets the hidden state, then one token at a time
-    through the shared sample_next and TextStream (stop strings, UTF-8-safe streaming)."""
-    from livelm.cli import sampling_from_args
-    model, tok, config = load_arch_model(a.run, pick_device(a.device))
-    if config["arch"] != "lstm":
-        raise ValueError(f"{a.run} is a {config['arch']!r} run: use `livelm predict` (bert) or "
-                         f"`livelm translate` (seq2seq)")
-    params = sampling_from_args(a)
-    prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
-    ids = tok.encode(prompt) if prompt else []
-    ids = ids or [tok.bos_id]
+def lstm_stream(model: LSTMLM, tok: Tokenizer, ids: list[int], params: SamplingParams) -> Iterator[str]:
+    """Text pieces of an LSTM run's continuation of `ids`: the prompt sets the hidden state, then one
+    token at a time through the shared sample_next and TextStream (stop strings, UTF-8-safe pieces)."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else torch.Generator()
     if params.seed is None:
         gen.seed()
     stream = TextStream(tok, params.stop)
     stop_ids = {tok.eos_id, tok.end_id} if params.stop_token_ids is None else set(params.stop_token_ids)
-    tty = sys.stdout.isatty()
-    text, out_ids = [], []
+    out_ids: list[int] = []
     with torch.inference_mode():
         logits, state = model(torch.tensor([ids], device=device), last_only=True)
         for _ in range(params.max_tokens):
@@ -683,55 +619,45 @@ def generate_arch(a) -> int:
                 break
             out_ids.append(t)
             delta, stopped = stream.push(t)
-            text.append(delta)
-            if tty:
-                sys.stdout.write(delta)
-                sys.stdout.flush()
+            yield delta
             if stopped:
                 break
             logits, state = model(torch.tensor([[t]], device=device), state=state, last_only=True)
-    tail = stream.finish()
-    text.append(tail)
-    if tty:
-        sys.stdout.write(tail + "\n")
-    else:
-        print("".join(text))
-    return 0
+    yield stream.finish()
 
 
 # ---- CLI: train, eval ----------------------------------------------------------------------------------
-def train_arch(a, cfg, data_dir) -> int:
-    """`livelm train --arch bert|seq2seq|lstm`; called by cli.cmd_train with the resolved config."""
+def train_arch(cfg, data, out: str | Path, resume: bool = False):
+    """`livelm train --arch bert|seq2seq|lstm` with the resolved config; returns the trainer's TrainResult."""
     if cfg.sample_interval:
         log("--sample-interval applies to GPT runs only; ignored")
         cfg.sample_interval = 0
-    return {"bert": _train_bert, "seq2seq": _train_seq2seq, "lstm": _train_lstm}[cfg.arch](a, cfg, data_dir)
+    return {"bert": _train_bert, "seq2seq": _train_seq2seq, "lstm": _train_lstm}[cfg.arch](cfg, data, Path(out), resume)
 
 
-def eval_arch(a) -> int:
-    """`livelm eval RUN --data ...` for bert, seq2seq and lstm runs."""
-    model, tok, config = load_arch_model(a.run, pick_device(a.device))
+def evaluate_arch(run: str | Path, data: str | Path, device: str = "auto", max_tokens: int = 1_000_000) -> dict:
+    """`livelm eval RUN --data ...` for bert, seq2seq and lstm runs: the metrics of the run's kind."""
+    model, tok, config = runs.load_model(run, pick_device(device), arch=None)
     arch, cfg = config["arch"], config.get("train", {})
     if arch == "lstm":
-        data = TokenData(a.data)
-        if data.vocab_size != model.cfg.vocab_size:
-            raise ValueError(f"{a.data} was prepared with a {data.vocab_size}-token vocabulary but {a.run} uses "
-                             f"{model.cfg.vocab_size}; prepare it with --reuse-tokenizer {a.run}")
-        arrays = [arr for arr in data.splits["val"] if arr.size > 1]
+        tokens = TokenData(data)
+        if tokens.vocab_size != model.cfg.vocab_size:
+            raise ValueError(f"{data} was prepared with a {tokens.vocab_size}-token vocabulary but {run} uses "
+                             f"{model.cfg.vocab_size}; prepare it with --reuse-tokenizer {run}")
+        arrays = [arr for arr in tokens.splits["val"] if arr.size > 1]
         if not arrays:
-            raise DataError(f"{a.data} has no validation tokens")
-        loss, n = lstm_stream_loss(model, np.concatenate(arrays), model.cfg.block_size, max_tokens=a.max_tokens)
+            raise DataError(f"{data} has no validation tokens")
+        loss, n = lstm_stream_loss(model, np.concatenate(arrays), model.cfg.block_size, max_tokens=max_tokens)
         result = {"val_loss": loss, "perplexity": math.exp(min(loss, 50)),
-                  "bits_per_byte": loss / math.log(2) / data.bytes_per_token("val"), "tokens": n}
+                  "bits_per_byte": loss / math.log(2) / tokens.bytes_per_token("val"), "tokens": n}
     elif arch == "bert" and model.cfg.task == "pretrain":
-        data = TokenData(a.data)
-        sents = SentenceData(data, tok, "val")
+        sents = SentenceData(TokenData(data), tok, "val")
         hits = total = nsp_hits = nsp_total = 0
         loss_sum = 0.0
         nsp = bool(cfg.get("nsp", True))   # batches laid out as in training (a run pretrained without NSP has no pairs)
         with torch.inference_mode():
             for i in range(1000):   # deterministic masked batches until --max-tokens predictions
-                if total >= min(a.max_tokens, 20000):
+                if total >= min(max_tokens, 20000):
                     break
                 b = sents.batch(i, 32, model.cfg.block_size, int(cfg.get("seed", 1337)), float(cfg.get("mlm_prob", 0.15)),
                                 nsp)
@@ -749,29 +675,25 @@ def eval_arch(a) -> int:
             result["nsp_accuracy"] = nsp_hits / nsp_total
     elif arch == "bert":
         reader = read_labelled if model.cfg.task == "classify" else read_tagged
-        examples, _ = reader(a.data)
+        examples, _ = reader(data)
         result = evaluate_labelled(model, tok, examples, model.cfg.task)
     else:
-        result = _eval_translation(a, model, tok, config)
-    if a.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
-    return 0
+        result = _eval_translation(run, data, model, tok, config)
+    return result
 
 
-def _eval_translation(a, model, tok, config) -> dict:
+def _eval_translation(run, data, model, tok, config) -> dict:
     """BLEU/chrF, greedy and beam 4, on the held-out pairs when --data is the training file, else on all of --data."""
     import time
     cfg = config.get("train", {})
-    data = Path(a.data)
+    data = Path(data)
     if config.get("data") and data.resolve() == Path(config["data"]):
-        pairs = read_pairs(Path(a.run) / "heldout.tsv")
+        pairs = read_pairs(Path(run) / "heldout.tsv")
         where = "held-out pairs"
     else:
         pairs = read_pairs(data, reverse=bool(cfg.get("reverse")) and data.name != "heldout.tsv")
         where = "pairs"
-    src_tok = source_tokenizer(a.run, tok)
+    src_tok = source_tokenizer(run, tok)
     srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
     result = {"pairs": len(pairs), "on": where}
     for name, beam in (("greedy", 1), ("beam4", 4)):
@@ -784,82 +706,20 @@ def _eval_translation(a, model, tok, config) -> dict:
     return result
 
 
-# ---- CLI: predict, translate ---------------------------------------------------------------------------
-def _inputs(a) -> list[str]:
-    texts = list(a.text or [])
-    if a.file:
-        fh = sys.stdin if a.file == "-" else open(a.file, encoding="utf-8-sig")
-        with fh:
-            texts += [line.rstrip("\r\n") for line in fh if line.strip()]
-    if not texts:
-        raise ValueError("nothing to do: pass --text TEXT (repeatable) or --file FILE ('-' = stdin)")
-    return texts
-
-
-def cmd_predict(a) -> int:
-    model, tok, config = load_arch_model(a.run, pick_device(a.device))
-    if config["arch"] != "bert" or model.cfg.task == "pretrain":
-        raise ValueError(f"{a.run} is not a fine-tuned classifier; make one with "
-                         f"`livelm finetune {a.run} --task classify --data FILE --out RUN`")
-    texts, labels = _inputs(a), model.cfg.labels
+# ---- predict ------------------------------------------------------------------------------------------
+def predict_labels(model: Bert, tok: Tokenizer, texts: list[str]) -> list:
+    """A fine-tuned classifier: per text {"text", "label", "prob", "probs"}; a tagger: per text a list
+    of {"word", "tag", "prob"}."""
+    labels = model.cfg.labels
     if model.cfg.task == "classify":
+        out = []
         for text, probs in zip(texts, classify_batches(model, encode_classify(tok, texts, model.cfg.block_size))):
             best = int(probs.argmax())
-            if a.json:
-                print(json.dumps({"text": text, "label": labels[best], "prob": round(float(probs[best]), 4),
-                                  "probs": {l: round(float(p), 4) for l, p in zip(labels, probs)}}, ensure_ascii=False))
-            else:
-                print(f"{labels[best]}\t{float(probs[best]):.3f}\t{text}")
-    else:
-        words = [split_words(t) for t in texts]
-        enc = [encode_tagged(tok, w, None, {}, model.cfg.block_size) for w in words]
-        for ws, (_, _, first), probs in zip(words, enc, classify_batches(model, [e[0] for e in enc])):
-            tags = [(labels[int(probs[f].argmax())], float(probs[f].max())) for f in first]
-            if a.json:
-                print(json.dumps([{"word": w, "tag": t, "prob": round(p, 4)} for w, (t, p) in zip(ws, tags)],
-                                 ensure_ascii=False))
-            else:
-                print(" ".join(f"{w}/{t}" for w, (t, _) in zip(ws, tags)))
-    return 0
-
-
-def cmd_translate(a) -> int:
-    model, tok, config = load_arch_model(a.run, pick_device(a.device))
-    if config["arch"] != "seq2seq":
-        raise ValueError(f"{a.run} is a {config['arch']!r} run; `livelm translate` needs `livelm train --arch seq2seq`")
-    if a.beam < 1:
-        raise ValueError("--beam must be at least 1")
-    params = SamplingParams(max_tokens=a.max_tokens or 1, temperature=a.temperature, seed=a.seed)
-    params.validate()
-    for line in translate_texts(model, source_tokenizer(a.run, tok), tok, _inputs(a), beam=a.beam,
-                                length_penalty=a.length_penalty, max_tokens=a.max_tokens, params=params):
-        # one source line in, one translation line out: a stray line break from the model must not shift them
-        print(" ".join(line.splitlines()))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("predict", help="labels with probabilities from a fine-tuned BERT classifier/tagger",
-                       description="Classify texts (label<TAB>probability<TAB>text per line) or tag their words "
-                                   "(word/TAG ...) with a run from `livelm finetune --task classify|tag`.")
-    p.add_argument("run", help="fine-tuned run directory")
-    p.add_argument("--text", action="append", help="a text to label (repeatable)")
-    p.add_argument("--file", help="one text per line ('-' = stdin)")
-    p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("translate", help="translate with an encoder-decoder run",
-                       description="Translate texts (one output line per input) with a run from "
-                                   "`livelm train --arch seq2seq`: greedy by default, or beam search.")
-    p.add_argument("run", help="seq2seq run directory")
-    p.add_argument("--text", action="append", help="a sentence to translate (repeatable)")
-    p.add_argument("--file", help="one sentence per line ('-' = stdin)")
-    p.add_argument("--beam", type=int, default=1, help="beam size (default 1 = greedy)")
-    p.add_argument("--length-penalty", type=float, default=1.0,
-                   help="beam score = log-prob / length**penalty (default 1.0; 0 = raw log-prob)")
-    p.add_argument("--max-tokens", type=int, default=0, help="longest translation in tokens (default: the model's window)")
-    p.add_argument("--temperature", type=float, default=0.0, help="greedy decoding only: 0 = argmax (default)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_translate)
+            out.append({"text": text, "label": labels[best], "prob": round(float(probs[best]), 4),
+                        "probs": {l: round(float(p), 4) for l, p in zip(labels, probs)}})
+        return out
+    words = [split_words(t) for t in texts]
+    enc = [encode_tagged(tok, w, None, {}, model.cfg.block_size) for w in words]
+    return [[{"word": w, "tag": labels[int(probs[f].argmax())], "prob": round(float(probs[f].max()), 4)}
+             for w, f in zip(ws, first)]
+            for ws, (_, _, first), probs in zip(words, enc, classify_batches(model, [e[0] for e in enc]))]

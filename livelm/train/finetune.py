@@ -1,4 +1,4 @@
-"""`livelm finetune`: supervised chat fine-tuning on top of a pretrained run, full or LoRA.
+"""Supervised chat fine-tuning on top of a pretrained run, full or LoRA.
 
 Same trainer loop and objective as pretraining (next-token loss); only the
 batches differ: conversations rendered by the chat template, loss on assistant
@@ -6,8 +6,6 @@ tokens only, several conversations packed per row without attending across.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from pathlib import Path
@@ -16,9 +14,9 @@ import numpy as np
 
 from livelm.chat.data import PackedChats, encode_examples, read_conversations
 from livelm.chat.template import prompt_ids
-from livelm.config import add_config_flags, resolve_config
+from livelm.config import resolve_config
 from livelm.models import lora
-from livelm.train import checkpoint
+from livelm import runs
 from livelm.train.objectives import lm_loss
 from livelm.train.trainer import log, train
 
@@ -35,7 +33,7 @@ def normalize(text: str) -> str:
 def answer_accuracy(model, tokenizer, convs: list[list[dict]], limit: int = 64, max_tokens: int = 96) -> float:
     """Greedy answers to the final user turn vs the reference final assistant turn (normalized exact match)."""
     from livelm.infer.engine import Engine
-    from livelm.infer.sampling import SamplingParams
+    from livelm.sampling import SamplingParams
     was_training = model.training      # read before the Engine, which puts the model in eval mode
     engine = Engine(model, tokenizer, max_batch=16)
     # conversations whose prompt does not fit the context window are skipped, as in training
@@ -51,15 +49,15 @@ def answer_accuracy(model, tokenizer, convs: list[list[dict]], limit: int = 64, 
     return hits / len(items)
 
 
-def finetune(base_run: str | Path, data: str | Path, out: str | Path, args: argparse.Namespace | None = None,
+def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_file: str | Path | None = None,
              val_data: str | Path | None = None, val_fraction: float = 0.05, use_lora: bool = False,
              lora_cfg: lora.LoRAConfig | None = None, skip_bad: bool = False, accuracy_limit: int = 64, **overrides):
     base_run, out = Path(base_run), Path(out)
-    model, tokenizer, saved = checkpoint.load_model(base_run)
+    model, tokenizer, saved = runs.load_model(base_run)
     base_train = {**saved.get("train", {}), **FINETUNE_DEFAULTS}
     if use_lora:
         base_train["lr"], base_train["min_lr"] = LORA_LR, LORA_LR / 10
-    cfg = resolve_config(args, base=base_train, **overrides)
+    cfg = resolve_config(config_file, base=base_train, **overrides)
     if cfg.block_size > model.cfg.block_size:
         raise ValueError(f"--block-size {cfg.block_size} exceeds the base model's context window {model.cfg.block_size}")
     model.set_dropout(cfg.dropout)
@@ -115,45 +113,3 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, args: argp
     if not use_lora:
         tokenizer.save(out / "tokenizer.json")
     return result, model, n_train
-
-
-def cmd_finetune(a) -> int:
-    if a.task != "chat":
-        from livelm.train.archs import finetune_task
-        return finetune_task(a)
-    lcfg = lora.LoRAConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                           target_modules=a.lora_targets.split(",")) if a.lora else None
-    result, _, n_train = finetune(a.run, a.data, a.out, args=a, val_data=a.val_data, val_fraction=a.val_fraction,
-                                  use_lora=a.lora, lora_cfg=lcfg, skip_bad=a.skip_bad, accuracy_limit=a.accuracy_limit)
-    last = {}
-    for line in result.metrics_path.read_text().splitlines():
-        rec = json.loads(line)
-        if "val_loss" in rec:
-            last = rec
-    if result.is_main:   # torchrun: one result line, not one per rank
-        print(json.dumps({"out": str(a.out), "lora": a.lora, "trainable_params": n_train, **last}))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("finetune", help="chat fine-tuning (full or LoRA) on top of a run",
-                       description="Supervised fine-tuning on OpenAI-style {\"messages\":[...]} or Alpaca-style "
-                                   "{\"instruction\",\"input\",\"output\"} JSON/JSONL. Loss on assistant tokens only.")
-    p.add_argument("run", help="pretrained run directory")
-    p.add_argument("--task", choices=["chat", "classify", "tag"], default="chat",
-                   help="chat SFT (GPT runs), or sequence/token classification (BERT runs)")
-    p.add_argument("--data", required=True, help="training data: conversations (.jsonl/.json) for chat; "
-                                                  "label<TAB>text, CSV or JSONL for classify")
-    p.add_argument("--out", required=True, type=Path, help="output: a run directory, or an adapter directory with --lora")
-    p.add_argument("--val-data", help="held-out conversations (default: a fixed slice of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="held-out slice when no --val-data (default 0.05)")
-    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (and report how many) instead of failing")
-    p.add_argument("--accuracy-limit", type=int, default=64, help="held-out answers generated per eval for accuracy (0 = off)")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora", action="store_true", help="train a LoRA adapter only (saved in PEFT layout)")
-    g.add_argument("--lora-rank", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16.0)
-    g.add_argument("--lora-dropout", type=float, default=0.0)
-    g.add_argument("--lora-targets", default=",".join(lora.DEFAULT_TARGETS), help="comma-separated module names")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_finetune)

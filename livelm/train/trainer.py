@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from livelm import io, machine
 from livelm.config import TrainConfig
-from livelm.runtime import autocast, init_distributed, pick_dtype, shard_model
+from livelm.runtime import autocast, init_distributed, shard_model
+from livelm import runs
 from livelm.train import checkpoint
 from livelm.train.plot import plot_metrics
 
@@ -77,6 +78,15 @@ class TrainResult:
     metrics_path: Path
     is_main: bool = True     # False on the other ranks of a torchrun job: only rank 0 prints the result
 
+    def last_eval(self) -> dict:
+        """The last evaluation record of metrics.jsonl (step, val_loss and any extra metrics), or {}."""
+        last = {}
+        for line in self.metrics_path.read_text().splitlines():
+            rec = json.loads(line)
+            if "val_loss" in rec:
+                last = rec
+        return last
+
 
 def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokenizer,
           get_batch: Callable[[str, int], dict], objective: Callable, run_config: dict,
@@ -97,7 +107,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         torch.set_num_threads(cfg.threads)
     # warn_only: an op without a deterministic kernel (some CUDA ones) warns instead of failing the run
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    dtype = pick_dtype(cfg.dtype, device)
+    dtype = machine.resolve_dtype(cfg.dtype, device)
     if ddp.world > 1 and cfg.grad_accum % ddp.world:
         raise ValueError(f"--grad-accum {cfg.grad_accum} must be a multiple of the {ddp.world} processes")
     accum_per_rank = max(1, cfg.grad_accum // ddp.world)
@@ -191,7 +201,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         elif cfg.fsdp:
             checkpoint.save_sharded(run_dir, model, optimizer, tokenizer, run_config, step, state)
         else:
-            checkpoint.save_checkpoint(run_dir, model, tokenizer, run_config, step, state)
+            runs.save_checkpoint(run_dir, model, tokenizer, run_config, step, state)
 
     tokens_per_step = None
     model.train()

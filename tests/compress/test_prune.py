@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from livelm.cli import main
-from livelm.compress.prune import densify, head_layout, magnitude_prune, prune_heads, prune_mlp, sparsify
+from livelm.compress.prune import head_layout, magnitude_prune, prune_heads, prune_mlp
+from livelm.runs import densify, sparsify
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
-from livelm.train.checkpoint import load_model
+from livelm.runs import load_model
 from tests.conftest import run_cli
 
 

@@ -13,11 +13,12 @@ import torch
 import torch.nn as nn
 
 from livelm.cli import main
-from livelm.compress import eval_perplexity
-from livelm.compress import quantize
-from livelm.compress.quantize import Int4Linear, Int8Linear, pack_int4, quantize_model, unpack_int4
+from livelm.infer.evaluate import perplexity
+from livelm.compress.quantize import quantize_model
+from livelm.models import quantized as quantize
+from livelm.models.quantized import Int4Linear, Int8Linear, pack_int4, unpack_int4
 from livelm.models.gpt import GPT, GPTConfig
-from livelm.train.checkpoint import load_model
+from livelm.runs import load_model
 from tests.conftest import run_cli
 
 TOLERANCE = {"int8": (0.02, 0.95, 0.01), "int8-dynamic": (0.03, 0.95, 0.01), "int4": (0.10, 0.90, 0.05)}
@@ -76,11 +77,11 @@ def test_quantized_logits_within_tolerance(tiny_llama_run, char_data, method):
     window = torch.from_numpy(TokenData(char_data).splits["val"][0][:64].astype("int64"))[None]
     with torch.inference_mode():
         ref = model(window)
-        before = eval_perplexity(model, char_data)
+        before = perplexity(model, char_data)
     quantize_model(model, method)
     with torch.inference_mode():
         out = model(window)
-        after = eval_perplexity(model, char_data)
+        after = perplexity(model, char_data)
     rel, agree, ppl_tol = TOLERANCE[method]
     drift = ((out - ref).abs().max() / ref.abs().max()).item()
     agreement = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
@@ -151,11 +152,11 @@ def test_quantize_cli_errors(tiny_llama_run, tmp_path, capsys):
 
 
 def test_quantized_run_in_the_serving_path(tiny_llama_run, tmp_path):
-    """`livelm serve` loads through livelm.infer.loader and decodes many rows per step with the Engine."""
+    """`livelm serve` loads through livelm.runs and decodes many rows per step with the Engine."""
     from livelm.compress.quantize import quantize_run
     from livelm.infer.engine import Engine
-    from livelm.infer.loader import load
-    from livelm.infer.sampling import SamplingParams
+    from livelm.runs import load
+    from livelm.sampling import SamplingParams
     quantize_run(tiny_llama_run, tmp_path / "q", "int8-dynamic")
     model, tok, _, _ = load(tmp_path / "q", device="cpu")
     engine = Engine(model, tok, max_batch=4)

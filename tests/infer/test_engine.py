@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from livelm.infer.engine import Engine, PromptTooLong
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
 from livelm.infer.textstream import TextStream
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 from livelm.tokenizer import Tokenizer
@@ -182,7 +182,7 @@ def test_compiled_decode_matches_eager(tok):
 
 
 def test_copy_next_follows_the_longest_repeated_stretch():
-    from livelm.infer.sampling import MIN_COPY_MATCH, copy_next
+    from livelm.sampling import MIN_COPY_MATCH, copy_next
     note = (5, 6, 7, 8, 9, 10, 11)
     other = (1, 6, 7, 8, 2)
     assert MIN_COPY_MATCH == 4
@@ -199,7 +199,7 @@ def test_copy_next_follows_the_longest_repeated_stretch():
 
 
 def test_first_token_leans_to_the_best_note():
-    from livelm.infer.sampling import COPY_FIRST_BIAS, lean_to_first_source
+    from livelm.sampling import COPY_FIRST_BIAS, lean_to_first_source
     logits = torch.zeros(10)
     out = lean_to_first_source(logits, ((3, 4), (7, 8)))
     assert out[3] == COPY_FIRST_BIAS and out.count_nonzero() == 1 and logits.count_nonzero() == 0

@@ -15,7 +15,7 @@ from livelm.compress.prune import prune_heads
 from livelm.interop.gguf import GGUFExportError, export_gguf, gguf_vocab
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 from livelm.tokenizer import Tokenizer
-from livelm.train.checkpoint import load_model, save_checkpoint
+from livelm.runs import load_model, save_checkpoint
 
 TEXT = ["First Citizen: Before we proceed any further, hear me speak.", "所有人：说吧，说吧。 Mixed 中英 text."] * 50
 

@@ -16,7 +16,7 @@ from livelm.interop.hf import InteropError, export_hf, import_hf
 from livelm.models import lora
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 from livelm.tokenizer import Tokenizer
-from livelm.train.checkpoint import load_model, save_checkpoint
+from livelm.runs import load_model, save_checkpoint
 from tests.conftest import TEXT, run_cli
 
 transformers = pytest.importorskip("transformers")

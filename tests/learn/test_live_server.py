@@ -176,9 +176,9 @@ def test_learn_flags_reach_the_update_config():
     """`livelm serve --learn-*` flags become the UpdateConfig each background update runs with."""
     import argparse
 
-    from livelm.serve.app import add_arguments, learn_config
+    from livelm.cli.serve import learn_config, serve_flags
     p = argparse.ArgumentParser()
-    add_arguments(p)
+    serve_flags(p)
     cfg = learn_config(p.parse_args(["RUN", "--learn-seed", "7", "--learn-steps", "12", "--learn-replay", "3"]))
     assert (cfg.update.seed, cfg.update.steps, cfg.update.replay) == (7, 12, 3)
     assert learn_config(p.parse_args(["RUN"])).update.seed == 0

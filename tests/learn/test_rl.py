@@ -38,8 +38,8 @@ def sampled_reward(run, adapter, questions, samples: int = 2) -> float:
     """Mean same_language reward of T=1 answers, as RL sampled them (8 tokens), with or without the adapter."""
     from livelm.chat.template import prompt_ids
     from livelm.infer.engine import Engine
-    from livelm.infer.loader import load
-    from livelm.infer.sampling import SamplingParams
+    from livelm.runs import load
+    from livelm.sampling import SamplingParams
     from livelm.learn.rewards import same_language
     model, tok, _, _ = load(run, [adapter] if adapter else None, device="cpu")
     convs = [[{"role": "user", "content": q}] for q in questions for _ in range(samples)]

@@ -6,8 +6,8 @@ import pytest
 
 from livelm.chat.template import prompt_ids
 from livelm.infer.engine import Engine
-from livelm.infer.loader import load
-from livelm.infer.sampling import SamplingParams
+from livelm.runs import load
+from livelm.sampling import SamplingParams
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import Feedback, FeedbackStore
 from livelm.learn.update import UpdateConfig, run_update

@@ -6,6 +6,7 @@ import torch
 
 from livelm.cli import main
 from livelm.data.prepare import prepare
+from livelm import runs
 from livelm.train import archs
 
 POS = ["great stay , friendly staff .", "房间很干净，服务很好。"]
@@ -32,7 +33,7 @@ def test_mlm_only_pretraining_and_finetune_with_mean_pooling(tmp_path, capsys):
                                   "--val-fraction", "0.25"]]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["accuracy"] >= 0.75
-    model, _, config = archs.load_arch_model(clf)
+    model, _, config = runs.load_model(clf, arch=None)
     assert config["model"]["pooling"] == "mean" and model.cfg.pooling == "mean"
     with torch.inference_mode():   # the reloaded model pools the same way: padding leaves its logits alone
         ids = torch.tensor([[9, 20, 21, 8]])

@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServerProcess:
-    """`python -m livelm.serve.app RUN --port 0 ...` (= `livelm serve`), waited on until it prints its URL."""
+    """`python -m livelm.cli serve RUN --port 0 ...` (= `livelm serve`), waited on until it prints its URL."""
 
     def __init__(self, run, *args, log_dir: Path, timeout: float = 120, env: dict | None = None):
         self.log_path = Path(log_dir) / f"server-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w+")
-        cmd = [sys.executable, "-m", "livelm.serve.app", str(run), "--host", "127.0.0.1", "--port", "0",
+        cmd = [sys.executable, "-m", "livelm.cli", "serve", str(run), "--host", "127.0.0.1", "--port", "0",
                "--log-level", "warning", *map(str, args)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -70,7 +70,7 @@ def serve_dirs(tiny_chat_run, tmp_path_factory):
     """The tiny chat run and a LoRA adapter on it whose weights are large enough to change the output."""
     import torch
     from livelm.models import lora
-    from livelm.train.checkpoint import load_model
+    from livelm.runs import load_model
     run = tiny_chat_run / "chat"
     out = tmp_path_factory.mktemp("adapters") / "sharp"
     model, _, _ = load_model(run)
@@ -102,7 +102,7 @@ def slow_run(tiny_chat_run, tmp_path_factory):
     import torch
     from livelm.models.gpt import GPT, GPTConfig
     from livelm.tokenizer import Tokenizer
-    from livelm.train.checkpoint import save_checkpoint
+    from livelm.runs import save_checkpoint
     tok = Tokenizer.load(tiny_chat_run / "chat")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=2048, n_layer=6, n_head=8, d_model=512))

@@ -1,7 +1,7 @@
 import json
 
-from livelm.infer.loader import load
-from livelm.train import checkpoint
+from livelm.runs import load
+from livelm import runs
 from tests.conftest import run_cli
 
 
@@ -15,7 +15,7 @@ def test_sft_lowers_assistant_loss(tiny_chat_run):
     first_train = next(r["loss"] for r in recs if "loss" in r)
     assert losses[-1] < first_train
     assert "answer_accuracy" in recs[-1]
-    cfg = checkpoint.read_config(tiny_chat_run / "chat")
+    cfg = runs.read_config(tiny_chat_run / "chat")
     assert cfg["chat"] is True and cfg["base_run"].endswith("base")
 
 
@@ -34,7 +34,7 @@ def test_lora_finetune_trains_only_the_adapter(tiny_chat_run, builtin_paths, tmp
     # the adapter directory loads on its own (its base run is found from adapter_config.json)
     model, tok, _, names = load(out)
     assert names == ["adapter"]
-    base, _, _ = checkpoint.load_model(tiny_chat_run / "base")
+    base, _, _ = runs.load_model(tiny_chat_run / "base")
     n_adapter = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     assert summary["trainable_params"] == n_adapter < sum(p.numel() for p in base.parameters()) / 4
     # base weights untouched by LoRA training

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from livelm import runs
 from livelm.train import checkpoint
 from tests.conftest import ROOT, run_cli
 
@@ -57,9 +58,9 @@ def test_fsdp_matches_ddp_and_resumes_on_other_process_counts(char_data, tmp_pat
     assert not (run / "train_state.pt").exists()
 
     # the consolidated weights serve every other command, on one process
-    model, tok, cfg = checkpoint.load_model(run)
+    model, tok, cfg = runs.load_model(run)
     assert cfg["step"] == 8 and cfg["train"]["fsdp"] is True
-    tensors, _ = checkpoint.load_weights(run / "model.safetensors")
+    tensors, _ = runs.load_weights(run / "model.safetensors")
     assert "lm_head.weight" not in tensors  # tied to wte.weight, stored once
     from livelm.infer.engine import Engine, SamplingParams
     out = Engine(model, tok, max_batch=1).generate([tok.encode("First")], SamplingParams(max_tokens=5, temperature=0))
@@ -127,7 +128,7 @@ def test_sharded_loader_never_unpickles(tmp_path):
 
     meta = run / checkpoint.SHARDED / ".metadata"
     meta.write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(checkpoint.CheckpointError, match="not allowed"):
+    with pytest.raises(runs.CheckpointError, match="not allowed"):
         checkpoint.load_sharded(run, *_tiny())
     assert not marker.exists()
 
@@ -141,5 +142,5 @@ def test_sharded_loader_never_unpickles(tmp_path):
         p.unlink()
     meta.unlink()
     dcp.save({"model": model_sd, "optim": optim_sd["state"]}, checkpoint_id=run / checkpoint.SHARDED, no_dist=True)
-    with pytest.raises(checkpoint.CheckpointError, match="pickled object"):
+    with pytest.raises(runs.CheckpointError, match="pickled object"):
         checkpoint.load_sharded(run, *_tiny())

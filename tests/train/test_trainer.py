@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from livelm import runs
 from livelm.train import checkpoint
 from tests.conftest import ROOT, run_cli
 
@@ -27,7 +28,7 @@ def test_train_writes_checkpoint_metrics_and_plot(char_data, tmp_path):
     assert [s for s, _ in val] == [10, 20, 30]
     assert train[-1][1] < train[0][1]
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    model, tok, cfg = checkpoint.load_model(run)
+    model, tok, cfg = runs.load_model(run)
     assert cfg["step"] == 30 and model.cfg.n_layer == 2
 
 
@@ -59,7 +60,7 @@ def test_killed_save_leaves_previous_checkpoint_loadable(char_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (run / "model.safetensors").read_bytes() == before
-    checkpoint.load_model(run)
+    runs.load_model(run)
     res = run_cli("generate", run, "--prompt", "First", "--max-tokens", "5", "--seed", "1")
     assert res.returncode == 0
 
@@ -83,15 +84,15 @@ def test_corrupt_or_truncated_checkpoint_gives_clear_error(char_data, tmp_path):
     run_cli("train", "--data", char_data, "--out", run, *TINY, "--max-iters", "2", "--eval-interval", "2")
     weights = run / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
-        checkpoint.load_model(run)
+    with pytest.raises(runs.CheckpointError, match="corrupt or truncated"):
+        runs.load_model(run)
     res = run_cli("generate", run, "--prompt", "x", check=False)
     assert res.returncode == 1 and "corrupt or truncated" in res.stderr and "Traceback" not in res.stderr
     (run / "config.json").write_text("{not json")
     res = run_cli("generate", run, "--prompt", "x", check=False)
     assert res.returncode == 1 and "config.json is corrupt" in res.stderr
     (run / "train_state.pt").write_bytes(b"garbage")
-    with pytest.raises(checkpoint.CheckpointError):
+    with pytest.raises(runs.CheckpointError):
         checkpoint.load_train_state(run)
 
 

@@ -6,7 +6,7 @@ import time
 
 import pexpect
 
-from livelm.chat.repl import stream_answer
+from livelm.cli.chat import stream_answer
 from livelm.chat.template import prompt_ids
 from tests.conftest import LIVELM, ROOT, run_cli
 
@@ -82,7 +82,7 @@ def slow_run(tiny_chat_run, tmp_path):
     import torch
     from livelm.models.gpt import GPT, GPTConfig
     from livelm.tokenizer import Tokenizer
-    from livelm.train.checkpoint import save_checkpoint
+    from livelm.runs import save_checkpoint
     tok = Tokenizer.load(tiny_chat_run / "chat")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=4096, n_layer=6, n_head=8, d_model=512))
@@ -125,10 +125,10 @@ def test_memory_looks_notes_up_by_a_draft_answer_as_the_server_does(tiny_chat_ru
     """Once the tenant has notes, memory gets the model's draft answer (no notes, greedy, --memory-draft
     tokens) beside the question, as in `livelm serve`; finding a note by it is tested in
     tests/learn/test_memory_and_store.py."""
-    from livelm.chat.repl import ChatSession
+    from livelm.cli.chat import ChatSession
     from livelm.infer.engine import Engine
-    from livelm.infer.loader import load
-    from livelm.infer.sampling import SamplingParams
+    from livelm.runs import load
+    from livelm.sampling import SamplingParams
     from livelm.learn.feedback import Feedback, FeedbackStore
 
     model, tok, _, _ = load(tiny_chat_run / "chat", [], "cpu")

@@ -18,7 +18,8 @@ from pathlib import Path
 from livelm.chat import prompts
 from livelm.chat.template import prompt_ids, validate
 from livelm.infer.engine import Engine
-from livelm.infer.sampling import SamplingParams
+from livelm.sampling import SamplingParams
+from livelm.cli.flags import add_inference_flags, add_sampling_flags, sampling_params
 
 HELP = """commands:
   /help            this help
@@ -311,32 +312,12 @@ def _save_history(readline, hist: Path) -> None:
         pass
 
 
-def cmd_chat(a) -> int:
-    from livelm import machine
-    from livelm.cli import sampling_from_args
-    from livelm.infer.loader import load
-    model, tokenizer, _, _ = load(a.run, a.adapter, a.device, dtype=a.dtype)
-    params = sampling_from_args(a)
-    setup = prompts.resolve(system=a.system, system_file=a.system_file, few_shot_file=a.few_shot,
-                            template=a.template, templates_file=a.templates, variables=a.var)
-    engine = Engine(model, tokenizer, max_batch=1,
-                    compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
-    feedback = None
-    if a.feedback_db != "off":
-        from livelm.learn.feedback import FeedbackStore
-        feedback = FeedbackStore(a.feedback_db or Path(a.run) / "feedback.sqlite")
-    session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user,
-                          feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name,
-                          memory_draft=a.memory_draft)
-    return repl(session)
+PARSER_KW = {"chat": {"description": "Multi-turn chat with streaming output. Reads one message per line when stdin "
+                                     "is not a terminal.\n\n" + HELP,
+                      "formatter_class": argparse.RawDescriptionHelpFormatter}}
 
 
-def register(sub) -> None:
-    from livelm.cli import add_sampling_flags
-    from livelm.config import add_inference_flags
-    p = sub.add_parser("chat", help="talk to a model in the terminal",
-                       description="Multi-turn chat with streaming output. Reads one message per line when stdin "
-                                   "is not a terminal.\n\n" + HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+def chat_flags(p) -> None:
     p.add_argument("run", help="run directory (or a LoRA adapter directory)")
     p.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory to apply")
     add_inference_flags(p)
@@ -356,4 +337,22 @@ def register(sub) -> None:
     g.add_argument("--templates", default=None, help=f"YAML file of prompt templates (default {prompts.DEFAULT_TEMPLATES})")
     g.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="template variable (repeatable)")
     add_sampling_flags(p, max_tokens=128, temperature=0.7)
-    p.set_defaults(func=cmd_chat)
+
+
+def run_chat(a) -> int:
+    from livelm import machine
+    from livelm.runs import load
+    model, tokenizer, _, _ = load(a.run, a.adapter, a.device, dtype=a.dtype)
+    params = sampling_params(a)
+    setup = prompts.resolve(system=a.system, system_file=a.system_file, few_shot_file=a.few_shot,
+                            template=a.template, templates_file=a.templates, variables=a.var)
+    engine = Engine(model, tokenizer, max_batch=1,
+                    compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
+    feedback = None
+    if a.feedback_db != "off":
+        from livelm.learn.feedback import FeedbackStore
+        feedback = FeedbackStore(a.feedback_db or Path(a.run) / "feedback.sqlite")
+    session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user,
+                          feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name,
+                          memory_draft=a.memory_draft)
+    return repl(session)

@@ -1,0 +1,6 @@
+"""`python -m livelm.cli ...` = `livelm ...`."""
+import sys
+
+from livelm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,215 @@
+"""`livelm serve`: bind the socket, build the app (livelm/serve/app.py) and run it under uvicorn.
+
+The flags of live learning come from LearnConfig and UpdateConfig by the flag generator
+(livelm/cli/flags.py) as `--learn-*`, keeping the names older than it (`--learn-every`,
+`--probe-size`, `--max-probe-drop`, `--regression-file`).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from livelm.cli.flags import add_dataclass_flags, add_inference_flags, dataclass_values
+
+PARSER_KW = {"serve": {"description": "Serve a run (and LoRA adapters) over an OpenAI-compatible API with continuous "
+                                      "batching, plus a web chat page at /. Prints the URL on stdout when ready."}}
+
+# public flag names of the learning configs' fields, where they are not --learn-FIELD
+LEARN_NAMES = {"every_n": "learn-every", "min_interval": "learn-interval", "probe_size": "probe-size",
+               "max_drop": "max-probe-drop", "regression_file": "regression-file"}
+LEARN_HELP = {
+    "every_n": "new trainable feedback items per update", "min_interval": "minimum seconds between two updates of "
+    "one tenant", "debounce": "quiet seconds after feedback before an update starts, so a burst is one update",
+    "nice": "CPU priority the update process lowers itself by", "threads": "torch threads of the update process",
+    "memory_draft": "memory (and the adapter's scope) look up by the question and a greedy draft answer of N "
+                    "tokens, for tenants with notes or a learned adapter (0 = the question alone)",
+    "steps": "training steps per update", "rank": "LoRA rank of learned adapters", "lr": "learning rate of updates",
+    "batch": "DPO pairs, KTO items and distilled rephrasings sampled per update step",
+    "beta": "DPO/KTO temperature", "modes": "objectives used by updates",
+    "replay": "replayed training chats per update step, against forgetting",
+    "replay_loss": "replayed chats keep the model's own next-token distribution (kl) or train on their text (sft)",
+    "replay_weight": "weight of the replay loss",
+    "correction_pairs": "also a DPO pair 'correction > the answer it corrects' per correction",
+    "propagate": "other phrasings of each corrected question (from the run's training chats), answered with the "
+                 "correction as a note and trained on, so it reaches rephrasings (0 = off)",
+    "seed": "seed of an update's sampling (replayed chats, rephrasings)",
+    "dtype": "update training dtype: auto | float32 | bfloat16",
+    "probe_size": "held-out questions in the guard's probe",
+    "max_drop": "reject an update whose probe accuracy drops by more than this",
+    "regression_file": "operator's JSONL probes: {\"messages\": [...], \"expect\": \"text\"}"}
+
+
+def serve_flags(p) -> None:
+    p.add_argument("run", help="run directory (or a LoRA adapter directory)")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="LoRA adapter to serve beside the base model; requests pick it by its directory name "
+                        "as `model` (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                      help="require 'Authorization: Bearer KEY' on /v1 (repeatable; default: $LIVELM_API_KEY if set)")
+    keys.add_argument("--api-key-file", metavar="FILE", help="file with one API key per line")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    add_inference_flags(p, "true: 2-3x faster single streams on the default assistant, for a longer start "
+                           "(~40 s compiling); rows that use a LoRA adapter decode eagerly")
+    p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
+                                                              "beyond it requests get 429 (default 256)")
+    p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
+                   help="largest max_tokens a request may ask for (default: the context window)")
+    p.add_argument("--feedback-db", type=Path, default=None, help="SQLite file for feedback (default RUN/feedback.sqlite)")
+    p.add_argument("--served-model-name", default=None, help="model id of the base run (default: its directory name)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGINT/SIGTERM, how long running requests may take to finish (default 10)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the model (default: cores - 1, leaving one core to the HTTP side; "
+                        "$OMP_NUM_THREADS if set)")
+    from livelm.learn.live import LearnConfig
+    from livelm.learn.update import UpdateConfig
+    g = p.add_argument_group("live learning (see livelm/learn/live.py)")
+    g.add_argument("--learn", default="memory,adapter",
+                   help="comma-separated: memory (facts/corrections into prompts at once), adapter (background "
+                        "LoRA updates, hot-swapped); 'off' disables (default memory,adapter)")
+    g.add_argument("--adapter-store", type=Path, default=None, help="where learned adapters are kept (default RUN/adapters)")
+    g.add_argument("--learn-adapter-scope", choices=["feedback", "all"], default="feedback",
+                   help="which of a tenant's questions its learned adapter answers: those near its trainable "
+                        "feedback (the rest get the base model, so unrelated answers stay as they were) or all; "
+                        "the probe guard judges the adapter the same way (default feedback)")
+    add_dataclass_flags(g, LearnConfig, prefix="learn-", skip=("modes", "adapter_scope", "update"), names=LEARN_NAMES,
+                        helps=LEARN_HELP)
+    add_dataclass_flags(g, UpdateConfig, prefix="learn-", skip=("scoped",), names=LEARN_NAMES, helps=LEARN_HELP,
+                        choices={"replay_loss": ["kl", "sft"]})
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+
+
+def read_api_keys(a) -> list[str]:
+    if a.api_key_file:
+        path = Path(a.api_key_file)
+        if not path.is_file():
+            raise ValueError(f"--api-key-file {path}: no such file")
+        keys = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and not ln.strip().startswith("#")]
+        if not keys:
+            raise ValueError(f"--api-key-file {path} has no keys (one per line)")
+        return keys
+    if a.api_key:
+        return a.api_key
+    env = os.environ.get("LIVELM_API_KEY", "").strip()
+    return [env] if env else []
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so --port 0 reveals its real port before we print the URL."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP;
+    # with proto 0 every streamed chunk would wait up to 40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def set_threads(n: int | None) -> None:
+    """One core stays free for the event loop (HTTP, JSON, SSE). On a small machine this matters a lot:
+    with every core in torch's pool, its worker threads spin while the event loop wants the CPU, and a
+    decode step gets several times slower (measured on 2 cores: see bench/serve_load.py in bench/RESULTS.md)."""
+    import torch
+    from livelm import machine
+    if n is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return
+        n = max(1, machine.usable_cpus() - 1)
+    if n < 1:
+        raise ValueError("--threads must be at least 1")
+    torch.set_num_threads(n)
+
+
+def learn_config(a):
+    """--learn* flags -> LearnConfig (None when learning is off)."""
+    from livelm.learn.live import LearnConfig
+    from livelm.learn.update import UpdateConfig
+    modes = tuple(m for m in a.learn.split(",") if m and m != "off")
+    unknown = set(modes) - {"memory", "adapter"}
+    if unknown:
+        raise ValueError(f"--learn: unknown mode(s) {', '.join(sorted(unknown))}; use memory, adapter or off")
+    if not modes:
+        return None
+    scoped = a.learn_adapter_scope == "feedback"
+    update = UpdateConfig(**{**dataclass_values(a, UpdateConfig, "learn-"), "scoped": scoped})  # the guard judges it as served
+    return LearnConfig(**dataclass_values(a, LearnConfig, "learn-"), modes=modes, adapter_scope=scoped, update=update)
+
+
+def run_serve(a) -> int:
+    import uvicorn
+    from livelm import machine
+
+    for name in ("max_batch", "max_queue"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if a.max_tokens_limit is not None and a.max_tokens_limit < 1:
+        raise ValueError("--max-tokens-limit must be at least 1")
+    keys = read_api_keys(a)
+    set_threads(a.threads)
+    from livelm.serve.app import ServeState, create_app
+    app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
+                     max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
+                     served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store,
+                     compile=machine.resolve_compile(a.compile, None), dtype=a.dtype)
+    state: ServeState = app.state.live
+    sock = bind(a.host, a.port)
+    port = sock.getsockname()[1]
+    url = f"http://{'[' + a.host + ']' if ':' in a.host else a.host}:{port}"
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        print(f"livelm serve: warning: listening on {a.host} without an API key; anyone who can reach this "
+              f"machine can use the model (pass --api-key or --api-key-file)", file=sys.stderr, flush=True)
+
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    for handler in log_config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"   # stdout carries only the URL
+    log_config["loggers"]["livelm.serve"] = {"handlers": ["default"], "level": a.log_level.upper()}
+    config = uvicorn.Config(app, log_config=log_config, log_level=a.log_level,
+                            timeout_graceful_shutdown=int(a.shutdown_timeout) + 5)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # First refuse new work and start the grace clock, then let uvicorn stop accepting connections
+            # and wait for open requests. Unlike uvicorn's own handler we do not re-raise the signal after
+            # the graceful stop, so a clean shutdown exits 0. A second Ctrl-C forces the exit.
+            state.begin_shutdown(a.shutdown_timeout)
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+    server = Server(config)
+    failed = []
+
+    def announce():
+        state.ready.wait()
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if state.load_error:
+            print(f"livelm serve: error: {state.load_error}", file=sys.stderr, flush=True)
+            failed.append(True)
+            server.should_exit = True
+            return
+        print(f"livelm serve: {', '.join(state.models)} ready; web chat at {url}/ , API at {url}/v1",
+              file=sys.stderr, flush=True)
+        print(url, flush=True)
+
+    print(f"livelm serve: loading {a.run} ...", file=sys.stderr, flush=True)
+    threading.Thread(target=announce, name="livelm-announce", daemon=True).start()
+    server.run(sockets=[sock])
+    return 1 if failed else 0
