@@ -9,7 +9,7 @@ say), written once under runs/bench-dtype/: 4x128 (the default assistant's shape
 1.3M parameters, fits the caches) and 6x384 (12M parameters, 48 MB in fp32, past
 them). For each run and each `--dtype`:
 
-- decode: batch-1 greedy tokens/s through the Engine (`livelm generate`'s path), best of 2;
+- decode: batch-1 greedy tokens/s through the Engine (`livelm generate`'s path), 256 tokens, best of 3;
 - serve: `livelm serve --dtype X --max-batch 16` under 16 concurrent streaming clients
   (bench/serve_load.py's client: 100-token prompts, 64 output tokens each), aggregate
   output tokens/s.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sys
 import time
@@ -50,10 +51,15 @@ def make_run(out: Path, shape: str) -> Path:
     run = out / shape
     if (run / "model.safetensors").is_file():
         return run
-    text = ["The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。🙂"] * 200
-    tok = Tokenizer.train_bpe(text, vocab_size=512)
+    # varied bilingual text, so the BPE vocabulary reaches the default assistant's 2048 tokens (the
+    # lm_head's size is part of the speed); the model's vocabulary is the tokenizer's
+    rng = random.Random(0)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "shop", "tea", "open", "🙂"]
+    text = ["".join(chr(0x4E00 + rng.randrange(3000)) for _ in range(40)) + " " + " ".join(rng.choices(words, k=12))
+            for _ in range(2000)]
+    tok = Tokenizer.train_bpe(text, vocab_size=2048)
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=2048, block_size=512, **{**PRESETS["llama"], **SHAPES[shape]})
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=512, **{**PRESETS["llama"], **SHAPES[shape]})
     model = GPT(cfg)
     save_checkpoint(run, model, tok, {"arch": "gpt", "model": cfg.to_dict()}, step=0)
     return run
@@ -62,11 +68,11 @@ def make_run(out: Path, shape: str) -> Path:
 def decode_tok_s(run: Path, dtype: str, tokens: int) -> tuple[float, str]:
     model, tok, _, _ = load(run, dtype=dtype, batch=1)
     engine = Engine(model, tok, max_batch=1)
-    prompt = random.Random(0).choices(range(16, 512), k=16)
+    prompt = random.Random(0).choices(range(16, tok.vocab_size), k=16)
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     engine.generate([prompt], params)   # warm-up
     best = 0.0
-    for _ in range(2):
+    for _ in range(3):
         t = time.perf_counter()
         out = engine.generate([prompt], params)[0]
         best = max(best, len(out.token_ids) / (time.perf_counter() - t))
@@ -77,7 +83,8 @@ def serve_tok_s(run: Path, dtype: str, clients: int, requests: int, tokens: int)
     proc, url = start_server(run, ["--max-batch", str(clients), "--dtype", dtype, "--learn", "off"])
     try:
         rng = random.Random(0)
-        prompts = [[rng.randrange(16, 512) for _ in range(100)] for _ in range(requests)]
+        vocab = json.loads((run / "config.json").read_text())["model"]["vocab_size"]
+        prompts = [[rng.randrange(16, vocab) for _ in range(100)] for _ in range(requests)]
         model = run.resolve().name
         asyncio.run(run_level(url, model, prompts[:1], 1, tokens, 60))   # warm-up
         results, duration, skipped = asyncio.run(run_level(url, model, prompts, clients, tokens, 300))
@@ -95,7 +102,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-dtype")
     p.add_argument("--shapes", default="4x128,6x384", help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--dtypes", default="auto,float32,bfloat16")
-    p.add_argument("--tokens", type=int, default=64, help="output tokens per request and per decode run")
+    p.add_argument("--tokens", type=int, default=64, help="output tokens per serving request")
+    p.add_argument("--decode-tokens", type=int, default=256, help="tokens per timed decode run")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=32, help="serving requests per setting")
     a = p.parse_args()
@@ -106,7 +114,7 @@ def main() -> int:
     for shape in a.shapes.split(","):
         run = make_run(a.out, shape)
         for dtype in a.dtypes.split(","):
-            dec, w1 = decode_tok_s(run, dtype, a.tokens)
+            dec, w1 = decode_tok_s(run, dtype, a.decode_tokens)
             n_bytes = 4 * sum(t.numel() for t in load(run, dtype="float32")[0].parameters())
             w16 = str(machine.inference_dtype(dtype, torch.device("cpu"), n_bytes, a.clients, warn=False)
                       ).removeprefix("torch.")

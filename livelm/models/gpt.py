@@ -84,6 +84,7 @@ PRESETS = {
 
 
 STREAMING_BYTES = 16 << 20   # fp32 models above this size stream their weights from memory when decoding
+FEW_ROWS = 4                 # decode's few-row products: faster up to 4 rows on every shape measured, mixed at 8
 
 
 class Linear(nn.Linear):
@@ -101,16 +102,24 @@ class Linear(nn.Linear):
     GPT turns the detour on only for models bigger than the caches (`streams`).
     """
 
-    few_rows = 4          # up to this many rows: faster up to 4 on every shape measured, mixed at 8
+    few_rows = FEW_ROWS
     streams = False       # set by GPT for models whose weights do not fit in the caches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.numel() <= self.few_rows * self.in_features and not torch.is_grad_enabled():
-            if torch.compiler.is_compiling():
-                return reduce_linear(x, self.weight, self.bias)
-            if x.dtype == torch.float32 and self.weight.dtype == torch.float32 and self.streams:
-                return few_rows_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.streams, self.few_rows)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, streams: bool,
+           few_rows: int = FEW_ROWS) -> torch.Tensor:
+    """F.linear, or for the few-row products of CPU decoding the faster paths Linear describes. Also the
+    "dense" kernel of quantized layers (livelm/compress/quantize.py), so their fp32 fallback is exactly
+    as fast as the fp32 model."""
+    if x.device.type == "cpu" and x.numel() <= few_rows * weight.shape[1] and not torch.is_grad_enabled():
+        if torch.compiler.is_compiling():
+            return reduce_linear(x, weight, bias)
+        if x.dtype == torch.float32 and weight.dtype == torch.float32 and streams:
+            return few_rows_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int = 8) -> torch.Tensor:

@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from livelm.models.gpt import STREAMING_BYTES, linear
 
 METHODS = ("int8", "int8-dynamic", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)   # what the CPU int4 kernel accepts
@@ -61,6 +62,7 @@ class Int8Linear(nn.Module):
     is_quantized = True
     kernels = ("int8pack", "int8pack")   # (up to FEW_ROWS rows, more rows): set per machine by select_kernels
     dense = None                         # fp32 copy of W, built on first use by the "dense" kernel
+    streams = False                      # the fp32 model is past the caches (models.gpt.Linear.streams)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool = False):
         super().__init__()
@@ -142,7 +144,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.bfloat16))
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.bfloat16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self.kernels, self.dense = ("int4pack", "int4pack"), None
+        self.kernels, self.dense, self.streams = ("int4pack", "int4pack"), None, False
         # the CPU kernel's own tiled copy of the weights, rebuilt from qweight (not saved)
         self.register_buffer("cpu_packed", None, persistent=False)
         self.register_buffer("cpu_scales_zeros", None, persistent=False)
@@ -229,10 +231,10 @@ def _kernel_for(layer: nn.Module, x2: torch.Tensor) -> str:
 
 
 def _dense_matmul(layer: nn.Module, x2: torch.Tensor, kernel: str) -> torch.Tensor:
-    if kernel == "dense":
+    if kernel == "dense":   # the fp32 model's own path (its few-row detour included), on an fp32 copy
         if layer.dense is None or layer.dense.device != x2.device:
             layer.dense = layer.dequantize().to(x2.device)
-        return F.linear(x2.float(), layer.dense)
+        return linear(x2.float(), layer.dense, None, layer.streams)
     return F.linear(x2.float(), layer.dequantize().to(x2.device))
 
 
@@ -252,28 +254,49 @@ def _time_us(fns: dict, seconds: float = 0.3) -> dict[str, float]:
     return {k: round(v * 1e6, 1) for k, v in best.items()}
 
 
-def measure_kernels(method: str, in_features: int, out_features: int, group_size: int = 64) -> dict:
-    """Time each candidate kernel against fp32 F.linear on one (out, in) layer at PROBE_ROWS rows; pick,
-    per regime, the fastest quantized kernel unless fp32 beats it, then "dense" (fp32 speed)."""
+# A kernel must compute the layer's product, not just compute it fast: measured, torch._int_mm under
+# ATen's AVX2 kernels is off by 11-25% of the output's largest value (the native AVX-512 path by < 1%;
+# the weight-only kernels by < 0.4% on both), so every candidate is checked against the dequantized
+# product on the probe rows and one that misses by more than this share is never chosen.
+MAX_KERNEL_ERROR = 0.03
+
+
+def kernel_error(layer: nn.Module, x2: torch.Tensor, kernel: str) -> float:
+    """max |kernel's product - dequantized fp32 product|, relative to the product's largest value."""
+    ref = F.linear(x2.float(), layer.dequantize())
+    return float((layer.matmul(x2, kernel).float() - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
+
+
+def measure_kernels(method: str, in_features: int, out_features: int, group_size: int = 64,
+                    streams: bool = False) -> dict:
+    """Time each candidate kernel against the fp32 model's own matmul (models.gpt.linear: `streams` says
+    whether the model is past the caches, where decode takes its few-row detour) on one (out, in) layer at
+    PROBE_ROWS rows; pick, per regime, the fastest quantized kernel that computes the product to within
+    MAX_KERNEL_ERROR, unless fp32 beats it, then "dense" (the same fp32 path on an fp32 copy of the weights)."""
     torch.manual_seed(0)
     lin = nn.Linear(in_features, out_features, bias=False)
     layer = Int4Linear.from_linear(lin, group_size) if method == "int4" else \
         Int8Linear.from_linear(lin, dynamic=method == "int8-dynamic")
-    times: dict[str, dict[str, float]] = {}
+    report: dict = {}
     chosen = []
     with torch.inference_mode():
         for rows in PROBE_ROWS:
             x = torch.randn(rows, in_features)
-            fns = {"fp32": lambda: F.linear(x, lin.weight)}
+            fns = {"fp32": lambda: linear(x, lin.weight, None, streams)}
             for k in KERNELS[method]:
                 if k == "dense" or (k == "int4pack" and layer.cpu_packed is None):
                     continue   # dense is F.linear on an fp32 copy: fp32's own time
+                error = kernel_error(layer, x, k)
+                if error > MAX_KERNEL_ERROR:
+                    report.setdefault("inaccurate", {})[k] = round(error, 4)
+                    continue
                 fns[k] = functools.partial(layer.matmul, x, k)
             row = _time_us(fns)
-            best = min((k for k in row if k != "fp32"), key=row.get)
-            chosen.append(best if row[best] <= row["fp32"] else "dense")
-            times[f"{rows}_rows_us"] = row
-    return {"decode": chosen[0], "prefill": chosen[1], **times}
+            candidates = [k for k in row if k != "fp32"]
+            best = min(candidates, key=row.get) if candidates else "dense"
+            chosen.append(best if candidates and row[best] <= row["fp32"] else "dense")
+            report[f"{rows}_rows_us"] = row
+    return {"decode": chosen[0], "prefill": chosen[1], **report}
 
 
 def select_kernels(model: nn.Module, method: str, group_size: int = 64) -> dict:
@@ -284,13 +307,18 @@ def select_kernels(model: nn.Module, method: str, group_size: int = 64) -> dict:
     if not layers:
         return {}
     big = max(layers, key=lambda m: m.in_features * m.out_features)
-    key = f"quant {method} {big.out_features}x{big.in_features}" + (f" g{group_size}" if method == "int4" else "")
+    # would the fp32 model stream its weights from memory when decoding (models.gpt.Linear.streams)?
+    fp32_bytes = 4 * (sum(p.numel() for p in model.parameters()) + sum(m.in_features * m.out_features for m in layers))
+    streams = fp32_bytes > STREAMING_BYTES
+    key = f"quant {method} {big.out_features}x{big.in_features}" + (f" g{group_size}" if method == "int4" else "") \
+        + (" streams" if streams else "")
     if any(p.device.type != "cpu" for p in model.buffers()):
         return {"decode": "dequantize", "prefill": "dequantize"}
-    choice = machine.cached(key, lambda: measure_kernels(method, big.in_features, big.out_features, group_size))
+    choice = machine.cached(key, lambda: measure_kernels(method, big.in_features, big.out_features, group_size,
+                                                         streams))
     for m in layers:
         m.kernels = (choice["decode"], choice["prefill"])
-        m.dense = None
+        m.dense, m.streams = None, streams
     return choice
 
 

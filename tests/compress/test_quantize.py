@@ -169,18 +169,26 @@ def test_quantized_run_in_the_serving_path(tiny_llama_run, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["int8", "int8-dynamic", "int4"])
-def test_every_kernel_computes_the_same_product(method):
-    """Whichever kernel a machine picks, a layer computes the same product (up to the kernels' rounding)."""
+def test_every_kernel_a_machine_may_pick_computes_the_same_product(method, monkeypatch, tmp_path):
+    """Whichever kernel a machine picks, a layer computes the same product (up to the kernels' rounding); a
+    kernel that does not on this CPU (torch._int_mm under ATen's AVX2 kernels: off by 11-25%) is never picked."""
+    monkeypatch.setenv("LIVELM_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
     lin = nn.Linear(128, 64, bias=False)
     q = Int4Linear.from_linear(lin, 64) if method == "int4" else Int8Linear.from_linear(lin, method == "int8-dynamic")
+    inaccurate = set()
     for rows in (1, 40):
         x = torch.randn(rows, 128)
         ref = torch.nn.functional.linear(x, q.dequantize())
         for kernel in quantize.KERNELS[method]:
             y = q.matmul(x, kernel)
             assert y.shape == (rows, 64)
-            assert (y - ref).abs().max() <= 0.03 * ref.abs().max(), kernel
+            if (y - ref).abs().max() > 0.03 * ref.abs().max():
+                inaccurate.add(kernel)
+    assert not inaccurate & {"dense", "dequantize", "int8pack"}    # the fp32 copy and the weight-only kernels
+    choice = quantize.measure_kernels(method, 128, 64, 64)
+    assert not {choice["decode"], choice["prefill"]} & inaccurate, (choice, inaccurate)
+    assert set(choice.get("inaccurate", {})) <= inaccurate | {"int_mm"}
     assert q.dense is not None and q.dense.dtype == torch.float32    # the "dense" kernel's fp32 copy
 
 
