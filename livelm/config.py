@@ -6,7 +6,7 @@ YAML file (--config) < explicit command-line flags. Every field becomes a flag
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, asdict, MISSING
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml

@@ -71,13 +71,14 @@ def add_dataclass_flags(parser, cls, *, prefix: str = "", only: tuple[str, ...] 
             group.add_argument(flag, type=kind, choices=choices.get(f.name), **kw)
 
 
-def dataclass_values(args: argparse.Namespace, cls, prefix: str = "") -> dict:
-    """The fields of `cls` present in `args` (given by the user, or with a command default)."""
+def dataclass_values(args: argparse.Namespace, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> dict:
+    """The fields of `cls` present in `args` (given by the user, or with a command default), but `skip`
+    (fields whose flags are not generated: the same name may belong to another config)."""
     ns = vars(args)
     dest = prefix.replace("-", "_")
     out = {}
     for f in fields(cls):
-        if dest + f.name in ns:
+        if dest + f.name in ns and f.name not in skip:
             value = ns[dest + f.name]
             out[f.name] = tuple(value) if _base_type(cls, f.name) is tuple else value
     return out

@@ -1,7 +1,6 @@
 """`livelm generate`, `eval`, `predict`, `translate`: run a trained model on text and print what it says."""
 from __future__ import annotations
 
-import math
 import sys
 
 from livelm.cli import CLIError, emit

@@ -20,6 +20,9 @@ from livelm.cli.flags import add_dataclass_flags, add_inference_flags, dataclass
 PARSER_KW = {"serve": {"description": "Serve a run (and LoRA adapters) over an OpenAI-compatible API with continuous "
                                       "batching, plus a web chat page at /. Prints the URL on stdout when ready."}}
 
+# fields with flags of their own (--learn, --learn-adapter-scope) or none: UpdateConfig.modes is --learn-modes
+LEARN_CONFIG_SKIP = ("modes", "adapter_scope", "update")
+LEARN_UPDATE_SKIP = ("scoped",)
 # public flag names of the learning configs' fields, where they are not --learn-FIELD
 LEARN_NAMES = {"every_n": "learn-every", "min_interval": "learn-interval", "probe_size": "probe-size",
                "max_drop": "max-probe-drop", "regression_file": "regression-file"}
@@ -81,9 +84,8 @@ def serve_flags(p) -> None:
                    help="which of a tenant's questions its learned adapter answers: those near its trainable "
                         "feedback (the rest get the base model, so unrelated answers stay as they were) or all; "
                         "the probe guard judges the adapter the same way (default feedback)")
-    add_dataclass_flags(g, LearnConfig, prefix="learn-", skip=("modes", "adapter_scope", "update"), names=LEARN_NAMES,
-                        helps=LEARN_HELP)
-    add_dataclass_flags(g, UpdateConfig, prefix="learn-", skip=("scoped",), names=LEARN_NAMES, helps=LEARN_HELP,
+    add_dataclass_flags(g, LearnConfig, prefix="learn-", skip=LEARN_CONFIG_SKIP, names=LEARN_NAMES, helps=LEARN_HELP)
+    add_dataclass_flags(g, UpdateConfig, prefix="learn-", skip=LEARN_UPDATE_SKIP, names=LEARN_NAMES, helps=LEARN_HELP,
                         choices={"replay_loss": ["kl", "sft"]})
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
@@ -148,8 +150,10 @@ def learn_config(a):
     if not modes:
         return None
     scoped = a.learn_adapter_scope == "feedback"
-    update = UpdateConfig(**{**dataclass_values(a, UpdateConfig, "learn-"), "scoped": scoped})  # the guard judges it as served
-    return LearnConfig(**dataclass_values(a, LearnConfig, "learn-"), modes=modes, adapter_scope=scoped, update=update)
+    update = UpdateConfig(**dataclass_values(a, UpdateConfig, "learn-", skip=LEARN_UPDATE_SKIP),
+                          scoped=scoped)   # the guard judges the adapter as it is served
+    return LearnConfig(**dataclass_values(a, LearnConfig, "learn-", skip=LEARN_CONFIG_SKIP), modes=modes,
+                       adapter_scope=scoped, update=update)
 
 
 def run_serve(a) -> int:

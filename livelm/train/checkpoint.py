@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from livelm import io
 from livelm.runs import SHARDED, CheckpointError, load_weights, read_config, state_dict_for_save

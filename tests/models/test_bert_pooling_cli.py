@@ -7,7 +7,6 @@ import torch
 from livelm.cli import main
 from livelm.data.prepare import prepare
 from livelm import runs
-from livelm.train import archs
 
 POS = ["great stay , friendly staff .", "房间很干净，服务很好。"]
 NEG = ["awful room , rude staff .", "房间太脏了，很失望。"]
