@@ -173,7 +173,7 @@ def with_notes(messages: list[dict], notes: list[str]) -> list[dict]:
     """Return messages whose system prompt carries `notes` (adding the default system prompt if none)."""
     if not notes:
         return messages
-    from livelm.data.builtin import notes_block, system_prompt
+    from livelm.data.shop import notes_block, system_prompt
     question = last_question(messages)
     lang = language(question)
     msgs = [dict(m) for m in messages]
