@@ -90,24 +90,24 @@ def main() -> None:
     p.add_argument("--server-args", default="", help="extra `livelm serve` arguments, e.g. \"--learn-replay 8\"")
     a = p.parse_args()
     from livelm import demo
-    from livelm.data import builtin
+    from livelm.data import shop
 
     run = demo.build()
     rng = random.Random(0)
-    facts = list(builtin.FACTS)
+    facts = list(shop.FACTS)
     rng.shuffle(facts)
     edited, others = facts[:a.facts], facts[a.facts:]
     cases = []
     for i, f in enumerate(edited):
         lang = "en" if i % 2 == 0 else "zh"
-        train_q, held_q = builtin.split_questions(f, lang)
+        train_q, held_q = shop.split_questions(f, lang)
         value = f.alternatives[0]
         cases.append({"fact": f, "lang": lang, "q": train_q[0], "held": held_q, "value": value,
-                      "correction": builtin.fact_statement(f, lang, value)})
-    unrelated = [(f, lang, builtin.split_questions(f, lang)[1][0]) for f in others for lang in ("en", "zh")]
+                      "correction": shop.fact_statement(f, lang, value)})
+    unrelated = [(f, lang, shop.split_questions(f, lang)[1][0]) for f in others for lang in ("en", "zh")]
 
     rows = []
-    check = builtin.check_answer
+    check = shop.check_answer
     for modes in a.modes:
         work = Path(tempfile.mkdtemp(prefix="livelm-live-"))
         proc, url = start_server(run, work, modes, a.server_args.split())

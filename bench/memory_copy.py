@@ -7,11 +7,11 @@ default runs/assistant. Nothing is written to the run. Greedy decoding throughou
 
 For every fact whose value has digits, a counterfactual value is drawn (fresh numbers, or a
 fresh price; never the canonical value or one of the fact's listed alternatives), and its
-statement (`builtin.fact_statement`) is put into the system prompt exactly as live
+statement (`shop.fact_statement`) is put into the system prompt exactly as live
 learning does it (`memory.with_notes`), and passed as a copy source (`SamplingParams.copy_from`)
 as the server does (`--no-copy`: the model alone). Then the question is asked, once in its held-out
 phrasings and once in two of its training phrasings; a hit is an answer that contains the
-note's value in the question's language (`builtin.check_answer`). Rows:
+note's value in the question's language (`shop.check_answer`). Rows:
 
   note            the correction is the only note
   note+2          the correction plus two notes correcting other facts (as BM25 retrieval
@@ -42,13 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from livelm.chat.template import prompt_ids  # noqa: E402
-from livelm.data import builtin  # noqa: E402
+from livelm.data import shop  # noqa: E402
 from livelm.infer.engine import Engine  # noqa: E402
 from livelm.sampling import SamplingParams  # noqa: E402
 from livelm.learn.memory import with_notes  # noqa: E402
 from livelm.train.checkpoint import load_model  # noqa: E402
 
-LANGS = builtin.LANGS
+LANGS = shop.LANGS
 
 
 def chat_dir(run: Path) -> Path:
@@ -57,7 +57,7 @@ def chat_dir(run: Path) -> Path:
 
 def table_values() -> dict[str, set[str]]:
     """fact key -> the canonical and listed alternative values (en and zh)."""
-    return {f.key: {f.value_en, f.value_zh} | {v for a in f.alternatives for v in a} for f in builtin.FACTS}
+    return {f.key: {f.value_en, f.value_zh} | {v for a in f.alternatives for v in a} for f in shop.FACTS}
 
 
 def seen_values(run: Path) -> dict[str, set[str]]:
@@ -77,7 +77,7 @@ def seen_values(run: Path) -> dict[str, set[str]]:
         system = c["messages"][0]["content"]
         if "\n" not in system:
             continue
-        for f in builtin.FACTS:
+        for f in shop.FACTS:
             for lang in LANGS:
                 pre, _, post = f.answers(lang)[0].partition("{value}")
                 for note in system.split("\n")[1:]:
@@ -88,13 +88,13 @@ def seen_values(run: Path) -> dict[str, set[str]]:
     return seen
 
 
-def fresh_value(rng: random.Random, fact: builtin.Fact, seen: set[str]) -> tuple[str, str] | None:
+def fresh_value(rng: random.Random, fact: shop.Fact, seen: set[str]) -> tuple[str, str] | None:
     """A counterfactual value with digits that training never used for this fact (None: no digits)."""
     for _ in range(1000):
-        if builtin._is_plain_price(fact) and rng.random() < 0.5:
-            v = builtin._random_price(rng, fact)
+        if shop._is_plain_price(fact) and rng.random() < 0.5:
+            v = shop._random_price(rng, fact)
         else:
-            v = builtin._random_digits(rng, fact)
+            v = shop._random_digits(rng, fact)
         if v is None:
             return None
         if v[0] not in seen and v[1] not in seen:
@@ -102,16 +102,16 @@ def fresh_value(rng: random.Random, fact: builtin.Fact, seen: set[str]) -> tuple
     return None
 
 
-def other_notes(rng: random.Random, fact: builtin.Fact, lang: str, n: int, seen: dict) -> list[str]:
+def other_notes(rng: random.Random, fact: shop.Fact, lang: str, n: int, seen: dict) -> list[str]:
     """n notes correcting facts other than `fact` (half the time from the same topic)."""
     notes, used = [], {fact.key}
     for _ in range(n):
-        same = [f for f in builtin.FACTS if f.topic == fact.topic and f.key not in used]
-        pool = same if same and rng.random() < 0.5 else [f for f in builtin.FACTS if f.key not in used]
+        same = [f for f in shop.FACTS if f.topic == fact.topic and f.key not in used]
+        pool = same if same and rng.random() < 0.5 else [f for f in shop.FACTS if f.key not in used]
         other = rng.choice(pool)
         used.add(other.key)
         v = fresh_value(rng, other, seen[other.key]) or rng.choice(other.alternatives)
-        notes.append(builtin.fact_statement(other, lang, v))
+        notes.append(shop.fact_statement(other, lang, v))
     return notes
 
 
@@ -121,20 +121,20 @@ def make_cases(seed: int, seen: dict, n_train_q: int = 2, n_nondigit: int = 99) 
 
     def add(row, fact, lang, phr, q, notes, value):
         # the default system prompt, as `make demo` evaluates; with_notes appends the notes to it
-        msgs = with_notes([{"role": "system", "content": builtin.system_prompt(lang)},
+        msgs = with_notes([{"role": "system", "content": shop.system_prompt(lang)},
                            {"role": "user", "content": q}], notes)
         cases.append({"row": row, "fact": fact.key, "lang": lang, "phrasing": phr, "q": q,
                       "messages": msgs, "notes": notes, "value": value})
 
-    nondigit = [f for f in builtin.FACTS if builtin._random_digits(random.Random(0), f) is None]
+    nondigit = [f for f in shop.FACTS if shop._random_digits(random.Random(0), f) is None]
     nondigit = rng.sample(nondigit, min(n_nondigit, len(nondigit)))
-    for fact in builtin.FACTS:
+    for fact in shop.FACTS:
         for lang in LANGS:
-            train_q, held_q = builtin.split_questions(fact, lang)
+            train_q, held_q = shop.split_questions(fact, lang)
             phrasings = [("held", q) for q in held_q] + [("train", q) for q in rng.sample(train_q, n_train_q)]
             value = fresh_value(rng, fact, seen[fact.key])
             if value is not None:
-                note = builtin.fact_statement(fact, lang, value)
+                note = shop.fact_statement(fact, lang, value)
                 for phr, q in phrasings:
                     add("note", fact, lang, phr, q, [note], value)
                     notes = other_notes(rng, fact, lang, 2, seen) + [note]
@@ -143,10 +143,10 @@ def make_cases(seed: int, seen: dict, n_train_q: int = 2, n_nondigit: int = 99) 
             elif fact in nondigit:
                 alt = rng.choice(fact.alternatives)
                 for phr, q in phrasings:
-                    add("non-digit alt", fact, lang, phr, q, [builtin.fact_statement(fact, lang, alt)], alt)
+                    add("non-digit alt", fact, lang, phr, q, [shop.fact_statement(fact, lang, alt)], alt)
             alt = fact.alternatives[0]
             for phr, q in phrasings:
-                add("listed alt", fact, lang, phr, q, [builtin.fact_statement(fact, lang, alt)], alt)
+                add("listed alt", fact, lang, phr, q, [shop.fact_statement(fact, lang, alt)], alt)
             for q in held_q:
                 add("no notes", fact, lang, "held", q, [], None)
                 add("locality", fact, lang, "held", q, other_notes(rng, fact, lang, 2, seen), None)
@@ -172,9 +172,9 @@ def evaluate(run: Path, seed: int = 0, max_batch: int = 32, copy: bool = True) -
     outs = engine.generate([prompt_ids(c["messages"], tokenizer) for c in cases], params)
     secs = time.perf_counter() - t0
     for c, o in zip(cases, outs):
-        f = builtin.FACTS_BY_KEY[c["fact"]]
+        f = shop.FACTS_BY_KEY[c["fact"]]
         c["answer"] = o.text
-        c["ok"] = builtin.check_answer(f, o.text, c["lang"], tuple(c["value"]) if c["value"] else None)
+        c["ok"] = shop.check_answer(f, o.text, c["lang"], tuple(c["value"]) if c["value"] else None)
     # locality "kept": among held-out questions answered right without notes
     for c in cases:
         c["seen"] = bool(c["value"]) and (c["value"][0] in seen[c["fact"]] or c["value"][1] in seen[c["fact"]])

@@ -50,13 +50,13 @@ OTHER = {"en": "zh", "zh": "en"}
 
 
 def write_prompts(path: Path) -> int:
-    from livelm.data import builtin
+    from livelm.data import shop
     rows = []
-    for fact in builtin.FACTS:
-        for lang in builtin.LANGS:
-            for system in builtin.LANGS:
-                for q in builtin.split_questions(fact, lang)[0]:
-                    rows.append({"messages": [{"role": "system", "content": builtin.system_prompt(system)},
+    for fact in shop.FACTS:
+        for lang in shop.LANGS:
+            for system in shop.LANGS:
+                for q in shop.split_questions(fact, lang)[0]:
+                    rows.append({"messages": [{"role": "system", "content": shop.system_prompt(system)},
                                               {"role": "user", "content": q}],
                                  "reference": fact.value(lang)})
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -65,12 +65,12 @@ def write_prompts(path: Path) -> int:
 
 def heldout_accuracy(run: Path, adapter: Path | None) -> dict:
     """Greedy exact-fact accuracy on the held-out phrasings: {"mixed": {en, zh}, "same": {en, zh}}."""
-    from livelm.data import builtin
+    from livelm.data import shop
     from livelm.demo import evaluate_assistant
     from livelm.runs import load
     model, tok, _, _ = load(run, [adapter] if adapter else None, device="cpu")
-    same = builtin.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
-    mixed = [{**c, "messages": [{"role": "system", "content": builtin.system_prompt(OTHER[c["lang"]])}, *c["messages"][1:]]}
+    same = shop.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
+    mixed = [{**c, "messages": [{"role": "system", "content": shop.system_prompt(OTHER[c["lang"]])}, *c["messages"][1:]]}
              for c in same]
     return {"mixed": evaluate_assistant(model, tok, mixed), "same": evaluate_assistant(model, tok, same)}
 

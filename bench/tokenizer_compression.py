@@ -11,15 +11,14 @@ costs and what it prevents (tokens spanning several Chinese characters).
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
+from livelm.text import HAN
 from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def corpora():
@@ -52,7 +51,7 @@ def main() -> None:
     ours = Tokenizer.train_bpe(train_text, vocab_size=a.vocab_size, show_progress=False)
     plain = gpt2_style(train_text, a.vocab_size)
     multi_cjk = sum(1 for i in range(plain.get_vocab_size())
-                    if len(CJK.findall(plain.decode([i]))) > 1)
+                    if len(HAN.findall(plain.decode([i]))) > 1)
     print(f"vocab {a.vocab_size}; GPT-2-style tokens spanning >1 Chinese character: {multi_cjk}; livelm: 0\n")
     print("| held-out text | chars | livelm chars/token | GPT-2-style chars/token |")
     print("|---|---|---|---|")

@@ -1,7 +1,7 @@
 """The default bilingual assistant's recipe: `make demo` (= `livelm demo`) builds it once, then chats with it.
 
 Pipeline (all through the same code a user runs by hand):
-    builtin corpus -> livelm prepare (BPE) -> livelm train (pretrain)
+    shop corpus -> livelm prepare (BPE) -> livelm train (pretrain)
                    -> livelm finetune (chat SFT) -> held-out accuracy -> livelm chat
 
 The result is cached in runs/assistant/ and rebuilt only when its inputs change
@@ -45,13 +45,13 @@ def log(msg: str) -> None:
 
 def recipe_hash() -> str:
     """What the build depends on: the corpus itself (generated in ~0.1 s; hashing it rather than the
-    generator's source means an edit to livelm/data/builtin.py that leaves the corpus as it was does
+    generator's source means an edit to livelm/data/shop/ that leaves the corpus as it was does
     not rebuild every user's assistant), this recipe and the library version."""
     import livelm
-    from livelm.data import builtin
+    from livelm.data import shop
     h = hashlib.sha256()
-    corpus = builtin.build(SEED)
-    for part in (corpus.pretrain_text, builtin._jsonl(corpus.train_chats), builtin._jsonl(corpus.heldout_chats)):
+    corpus = shop.build(SEED)
+    for part in (corpus.pretrain_text, shop._jsonl(corpus.train_chats), shop._jsonl(corpus.heldout_chats)):
         h.update(part.encode("utf-8"))
     h.update(json.dumps([PRETRAIN, FINETUNE, VOCAB, SEED, getattr(livelm, "__version__", "0")]).encode())
     return h.hexdigest()[:16]
@@ -60,17 +60,17 @@ def recipe_hash() -> str:
 def evaluate_assistant(model, tokenizer, heldout: list[dict], notes: bool = False) -> dict:
     """Exact-fact accuracy on held-out question phrasings, per language (greedy decoding)."""
     from livelm.chat.template import prompt_ids
-    from livelm.data import builtin
+    from livelm.data import shop
     from livelm.infer.engine import Engine
     from livelm.sampling import SamplingParams
-    facts = {f.key: f for f in builtin.FACTS}
+    facts = {f.key: f for f in shop.FACTS}
     engine = Engine(model, tokenizer, max_batch=32)
     prompts = [prompt_ids(c["messages"][:-1], tokenizer) for c in heldout]
     outs = engine.generate(prompts, SamplingParams(max_tokens=64, temperature=0))
     result, failures = {}, []
     for lang in ("en", "zh"):
         idx = [i for i, c in enumerate(heldout) if c["lang"] == lang]
-        ok = [builtin.check_answer(facts[heldout[i]["fact"]], outs[i].text, lang) for i in idx]
+        ok = [shop.check_answer(facts[heldout[i]["fact"]], outs[i].text, lang) for i in idx]
         result[lang] = sum(ok) / max(1, len(ok))
         failures += [(heldout[i]["messages"][-2]["content"], outs[i].text) for i, good in zip(idx, ok) if not good]
     result["n"] = len(heldout)
@@ -83,7 +83,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
 
     dtype overrides the recipe's `auto` (e.g. float32, to build here what an AVX2 machine builds)."""
     from livelm.config import resolve_config
-    from livelm.data import builtin
+    from livelm.data import shop
     from livelm.data.prepare import prepare
     from livelm.data.shards import TokenData
     from livelm.models.gpt import GPT
@@ -104,7 +104,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
     trained_in = str(machine.resolve_dtype(dtype, pick_device("auto"), warn=False)).removeprefix("torch.")
     t0 = time.perf_counter()
     log(f"building the default assistant in {out} (once; a few minutes on 2 cores)")
-    paths = builtin.write(out / "corpus", seed=SEED)
+    paths = shop.write(out / "corpus", seed=SEED)
     prepare([paths["pretrain"], paths["chat_train"]], out / "data", vocab_size=VOCAB, val_fraction=0.05)
     t_prep = time.perf_counter() - t0
 

@@ -75,21 +75,21 @@ def char_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def builtin_paths(tmp_path_factory):
-    from livelm.data import builtin
-    return builtin.write(tmp_path_factory.mktemp("builtin"), seed=0)
+def shop_paths(tmp_path_factory):
+    from livelm.data import shop
+    return shop.write(tmp_path_factory.mktemp("shop"), seed=0)
 
 
 @pytest.fixture(scope="session")
-def tiny_chat_run(tmp_path_factory, builtin_paths):
-    """A tiny BPE GPT pretrained briefly on the built-in corpus, then chat fine-tuned briefly.
+def tiny_chat_run(tmp_path_factory, shop_paths):
+    """A tiny BPE GPT pretrained briefly on the shop corpus (the demo's data set), then chat fine-tuned briefly.
 
     Too small to answer well; good for exercising every code path quickly."""
     d = tmp_path_factory.mktemp("tinychat")
-    run_cli("prepare", builtin_paths["pretrain"], "--out", d / "data", "--vocab-size", "600", "--quiet")
+    run_cli("prepare", shop_paths["pretrain"], "--out", d / "data", "--vocab-size", "600", "--quiet")
     run_cli("train", "--data", d / "data", "--out", d / "base", "--preset", "llama", "--n-layer", "2",
             "--n-head", "2", "--n-kv-head", "1", "--d-model", "48", "--block-size", "128", "--batch-size", "8",
             "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2", "--progress", "false")
-    run_cli("finetune", d / "base", "--data", builtin_paths["chat_train"], "--out", d / "chat", "--max-iters", "20",
+    run_cli("finetune", d / "base", "--data", shop_paths["chat_train"], "--out", d / "chat", "--max-iters", "20",
             "--eval-interval", "20", "--accuracy-limit", "4", "--progress", "false", "--batch-size", "4")
     return d

@@ -2,13 +2,13 @@
 import dataclasses
 
 from livelm import demo
-from livelm.data import builtin
+from livelm.data import shop
 
 
 def test_recipe_hash_follows_the_corpus_not_the_generator_source(monkeypatch):
     key = demo.recipe_hash()
     assert key == demo.recipe_hash()   # deterministic: the corpus is generated from a fixed seed
-    real = builtin.build
+    real = shop.build
 
     def edited(seed, **kw):   # the generator now writes one Chinese answer differently
         corpus = real(seed, **kw)
@@ -16,8 +16,8 @@ def test_recipe_hash_follows_the_corpus_not_the_generator_source(monkeypatch):
         chats[0] = {"messages": chats[0]["messages"][:-1] + [{"role": "assistant", "content": "营业时间改了 🕘"}]}
         return dataclasses.replace(corpus, train_chats=chats)
 
-    monkeypatch.setattr(builtin, "build", edited)
+    monkeypatch.setattr(shop, "build", edited)
     assert demo.recipe_hash() != key
-    monkeypatch.setattr(builtin, "build", real)
+    monkeypatch.setattr(shop, "build", real)
     monkeypatch.setattr(demo, "FINETUNE", {**demo.FINETUNE, "max_iters": 701})   # the recipe itself
     assert demo.recipe_hash() != key

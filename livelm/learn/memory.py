@@ -24,9 +24,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from livelm.sampling import SamplingParams
+from livelm.text import HAN, HAN_CHARS, language
 
-_WORD = re.compile(r"[a-z0-9¥$€£%.]+|[\u3400-\u9fff]")
-_CJK = re.compile(r"[\u3400-\u9fff]")
+_WORD = re.compile(f"[a-z0-9¥$€£%.]+|[{HAN_CHARS}]")
 # very common words carry no signal about which fact is asked
 STOP = set("""a an the is are was were do does did you your we our i my me to of in on at for and or with
 what how when where which who can could would will please tell about much many there this that it be""".split())
@@ -44,7 +44,7 @@ def terms(text: str) -> list[str]:
     # (a sentence's final period is not part of its last word: "9pm." is "9pm", "¥12.5" stays whole)
     toks = [stem(t) for t in (w.rstrip(".") for w in _WORD.findall(text.lower())) if t and t not in STOP]
     out = list(toks)
-    cjk = [t for t in toks if _CJK.match(t)]
+    cjk = [t for t in toks if HAN.match(t)]
     out += [a + b for a, b in zip(cjk, cjk[1:])]   # adjacent-character bigrams (approximate for split runs)
     return out
 
@@ -169,15 +169,11 @@ def draft_params(prompt_len: int, max_len: int, tokens: int) -> SamplingParams |
     return SamplingParams(max_tokens=room, temperature=0) if room > 0 else None
 
 
-def language(text: str) -> str:
-    return "zh" if _CJK.search(text) else "en"
-
-
 def with_notes(messages: list[dict], notes: list[str]) -> list[dict]:
     """Return messages whose system prompt carries `notes` (adding the default system prompt if none)."""
     if not notes:
         return messages
-    from livelm.data.builtin import notes_block, system_prompt
+    from livelm.data.shop import notes_block, system_prompt
     question = last_question(messages)
     lang = language(question)
     msgs = [dict(m) for m in messages]

@@ -104,8 +104,8 @@ def replay_pool(run_config: dict, run_dir: str | Path) -> list[list[dict]]:
 
 def probe_set(size: int, seed: int, regression_file: str | None) -> list[dict]:
     """Held-out built-in questions (both languages) plus the operator's regression checks."""
-    from livelm.data import builtin
-    held = builtin.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
+    from livelm.data import shop
+    held = shop.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
     random.Random(seed).shuffle(held)
     probes = [{"messages": c["messages"][:-1], "fact": c["fact"], "lang": c["lang"]} for c in held[:size]]
     if regression_file:
@@ -130,7 +130,7 @@ def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
 
 
 def probe_accuracy(probes: list[dict], answers: list[str]) -> float:
-    from livelm.data.builtin import FACTS_BY_KEY, check_answer
+    from livelm.data.shop import FACTS_BY_KEY, check_answer
     if not probes:
         return float("nan")
     ok = 0

@@ -26,7 +26,6 @@ import csv
 import functools
 import json
 import math
-import re
 from pathlib import Path
 from typing import Iterator
 
@@ -41,6 +40,7 @@ from livelm.models.bert import Bert, BertConfig, mask_tokens, nsp_pair, sentence
 from livelm.models.lstm import LSTMConfig, LSTMLM
 from livelm.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy, pad_batch
 from livelm.machine import pick_device
+from livelm.text import has_han, mostly_chinese, split_words
 from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer
 from livelm import runs
 from livelm.train import checkpoint
@@ -240,22 +240,13 @@ def read_tagged(path: str | Path, skip_bad: bool = False) -> tuple[list[tuple[li
     return out, bad
 
 
-_CJK_CHAR = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD = re.compile(f"[{_CJK_CHAR}]|[^\\s{_CJK_CHAR}]+")
-
-
-def split_words(text: str) -> list[str]:
-    """Words for tagging raw text: runs of non-space, except that every Chinese character is its own word."""
-    return _WORD.findall(text)
-
-
 def encode_words(tok: Tokenizer, words: list[str]) -> tuple[list[int], list[int]]:
     """Token ids for a word list, and the index of each word's first token (where its tag is predicted).
     A space goes before every non-Chinese word but the first, as in running text."""
     ids, first = [], []
     for i, w in enumerate(words):
         first.append(len(ids))
-        chinese = len(w) == 1 and re.match(f"[{_CJK_CHAR}]", w) is not None
+        chinese = len(w) == 1 and has_han(w)
         piece = w if i == 0 or chinese else " " + w
         ids.extend(tok.encode(piece) or [tok.unk_id])
     return ids, first
@@ -456,15 +447,10 @@ class PairData:
                 "targets": pad_batch([[*self.tgt[j], self.eos] for j in which], -1)}
 
 
-def is_chinese(texts: list[str]) -> bool:
-    text = "".join(texts)
-    return bool(text) and len(re.findall(f"[{_CJK_CHAR}]", text)) > 0.3 * len(re.sub(r"\s", "", text))
-
-
 def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:
     """Corpus BLEU and chrF (sacrebleu); Chinese targets use sacrebleu's Chinese tokenizer."""
     import sacrebleu
-    zh = is_chinese(refs)
+    zh = mostly_chinese(refs)
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh" if zh else "13a")
     chrf = sacrebleu.corpus_chrf(hyps, [refs])
     return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2), "bleu_tokenize": "zh" if zh else "13a"}

@@ -30,8 +30,8 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head"
 
 
 def english_questions(split: int, per_fact: int) -> list[str]:
-    from livelm.data import builtin
-    return [q for fact in builtin.FACTS for q in builtin.split_questions(fact, "en")[split][:per_fact]]
+    from livelm.data import shop
+    return [q for fact in shop.FACTS for q in shop.split_questions(fact, "en")[split][:per_fact]]
 
 
 def sampled_reward(run, adapter, questions, samples: int = 2) -> float:

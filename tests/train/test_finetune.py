@@ -19,9 +19,9 @@ def test_sft_lowers_assistant_loss(tiny_chat_run):
     assert cfg["chat"] is True and cfg["base_run"].endswith("base")
 
 
-def test_lora_finetune_trains_only_the_adapter(tiny_chat_run, builtin_paths, tmp_path):
+def test_lora_finetune_trains_only_the_adapter(tiny_chat_run, shop_paths, tmp_path):
     out = tmp_path / "adapter"
-    res = run_cli("finetune", tiny_chat_run / "base", "--data", builtin_paths["chat_train"], "--out", out, "--lora",
+    res = run_cli("finetune", tiny_chat_run / "base", "--data", shop_paths["chat_train"], "--out", out, "--lora",
                   "--lora-rank", "4", "--max-iters", "15", "--eval-interval", "15", "--accuracy-limit", "0",
                   "--progress", "false", "--batch-size", "4")
     summary = json.loads(res.stdout)

@@ -1,11 +1,12 @@
-"""Tests for the built-in Maple Leaf Shop corpus (livelm.data.builtin)."""
+"""Tests for the Maple Leaf Shop corpus, the demo's data set (livelm.data.shop)."""
 import json
 import re
 from collections import Counter
 
 import pytest
 
-from livelm.data import builtin as b
+from livelm.data import shop as b
+from livelm.text import contains_cjk
 
 REQUIRED_TOPICS = {"hours", "prices", "delivery", "returns", "membership", "locations", "contact", "payment"}
 
@@ -44,9 +45,9 @@ def test_fact_table_size_and_shape():
 def test_fact_text_is_in_the_right_language():
     for f in b.FACTS:
         for text in f.questions_en + f.answers_en + (f.value_en,) + tuple(a[0] for a in f.alternatives):
-            assert not b.contains_cjk(text), (f.key, text)
+            assert not contains_cjk(text), (f.key, text)
         for text in f.questions_zh + f.answers_zh:
-            assert b.contains_cjk(text), (f.key, text)
+            assert contains_cjk(text), (f.key, text)
 
 
 def test_no_question_is_shared_between_facts():
@@ -109,7 +110,7 @@ def test_split_questions_is_disjoint_and_complete():
 
 def test_every_fact_has_ten_training_phrasings_and_the_same_heldout_pair():
     """Extra training phrasings go before the held-out pair, so the held-out set does not move."""
-    assert set(b._MORE_TRAIN) <= set(b.FACTS_BY_KEY)
+    assert set(b._PHRASINGS["more_train_questions"]) <= set(b.FACTS_BY_KEY)
     for f in b.FACTS:
         for lang in b.LANGS:
             train, heldout = b.split_questions(f, lang)
@@ -175,8 +176,8 @@ def test_pretrain_text_covers_every_fact_in_both_languages(corpus):
     assert "\n\n" in text
     for f in b.FACTS:
         assert f.value_en in text and f.value_zh in text, f.key
-    assert any(b.contains_cjk(doc) for doc in text.split("\n\n"))
-    assert any(not b.contains_cjk(doc) for doc in text.split("\n\n"))
+    assert any(contains_cjk(doc) for doc in text.split("\n\n"))
+    assert any(not contains_cjk(doc) for doc in text.split("\n\n"))
 
 
 def test_chat_language_and_roles(corpus):
@@ -189,7 +190,7 @@ def test_chat_language_and_roles(corpus):
         assert chat["messages"][0]["content"].startswith(b.SYSTEM_PROMPT_EN if lang == "en" else b.SYSTEM_PROMPT_ZH)
         for m in chat["messages"]:
             if lang == "en":
-                assert not b.contains_cjk(m["content"]), m
+                assert not contains_cjk(m["content"]), m
             else:
                 assert re.search(r"[\u4e00-\u9fff]", m["content"]), m
     assert langs["en"] == langs["zh"]
@@ -269,7 +270,7 @@ def test_notes_block_and_statement():
 # --- writing -----------------------------------------------------------------------------
 
 def test_write_creates_three_files_atomically(tmp_path):
-    out = tmp_path / "builtin"
+    out = tmp_path / "shop"
     paths = b.write(out, seed=3, n_chats=200, pretrain_bytes=20_000)
     assert set(paths) == {"pretrain", "chat_train", "chat_heldout"}
     assert sorted(p.name for p in out.iterdir()) == ["chat_heldout.jsonl", "chat_train.jsonl", "pretrain.txt"]
@@ -285,7 +286,8 @@ def test_write_creates_three_files_atomically(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    assert b.main(["--out", str(tmp_path), "--seed", "1"]) == 0
+    from livelm.data.shop.__main__ import main
+    assert main(["--out", str(tmp_path), "--seed", "1"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / n) for n in ("pretrain.txt", "chat_train.jsonl", "chat_heldout.jsonl")]
 
@@ -302,3 +304,47 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
         b.write(tmp_path, seed=1, n_chats=20, pretrain_bytes=2_000)
     assert paths["pretrain"].read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chat_heldout.jsonl", "chat_train.jsonl", "pretrain.txt"]
+
+
+# --- the corpus is pinned -----------------------------------------------------------------
+
+# sha256 of build(0)'s parts as demo.recipe_hash reads them, taken from the generator before its tables
+# moved to livelm/data/shop/*.json. The demo keys every user's built assistant on this corpus: a change
+# here rebuilds them all, so it must be meant (then update the pins, and say so in the change).
+CORPUS_SHA256 = {
+    "pretrain_text": "169c7e20a837eba07a2d0d9572ffcd46d866cdd659cbb5c5230f9954b80b040f",
+    "train_chats": "ecdea5afd61f751a4f2849c22a23c100615ca706f8dc58380886d08d77d63d71",
+    "heldout_chats": "7579ca950e03f5fd159e345f5dd5cc51c8a9799e5966f48d3601906d23fbc045",
+}
+
+
+def test_the_corpus_is_byte_for_byte_what_the_demo_was_built_from(corpus, tmp_path):
+    import hashlib
+    parts = {"pretrain_text": corpus.pretrain_text, "train_chats": b._jsonl(corpus.train_chats),
+             "heldout_chats": b._jsonl(corpus.heldout_chats)}
+    assert {k: hashlib.sha256(v.encode("utf-8")).hexdigest() for k, v in parts.items()} == CORPUS_SHA256
+    paths = b.write(tmp_path, seed=0)   # the files `make demo` trains on are those same bytes
+    assert hashlib.sha256(paths["chat_train"].read_bytes()).hexdigest() == CORPUS_SHA256["train_chats"]
+
+
+def test_the_tables_are_package_data():
+    """The generator reads its tables with importlib.resources, and pyproject ships them in the wheel."""
+    import pathlib
+    import tomllib
+    folder = pathlib.Path(b.__file__).parent
+    tables = sorted(p.name for p in folder.glob("*.json"))
+    assert tables == ["facts.json", "phrasings.json", "shop.json"]
+    for name in tables:
+        assert json.loads((folder / name).read_text(encoding="utf-8"))["about"]   # each says what it holds
+    pyproject = tomllib.loads((folder.parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "data/shop/*.json" in pyproject["tool"]["setuptools"]["package-data"]["livelm"]
+
+
+def test_probes_ask_the_heldout_questions_with_their_values(corpus):
+    probes = b.probes(corpus.heldout_chats)
+    assert len(probes) == len(corpus.heldout_chats)
+    for p, c in zip(probes, corpus.heldout_chats):
+        assert p["messages"] == c["messages"][:-1] and p["messages"][-1]["role"] == "user"
+        assert p["lang"] == c["lang"] and p["expect"] == [b.FACTS_BY_KEY[c["fact"]].value(c["lang"])]
+    zh = next(p for p in probes if p["lang"] == "zh" and p["expect"] == ["¥38"])
+    assert zh["messages"][0]["content"] == b.SYSTEM_PROMPT_ZH
