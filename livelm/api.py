@@ -117,8 +117,7 @@ def pretrain_gpt(cfg, data: str | Path, out: str | Path, resume: bool = False):
     torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed reproduces
     model = GPT(cfg.model_config(tokens.vocab_size))
     if resume:
-        tensors, _ = runs.load_weights(Path(out) / "model.safetensors")
-        runs.load_state(model, tensors, Path(out) / "model.safetensors")
+        runs.restore_weights(model, out)
     n_params = model.num_params()
     log(f"model: {cfg.preset} preset, {cfg.n_layer} layers x {cfg.d_model} wide, {n_params / 1e6:.2f}M parameters, "
         f"{model.flops_per_token() / 1e6:.1f} MFLOPs/token (train, 6N + attention)")

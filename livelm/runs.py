@@ -214,6 +214,13 @@ def load_model(run_dir: str | Path, device="cpu", arch: str | tuple[str, ...] | 
     return model.to(device).eval(), Tokenizer.load(run_dir / "tokenizer.json"), config
 
 
+def restore_weights(model: torch.nn.Module, run_dir: str | Path) -> None:
+    """Load a run's weights into a model built for them (resuming, fine-tuning a head)."""
+    path = Path(run_dir) / "model.safetensors"
+    tensors, _ = load_weights(path)
+    load_state(model, tensors, path)
+
+
 def is_adapter(path: str | Path) -> bool:
     """A LoRA adapter folder (PEFT layout) rather than a full run."""
     path = Path(path)

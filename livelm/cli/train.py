@@ -44,7 +44,7 @@ def run_train(a) -> int:
         from livelm.api import pretrain_gpt
         result = pretrain_gpt(cfg, data, a.out, a.resume)
     else:   # the other architectures share this loop and run layout
-        from livelm.train.archs import train_arch
+        from livelm.train.recipes import train_arch
         result = train_arch(cfg, data, a.out, a.resume)
     emit_result(result, {"run": str(a.out), "step": result.step, "val_loss": result.val_loss})
     return 0
@@ -74,7 +74,7 @@ def finetune_flags(p) -> None:
 
 def run_finetune(a) -> int:
     if a.task != "chat":
-        from livelm.train.archs import finetune_task
+        from livelm.train.recipes.bert import finetune_task
         result, summary = finetune_task(a.run, a.task, a.data, a.out, a.val_data, a.val_fraction, a.skip_bad,
                                         a.config, **train_values(a))
         emit_result(result, summary)

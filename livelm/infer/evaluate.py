@@ -1,4 +1,5 @@
-"""Evaluating a language model on held-out tokens: loss, perplexity, bits per byte.
+"""Metrics in one place: a language model's loss, perplexity and bits per byte on held-out tokens;
+accuracy/F1 of labels; BLEU/chrF of translations.
 
 One function for `livelm eval`, the quantize/prune reports and the benchmarks, so they all read
 the same windows: every validation token once, in consecutive windows of the model's context
@@ -9,7 +10,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from livelm.text import mostly_chinese
 
 
 @torch.inference_mode()
@@ -35,3 +39,24 @@ def perplexity(model: torch.nn.Module, data_dir: str | Path, max_tokens: int = 1
     val_loss = total_loss / total_tokens
     return {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50)),
             "bits_per_byte": val_loss / math.log(2) / data.bytes_per_token("val"), "tokens": total_tokens}
+
+
+def accuracy_f1(gold: list[int], pred: list[int], n_labels: int) -> dict:
+    """Accuracy, macro-F1, and (for two labels) the F1 of the second label (the "positive" one: "1" after "0")."""
+    g, p = np.asarray(gold), np.asarray(pred)
+    f1s = []
+    for c in range(n_labels):
+        tp, fp, fn = int(((p == c) & (g == c)).sum()), int(((p == c) & (g != c)).sum()), int(((p != c) & (g == c)).sum())
+        f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
+    out = {"accuracy": float((g == p).mean()) if len(g) else float("nan"), "macro_f1": float(np.mean(f1s))}
+    out["f1"] = f1s[1] if n_labels == 2 else out["macro_f1"]
+    return out
+
+
+def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu); Chinese targets use sacrebleu's Chinese tokenizer."""
+    import sacrebleu
+    zh = mostly_chinese(refs)
+    bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh" if zh else "13a")
+    chrf = sacrebleu.corpus_chrf(hyps, [refs])
+    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2), "bleu_tokenize": "zh" if zh else "13a"}

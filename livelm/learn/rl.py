@@ -41,6 +41,7 @@ import torch
 
 from livelm.chat.template import prompt_ids, validate
 from livelm.config import resolve_config
+from livelm.data.split import heldout_split
 from livelm.infer.engine import Engine
 from livelm.sampling import SamplingParams
 from livelm.learn.objectives import grpo_loss, token_logprobs
@@ -201,10 +202,8 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, config_f
     base_train = {**saved.get("train", {}), "max_iters": 30, "lr": 3e-3, "min_lr": 3e-4, "warmup_iters": 0,
                   "eval_interval": 10, "eval_iters": 0, "grad_clip": 1.0, "dropout": 0.0}
     cfg = resolve_config(config_file, base=base_train, **overrides)
-    order = np.random.default_rng(cfg.seed).permutation(len(prompts))
-    n_val = max(1, int(len(prompts) * val_fraction)) if len(prompts) > 4 else 0
-    val = [prompts[i] for i in order[:n_val]] or prompts
-    train_prompts = [prompts[i] for i in order[n_val:]] or prompts
+    rest, val = heldout_split(prompts, max(1, int(len(prompts) * val_fraction)) if len(prompts) > 4 else 0, cfg.seed)
+    val, train_prompts = val or prompts, rest or prompts
     # the answers are sampled with dropout off (the Engine runs the model in eval mode) and the trainer
     # switches to train mode, so dropout left at the pretraining value (0.1 in the default assistant)
     # would take the gradient through a different, noisy policy and bias the KL term: turn it off

@@ -10,10 +10,10 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 
 from livelm.chat.data import PackedChats, encode_examples, read_conversations
 from livelm.chat.template import prompt_ids
+from livelm.data.split import heldout_split
 from livelm.config import resolve_config
 from livelm.models import lora
 from livelm import runs
@@ -68,10 +68,9 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
     if val_data:
         val_convs, vbad = read_conversations(val_data, skip_bad=skip_bad)
     else:  # hold out a fixed slice, chosen by seed
-        order = np.random.default_rng(cfg.seed).permutation(len(convs))
-        n_val = max(1, int(len(convs) * val_fraction)) if len(convs) > 1 else 0
-        val_convs = [convs[i] for i in order[:n_val]] or convs[:1]
-        convs = [convs[i] for i in order[n_val:]] or convs
+        rest, val_convs = heldout_split(convs, max(1, int(len(convs) * val_fraction)) if len(convs) > 1 else 0,
+                                        cfg.seed)
+        val_convs, convs = val_convs or convs[:1], rest or convs
     train_ex, long1 = encode_examples(convs, tokenizer, cfg.block_size)
     val_ex, long2 = encode_examples(val_convs, tokenizer, cfg.block_size)
     if long1 + long2:

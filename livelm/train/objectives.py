@@ -23,7 +23,7 @@ def lm_loss(model, batch: dict):
     return loss
 
 
-# ---- the other architectures (--arch bert | seq2seq | lstm; batches built in livelm/train/archs.py) ----
+# ---- the other architectures (--arch bert | seq2seq | lstm; batches built in livelm/train/recipes/) ----
 import torch.nn.functional as F  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def lstm_loss(model, batch: dict, carry: dict | None = None):
     `carry` (one dict per training run) keeps, per split, the detached final state of the
     last chunk and that batch's index. A batch continues from it only when it is the
     next chunk of the same window (batch["chunk"] > 0 and the previous index is
-    batch["index"] - 1); otherwise it starts from zeros. See lstm_batch in archs.py.
+    batch["index"] - 1); otherwise it starts from zeros. See lstm_batch in recipes/lstm.py.
     """
     state = None
     if carry is not None:

@@ -302,3 +302,9 @@ def _print_sample(model, tokenizer, cfg: TrainConfig, pbar, show: bool = True) -
     if show:
         pbar.write(f"sample: {cfg.sample_prompt + out.text!r}", file=sys.stderr)
     model.train()
+
+
+def run_record(arch: str, model, cfg: TrainConfig, data, **extra) -> dict:
+    """What config.json records about a run of the other architectures (livelm/train/recipes/)."""
+    return {"arch": arch, "model": model.cfg.to_dict(), "train": cfg.to_dict(), "data": str(Path(data).resolve()),
+            "n_params": model.num_params(), **extra}

@@ -8,7 +8,8 @@ from livelm.data.prepare import prepare
 from livelm.data.shards import DataError
 from livelm import runs
 from livelm.text import has_han
-from livelm.train import archs
+from livelm.data.labelled import read_labelled
+from livelm.infer.evaluate import bleu_chrf
 from tests.conftest import run_cli
 
 
@@ -108,9 +109,9 @@ def test_seq2seq_translates_chinese_and_scores_bleu(files, tmp_path, capsys):
     refs = ["I am happy.", "They are tired."]
     lines = cli(capsys, "translate", run, "--text", "我很高兴。", "--text", "他们很累。").split("\n")[:-1]
     assert len(lines) == 2 and not any(has_han(line) for line in lines)   # one English line per input
-    assert archs.bleu_chrf(lines, refs)["chrf"] > 60
+    assert bleu_chrf(lines, refs)["chrf"] > 60
     beam = cli(capsys, "translate", run, "--text", "我很高兴。", "--beam", "3").split("\n")[:-1]
-    assert len(beam) == 1 and archs.bleu_chrf(beam, refs[:1])["chrf"] > 60
+    assert len(beam) == 1 and bleu_chrf(beam, refs[:1])["chrf"] > 60
     out = json.loads(cli(capsys, "eval", run, "--data", files / "pairs.tsv", "--json"))
     assert out["on"] == "held-out pairs" and out["pairs"] == 6 and out["bleu_tokenize"] == "13a"
     assert out["greedy_chrf"] > 90 and out["beam4_chrf"] > 90
@@ -131,13 +132,13 @@ def test_lstm_eval_and_generate(files, tmp_path, capsys):
 
 def test_labelled_file_formats(tmp_path):
     (tmp_path / "a.csv").write_text('label,review\n1,"好,很好"\n0,差\n', encoding="utf-8")
-    assert archs.read_labelled(tmp_path / "a.csv")[0] == [("1", "好,很好"), ("0", "差")]
+    assert read_labelled(tmp_path / "a.csv")[0] == [("1", "好,很好"), ("0", "差")]
     (tmp_path / "a.jsonl").write_text('{"label": 1, "text": "good"}\n{"label": "0", "sentence": "bad"}\n')
-    assert archs.read_labelled(tmp_path / "a.jsonl")[0] == [("1", "good"), ("0", "bad")]
+    assert read_labelled(tmp_path / "a.jsonl")[0] == [("1", "good"), ("0", "bad")]
     (tmp_path / "bad.tsv").write_text("1\tfine\nno tab here\n")
     with pytest.raises(DataError, match="bad.tsv:2"):
-        archs.read_labelled(tmp_path / "bad.tsv")
-    assert archs.read_labelled(tmp_path / "bad.tsv", skip_bad=True) == ([("1", "fine")], 1)
+        read_labelled(tmp_path / "bad.tsv")
+    assert read_labelled(tmp_path / "bad.tsv", skip_bad=True) == ([("1", "fine")], 1)
 
 
 def test_wrong_run_kinds_are_explained(files, tmp_path, capsys):
