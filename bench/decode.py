@@ -18,7 +18,7 @@ import torch
 from livelm.infer.engine import Engine
 from livelm.runs import cast_for_inference
 from livelm.sampling import SamplingParams
-from livelm.models.gpt import GPT, GPTConfig, PRESETS
+from livelm.models.gpt import BatchPlan, GPT, GPTConfig, PRESETS
 
 
 class _Tok:
@@ -67,7 +67,7 @@ def main() -> None:
         model(ids)  # warm-up
         t = time.perf_counter()
         for _ in range(a.tokens):
-            nxt = model(ids, last_only=True)[:, -1].argmax(-1, keepdim=True)
+            nxt = model(ids, plan=BatchPlan(last_only=True))[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
         uncached = a.tokens / (time.perf_counter() - t)
     assert ids[0, a.prompt:].tolist() == cached_ids, "cached and uncached greedy decoding disagree"

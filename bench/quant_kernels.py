@@ -24,7 +24,7 @@ from livelm.compress.quantize import quantize_model
 from livelm.models.quantized import select_kernels
 from livelm.infer.engine import Engine
 from livelm.sampling import SamplingParams
-from livelm.models.gpt import GPT, PRESETS, GPTConfig
+from livelm.models.gpt import BatchPlan, GPT, PRESETS, GPTConfig
 
 
 class _Tok:
@@ -77,7 +77,7 @@ def main() -> int:
         dec = a.tokens / best_of(3, lambda: engine.generate([prompt[:16]], params))
         x = torch.tensor([prompt])
         with torch.inference_mode():
-            pre = a.prompt_tokens / best_of(3, lambda: model(x, last_only=True))
+            pre = a.prompt_tokens / best_of(3, lambda: model(x, plan=BatchPlan(last_only=True)))
         ref = ref or (dec, pre)
         print(f"| {method} | {kernels['decode']} | {kernels['prefill']} | {dec:.0f} | {dec / ref[0]:.2f} | "
               f"{pre:.0f} | {pre / ref[1]:.2f} |", flush=True)

@@ -35,7 +35,7 @@ import torch
 from livelm.sampling import (SamplingParams, copy_next, is_plain, lean_to_first_source, sample_next,
                                    sample_plain, top_logprobs)
 from livelm.infer.textstream import TextStream
-from livelm.models.gpt import KVCache
+from livelm.models.gpt import BatchPlan, KVCache
 
 
 def compiled_decoder(model):
@@ -225,7 +225,7 @@ class Engine:
         if model is not self.model:
             torch._dynamo.maybe_mark_dynamic(idx, 0)
             torch._dynamo.maybe_mark_dynamic(slots, 0)
-        logits = model(idx, cache=self.cache, slots=slots, last_only=True, kv_len=kv_len)[:, -1]
+        logits = model(idx, plan=BatchPlan(cache=self.cache, slots=slots, last_only=True, kv_len=kv_len))[:, -1]
         for s, row in zip(seqs, logits):
             s.next_logits = row
 
@@ -249,9 +249,9 @@ class Engine:
         out = decode + [s for s, _ in done]
         out_rows = torch.tensor(list(range(len(decode))) + [row for _, row in done], dtype=torch.long)
         self._activate_adapters(adapters)
-        logits = self.model(torch.tensor(tokens, device=self.device)[:, None], cache=self.cache,
-                            slots=torch.tensor(slots, device=self.device), segments=segments,
-                            out_rows=out_rows.to(self.device), kv_len=kv_len)[:, -1]
+        plan = BatchPlan(cache=self.cache, slots=torch.tensor(slots, device=self.device), segments=segments,
+                         out_rows=out_rows.to(self.device), kv_len=kv_len)
+        logits = self.model(torch.tensor(tokens, device=self.device)[:, None], plan=plan)[:, -1]
         for s, row in zip(out, logits):
             s.next_logits = row
 

@@ -389,6 +389,41 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+@dataclass
+class BatchPlan:
+    """How the rows of one forward pass are laid out: the one object the model's forward takes besides
+    the tokens. Training builds it for packed conversations (BatchPlan.packed), the engine for each
+    continuous-batching step; plain causal rows need none.
+
+    positions   (B, S) position of each token; default 0..S-1, or each slot's cache length onwards
+    attn_mask   (B, 1, S, S) boolean, True = may attend (packed conversations do not see each other);
+                default plain causal
+    cache       the KVCache the rows read and extend (their lengths advance by S after the pass)
+    slots       (B,) cache rows of these sequences: a tensor, or a slice for consecutive rows
+                (default rows 0..B-1)
+    last_only   logits for the final position only (generation)
+    kv_len      with a cache, the longest row's length after this pass, if the caller knows it; read
+                from the cache otherwise (a device sync, and a graph break under torch.compile)
+    segments    with a cache, idx (B, 1) and a tensor of slots: runs (lo, hi) of rows that are one
+                sequence's consecutive tokens (a prompt chunk), after the rows that are one token each
+                (see Packing). One pass then prefills prompts and decodes other sequences.
+    out_rows    logits only for these rows (B',)
+    """
+    positions: torch.Tensor | None = None
+    attn_mask: torch.Tensor | None = None
+    cache: "KVCache | None" = None
+    slots: torch.Tensor | slice | None = None
+    last_only: bool = False
+    kv_len: int | None = None
+    segments: list[tuple[int, int]] | None = None
+    out_rows: torch.Tensor | None = None
+
+    @classmethod
+    def packed(cls, doc_ids: torch.Tensor) -> "BatchPlan":
+        """Several conversations per row (doc_ids (B, S)): attention and positions restart at each."""
+        return cls(positions=doc_positions(doc_ids), attn_mask=doc_attention_mask(doc_ids))
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -426,30 +461,16 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, slots: torch.Tensor | None = None,
-                last_only: bool = False, kv_len: int | None = None,
-                segments: list[tuple[int, int]] | None = None, out_rows: torch.Tensor | None = None):
-        """idx: (B, S) token ids.
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, plan: "BatchPlan | None" = None):
+        """idx: (B, S) token ids; targets (B, S) for a loss; plan: how the rows are laid out (BatchPlan:
+        packed conversations in training, KV-cache rows in the engine; None = plain causal rows).
 
-        positions: (B, S) position of each token; defaults to 0..S-1, or to each
-            slot's cache length onwards when decoding with `cache`.
-        attn_mask: (B, 1, S, S) boolean, True = may attend (used to keep packed
-            conversations from seeing each other); default plain causal.
-        cache/slots: KVCache and the (B,) cache rows these sequences occupy (a tensor,
-            or a slice for consecutive rows; default rows 0..B-1).
-            Cache lengths are advanced by S after the pass.
-        last_only: compute logits only for the final position (generation).
-        kv_len: with `cache`, the longest row's length after this pass, if the caller knows it;
-            read from the cache otherwise (a device sync, and a graph break under torch.compile).
-        segments: with `cache`, idx (B, 1) and a tensor of slots: runs (lo, hi) of rows that are one
-            sequence's consecutive tokens (a prompt chunk), after the rows that are one token each
-            (see Packing). One pass then prefills prompts and decodes other sequences.
-        out_rows: compute logits only for these rows (B',): (B', S, V).
-        Returns logits (B, S, V) (or (B, 1, V)), and the mean loss if targets given
-        (targets == -1 are ignored).
+        Returns logits (B, S, V) (or (B, 1, V) with plan.last_only, (B', S, V) with plan.out_rows),
+        and the mean loss if targets given (targets == -1 are ignored).
         """
+        plan = plan or BatchPlan()
+        positions, attn_mask, cache, slots = plan.positions, plan.attn_mask, plan.cache, plan.slots
+        last_only, kv_len, segments, out_rows = plan.last_only, plan.kv_len, plan.segments, plan.out_rows
         B, S = idx.shape
         packing = None
         if cache is not None:

@@ -4,7 +4,7 @@ The trainer loop is the same for all of them; only the batch layout differs.
 """
 from __future__ import annotations
 
-from livelm.models.gpt import doc_attention_mask, doc_positions
+from livelm.models.gpt import BatchPlan
 
 
 def lm_loss(model, batch: dict):
@@ -15,11 +15,8 @@ def lm_loss(model, batch: dict):
     conversations are packed into one row: attention and positions then
     restart at every boundary, exactly as at inference time.
     """
-    kwargs = {}
-    if "doc_ids" in batch:
-        kwargs["attn_mask"] = doc_attention_mask(batch["doc_ids"])
-        kwargs["positions"] = doc_positions(batch["doc_ids"])
-    _, loss = model(batch["idx"], batch["targets"], **kwargs)
+    plan = BatchPlan.packed(batch["doc_ids"]) if "doc_ids" in batch else None
+    _, loss = model(batch["idx"], batch["targets"], plan)
     return loss
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from livelm.models.gpt import GPT, GPTConfig, KVCache, PRESETS, doc_attention_mask, doc_positions
+from livelm.models.gpt import BatchPlan, GPT, GPTConfig, KVCache, PRESETS, doc_positions
 
 
 def tiny(preset: str, **kw) -> GPT:
@@ -29,9 +29,9 @@ def test_kv_cache_decode_matches_full_forward(preset):
     with torch.no_grad():
         full = model(x)
         cache = KVCache(model.cfg, slots=1, max_len=32)
-        steps = [model(x[:, :10], cache=cache)]
+        steps = [model(x[:, :10], plan=BatchPlan(cache=cache))]
         for t in range(10, 24):
-            steps.append(model(x[:, t:t + 1], cache=cache))
+            steps.append(model(x[:, t:t + 1], plan=BatchPlan(cache=cache)))
     inc = torch.cat(steps, dim=1)
     assert (inc - full).abs().max().item() < 1e-4
 
@@ -42,10 +42,10 @@ def test_kv_cache_rows_at_different_positions_batch_correctly():
     a, b = torch.randint(0, 97, (1, 7)), torch.randint(0, 97, (1, 15))
     with torch.no_grad():
         cache = KVCache(model.cfg, slots=3, max_len=32)
-        model(a, cache=cache, slots=torch.tensor([2]))
-        model(b, cache=cache, slots=torch.tensor([0]))
+        model(a, plan=BatchPlan(cache=cache, slots=torch.tensor([2])))
+        model(b, plan=BatchPlan(cache=cache, slots=torch.tensor([0])))
         nxt = torch.tensor([[5], [9]])
-        batched = model(nxt, cache=cache, slots=torch.tensor([2, 0]))
+        batched = model(nxt, plan=BatchPlan(cache=cache, slots=torch.tensor([2, 0])))
         alone_a = model(torch.cat([a, nxt[:1]], 1))[:, -1]
         alone_b = model(torch.cat([b, nxt[1:]], 1))[:, -1]
     assert (batched[0, -1] - alone_a[0]).abs().max() < 1e-4
@@ -63,8 +63,8 @@ def test_consecutive_and_scattered_cache_rows_agree():
         for rows in ([0, 1, 2], [3, 1, 0]):
             cache = KVCache(model.cfg, slots=4, max_len=32)
             for p, r in zip(prompts, rows):
-                model(p, cache=cache, slots=torch.tensor([r]))
-            out = model(nxt, cache=cache, slots=torch.tensor(rows))[:, -1]
+                model(p, plan=BatchPlan(cache=cache, slots=torch.tensor([r])))
+            out = model(nxt, plan=BatchPlan(cache=cache, slots=torch.tensor(rows)))[:, -1]
             for i in range(3):
                 assert (out[i] - alone[i]).abs().max() < 1e-4, rows
 
@@ -77,20 +77,22 @@ def test_packed_pass_prefills_and_decodes_like_separate_passes(preset):
     a, b, c = (torch.randint(0, 97, (1, n)) for n in (6, 9, 4))
     with torch.no_grad():
         cache = KVCache(model.cfg, slots=4, max_len=32)
-        model(a, cache=cache, slots=torch.tensor([2]))
+        model(a, plan=BatchPlan(cache=cache, slots=torch.tensor([2])))
         rows = [2] + [0] * 9 + [3] * 4
         tokens = torch.cat([torch.tensor([[5]]), b.T, c.T])                       # (14, 1)
-        out = model(tokens, cache=cache, slots=torch.tensor(rows), segments=[(1, 10), (10, 14)],
-                    out_rows=torch.tensor([0, 9, 13]))[:, -1]
+        plan = BatchPlan(cache=cache, slots=torch.tensor(rows), segments=[(1, 10), (10, 14)],
+                         out_rows=torch.tensor([0, 9, 13]))
+        out = model(tokens, plan=plan)[:, -1]
         alone = [model(torch.cat([a, torch.tensor([[5]])], 1))[0, -1], model(b)[0, -1], model(c)[0, -1]]
         for got, want in zip(out, alone):
             assert (got - want).abs().max() < 1e-4
         assert cache.lengths.tolist() == [9, 0, 7, 4]
-        nxt = model(torch.tensor([[1], [2], [3]]), cache=cache, slots=torch.tensor([0, 2, 3]))[:, -1]
+        nxt = model(torch.tensor([[1], [2], [3]]), plan=BatchPlan(cache=cache, slots=torch.tensor([0, 2, 3])))[:, -1]
         for got, seq, t in zip(nxt, (b, torch.cat([a, torch.tensor([[5]])], 1), c), (1, 2, 3)):
             assert (got - model(torch.cat([seq, torch.tensor([[t]])], 1))[0, -1]).abs().max() < 1e-4
     with pytest.raises(ValueError, match="consecutive runs"):
-        model(tokens, cache=KVCache(model.cfg, slots=4, max_len=32), slots=torch.tensor(rows), segments=[(1, 12)])
+        model(tokens, plan=BatchPlan(cache=KVCache(model.cfg, slots=4, max_len=32), slots=torch.tensor(rows),
+                                     segments=[(1, 12)]))
 
 
 def test_gqa_and_untied_head_shapes():
@@ -127,9 +129,9 @@ def test_packed_documents_do_not_see_each_other():
     x = torch.randint(0, 97, (1, 12))
     y = x.clone()
     y[0, :6] = torch.randint(0, 97, (6,))  # change only the first document
-    kw = dict(attn_mask=doc_attention_mask(doc), positions=doc_positions(doc))
+    plan = BatchPlan.packed(doc)
     with torch.no_grad():
-        a, b = model(x, **kw), model(y, **kw)
+        a, b = model(x, plan=plan), model(y, plan=plan)
         alone = model(x[:, 6:])  # the second document on its own, from position 0
     assert torch.allclose(a[:, 6:], b[:, 6:], atol=1e-6)
     assert torch.allclose(a[:, 6:], alone, atol=1e-5)
