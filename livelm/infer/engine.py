@@ -35,6 +35,7 @@ import torch
 from livelm.sampling import (SamplingParams, copy_next, is_plain, lean_to_first_source, sample_next,
                                    sample_plain, top_logprobs)
 from livelm.infer.textstream import TextStream
+from livelm.models import lora
 from livelm.models.gpt import BatchPlan, KVCache
 
 
@@ -117,7 +118,8 @@ def check_request(prompt_ids: list[int], params: SamplingParams, max_len: int) -
 
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
-                 prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False):
+                 prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False,
+                 row_adapters: bool = False):
         self.model = model.eval()
         # compile=True: decode steps run through torch.compile (compiled_decoder). The first steps compile
         # three graphs (1 row, 2-4 rows, 5+ rows; tens of seconds on a CPU, see warm_up)
@@ -137,13 +139,16 @@ class Engine:
         self.running: list[Sequence] = []
         self._ids = itertools.count()
         self.default_stop_ids = {tokenizer.eos_id, tokenizer.end_id}
-        self.set_adapters = None  # hook: fn(model, [adapter name per row]) installed by LoRA serving
+        # row_adapters: each sequence may name its own LoRA adapter (serving several, live learning): the rows
+        # of a step then run their adapters through lora.set_row_adapters, and decode stays eager (a compiled
+        # graph would not see the modules change)
+        self.row_adapters = row_adapters
 
     def warm_up(self) -> None:
         """Run a few tiny batches so a compiled engine compiles before real requests arrive: one row
         (static shapes), then two (batch and lengths become symbolic), then more rows than the few-row
         path takes (their products go to the usual matmul). A no-op when decode is eager."""
-        if self.decode_model is self.model or self.set_adapters is not None:
+        if self.decode_model is self.model or self.row_adapters:
             return
         from livelm.models.gpt import Linear
         params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
@@ -217,7 +222,7 @@ class Engine:
         kv_len = max(len(s.prompt_ids) + len(s.out_ids) for s in seqs)
         self._activate_adapters([s.adapter for s in seqs])
         # adapters are switched per step by changing modules, which a compiled graph would not see
-        model = self.model if self.set_adapters is not None else self.decode_model
+        model = self.model if self.row_adapters else self.decode_model
         # a tensor (eager, the model reads consecutive rows as views of the cache); compiled, one
         # with a symbolic length, so one graph serves every batch size (slice bounds would be
         # constants, one graph per batch)
@@ -256,8 +261,8 @@ class Engine:
             s.next_logits = row
 
     def _activate_adapters(self, names: list[str | None]) -> None:
-        if self.set_adapters is not None:
-            self.set_adapters(self.model, names)
+        if self.row_adapters:
+            lora.set_row_adapters(self.model, names)
 
     def _sample(self, seq: Sequence, token: int | None = None) -> Event:
         """Append a token (sampled here unless `token` was already drawn in a batch) and stream its text."""

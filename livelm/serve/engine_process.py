@@ -42,7 +42,7 @@ def load_adapter(engine: Engine, name: str, path: str) -> None:
     if name not in lora.adapter_names(engine.model):
         lora.load_adapter(engine.model, path, name)
         lora.set_active(engine.model, None)
-    engine.set_adapters = lora.set_row_adapters
+    engine.row_adapters = True   # from now on rows choose their adapter per step
 
 
 def unload_adapters(engine: Engine, keep: set[str]) -> None:
@@ -156,9 +156,8 @@ def main(conn, model, tokenizer, max_batch: int, compile: bool, threads: int, ro
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     try:
-        engine = Engine(model, tokenizer, max_batch=max_batch, compile=compile)
-        if row_adapters:
-            engine.set_adapters = lora.set_row_adapters   # the adapter is chosen per request, never globally
+        # the adapter is chosen per request, never globally
+        engine = Engine(model, tokenizer, max_batch=max_batch, compile=compile, row_adapters=row_adapters)
         engine.warm_up()   # compiled decode: compile now, while the server still answers "loading"
     except Exception as e:
         conn.send(("failed", f"{type(e).__name__}: {e}"))

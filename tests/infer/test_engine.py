@@ -70,8 +70,7 @@ def test_prompt_chunks_share_the_decode_pass(model, tok):
     lora.set_active(model, None)
     greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     first, late = tok.encode("ab"), tok.encode("你好，世界！🙂 Hello world. 枫叶小铺的乌龙茶")
-    eng = Engine(model, tok, max_batch=3, prefill_chunk=8)
-    eng.set_adapters = lora.set_row_adapters
+    eng = Engine(model, tok, max_batch=3, prefill_chunk=8, row_adapters=True)
     passes = []
     model.register_forward_hook(lambda m, args, out: passes.append(args[0].shape))
     a = eng.add(first, greedy.copy())
@@ -84,8 +83,7 @@ def test_prompt_chunks_share_the_decode_pass(model, tok):
     assert len(late) > 16 and len(passes) == 3 and passes[0] == (1 + 8, 1)
     while not (a.finished and b.finished):
         eng.step()
-    alone = Engine(model, tok, max_batch=1)
-    alone.set_adapters = lora.set_row_adapters
+    alone = Engine(model, tok, max_batch=1, row_adapters=True)
     assert a.out_ids == alone.generate([first], greedy.copy())[0].token_ids
     assert b.out_ids == alone.generate([late], greedy.copy(), adapters=["sharp"])[0].token_ids
     assert b.out_ids != alone.generate([late], greedy.copy())[0].token_ids   # the adapter mattered
