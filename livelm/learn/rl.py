@@ -211,8 +211,7 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, config_f
     targets = list(targets or lora.DEFAULT_TARGETS)
     check_targets(model, targets)
     lcfg = lora.LoRAConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
-    lora.add_adapter(model, "rl", lcfg)
-    lora.set_active(model, "rl")
+    trainable, save_fn = lora.attach_for_training(model, "rl", lcfg, str(Path(run).resolve()), {"reward": reward})
     sampler = GroupSampler(model, tok, train_prompts, reward_fn, group, per_step, max_tokens, temperature, cfg.seed)
     start = sampler.mean_reward(val)
     start_sampled = sampler.mean_reward(val, heldout_samples) if heldout_samples else None
@@ -223,12 +222,8 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, config_f
         recent = sampler.rewards[-cfg.eval_interval:]
         return {"reward_train": float(np.mean(recent)) if recent else float("nan"), "reward_heldout": sampler.mean_reward(val)}
 
-    def save_fn(run_dir, m, step, state):
-        lora.save_adapter(run_dir, m, "rl", lcfg, str(Path(run).resolve()), extra={"livelm_step": step, "reward": reward})
-
     train(cfg, out, model, tok, lambda split, i: sampler.batch(i), lambda m, b: grpo_loss(m, b, kl),
-          {"arch": "gpt"}, extra_eval=extra_eval, trainable=lambda m: lora.only_adapter_trainable(m, "rl"),
-          save_fn=save_fn)
+          {"arch": "gpt"}, extra_eval=extra_eval, trainable=trainable, save_fn=save_fn)
     result = {"out": str(out), "reward_heldout_before": start, "reward_heldout_after": sampler.mean_reward(val)}
     if heldout_samples:
         result.update(reward_heldout_sampled_before=start_sampled,

@@ -204,6 +204,22 @@ def save_adapter(out_dir: str | Path, model: nn.Module, name: str, cfg: LoRAConf
     io.write_json(out_dir / "adapter_config.json", {**cfg.peft_json(base), **(extra or {})})
 
 
+def attach_for_training(model: nn.Module, name: str, cfg: LoRAConfig, base: str, extra: dict | None = None):
+    """Add adapter `name` to `model` and make it the active one, for the trainer loop: returns the loop's
+    (trainable, save_fn) pair, which freezes everything but the adapter and saves it in PEFT's layout
+    at every checkpoint (with the step and `extra` in adapter_config.json). One helper for
+    `finetune --lora`, `rl` and live-learning updates."""
+    add_adapter(model, name, cfg)
+    set_active(model, name)
+
+    def trainable(m: nn.Module) -> None:
+        only_adapter_trainable(m, name)
+
+    def save_fn(run_dir, m: nn.Module, step: int, state) -> None:
+        save_adapter(run_dir, m, name, cfg, base, extra={"livelm_step": step, **(extra or {})})
+    return trainable, save_fn
+
+
 def read_adapter_config(adapter_dir: str | Path) -> tuple[LoRAConfig, dict]:
     adapter_dir = Path(adapter_dir)
     path = adapter_dir / "adapter_config.json"

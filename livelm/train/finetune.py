@@ -89,12 +89,7 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
     save_fn, trainable = None, None
     if use_lora:
         lcfg = lora_cfg or lora.LoRAConfig()
-        lora.add_adapter(model, "default", lcfg)
-        lora.set_active(model, "default")
-        trainable = lambda m: lora.only_adapter_trainable(m, "default")  # noqa: E731
-
-        def save_fn(run_dir, m, step, state):
-            lora.save_adapter(run_dir, m, "default", lcfg, str(base_run.resolve()), extra={"livelm_step": step})
+        trainable, save_fn = lora.attach_for_training(model, "default", lcfg, str(base_run.resolve()))
     n_train = sum(p.numel() for n, p in model.named_parameters() if not use_lora or ".lora_" in n)
     log(f"fine-tuning {base_run} on {len(train_ex)} conversations ({len(packed_train)} packed rows), "
         f"{len(val_ex)} held out; {'LoRA r=%d, ' % lcfg.r if use_lora else ''}"
