@@ -53,7 +53,7 @@ def recipe_hash() -> str:
     corpus = shop.build(SEED)
     for part in (corpus.pretrain_text, shop._jsonl(corpus.train_chats), shop._jsonl(corpus.heldout_chats)):
         h.update(part.encode("utf-8"))
-    h.update(json.dumps([PRETRAIN, FINETUNE, VOCAB, SEED, getattr(livelm, "__version__", "0")]).encode())
+    h.update(json.dumps([PRETRAIN, FINETUNE, VOCAB, SEED, livelm.__version__]).encode())
     return h.hexdigest()[:16]
 
 
