@@ -36,22 +36,33 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from livelm import machine
+from livelm import extras, machine
 from livelm.config import add_inference_flags
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
 from livelm.learn.memory import draft_params
-from livelm.serve import completions
-from livelm.serve.completions import APIError, Generation, parse
-from livelm.serve.metrics import CONTENT_TYPE, Metrics
-from livelm.serve.openai_schema import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from livelm.serve.scheduler import Scheduler
+
+# The serve extra (FastAPI, pydantic). Without it this module still imports, because
+# the command line builds every command's flags from it (add_arguments), and create_app says what to
+# install; once the command line imports this module for `livelm serve` alone, the guard can go. Any
+# other import error is a bug and surfaces here as it is.
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from livelm.serve import completions
+    from livelm.serve.completions import APIError, Generation, parse
+    from livelm.serve.metrics import CONTENT_TYPE, Metrics
+    from livelm.serve.openai_schema import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+    _missing: ImportError | None = None
+except ImportError as e:
+    if not extras.is_missing(e, "serve"):
+        raise
+    _missing = e
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -275,6 +286,8 @@ def error_response(e: APIError) -> JSONResponse:
 
 def create_app(run, adapters=(), **options) -> FastAPI:
     """The app for one deployment. Options: see ServeState. The model loads when the app starts (lifespan)."""
+    if _missing is not None:
+        raise extras.MissingExtra("serve", "livelm serve", _missing.name) from _missing
     state = ServeState(run, adapters, **options)
 
     @asynccontextmanager

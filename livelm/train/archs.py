@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from livelm import extras
 from livelm.config import resolve_config
 from livelm.data.shards import DataError, TokenData
 from livelm.infer.sampling import SamplingParams, sample_next
@@ -508,9 +509,12 @@ def is_chinese(texts: list[str]) -> bool:
     return bool(text) and len(re.findall(f"[{_CJK_CHAR}]", text)) > 0.3 * len(re.sub(r"\s", "", text))
 
 
+BLEU_FEATURE = "scoring translations with BLEU and chrF"
+
+
 def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:
-    """Corpus BLEU and chrF (sacrebleu); Chinese targets use sacrebleu's Chinese tokenizer."""
-    import sacrebleu
+    """Corpus BLEU and chrF (sacrebleu, the bleu extra); Chinese targets use sacrebleu's Chinese tokenizer."""
+    sacrebleu = extras.need("sacrebleu", "bleu", BLEU_FEATURE)
     zh = is_chinese(refs)
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh" if zh else "13a")
     chrf = sacrebleu.corpus_chrf(hyps, [refs])
@@ -573,10 +577,17 @@ def _train_seq2seq(a, cfg, data_file) -> int:
         lo = (i % n_val_batches) * cfg.batch_size
         return sets["val"].rows(range(lo, min(lo + cfg.batch_size, len(sets["val"]))))
 
-    def extra_eval(m):   # greedy BLEU on (up to) 200 held-out pairs: a cheap progress signal
+    def bleu_eval(m):   # greedy BLEU on (up to) 200 held-out pairs: a cheap progress signal
         hyps = translate_texts(m, src_tok, tgt_tok, [s for s, _ in held[:200]])
         m.train()
         return {k: v for k, v in bleu_chrf(hyps, [t for _, t in held[:200]]).items() if k != "bleu_tokenize"}
+
+    try:   # without sacrebleu (the bleu extra) the run trains all the same, judged by held-out loss alone
+        extras.need("sacrebleu", "bleu", BLEU_FEATURE)
+        extra_eval = bleu_eval
+    except extras.MissingExtra as e:
+        log(f"no BLEU or chrF at evaluations: {e}")
+        extra_eval = None
 
     objective = functools.partial(seq2seq_loss, label_smoothing=cfg.label_smoothing)
     result = train(cfg, out, model, tgt_tok, get_batch, objective, _run_config("seq2seq", model, cfg, data_file),
