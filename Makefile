@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull several GB of CUDA wheels
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# every optional part (serve, plot, gguf, bleu): the demo and the tests use them all
+	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -157,8 +157,10 @@ def learn_config(a):
 
 
 def run_serve(a) -> int:
+    from livelm import extras, machine
+    for module in extras.EXTRAS["serve"]:   # say what to install before anything else happens
+        extras.need(module, "serve", "livelm serve")
     import uvicorn
-    from livelm import machine
 
     for name in ("max_batch", "max_queue"):
         if getattr(a, name) < 1:

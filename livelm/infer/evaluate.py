@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from livelm import extras
 from livelm.text import mostly_chinese
 
 
@@ -53,9 +54,12 @@ def accuracy_f1(gold: list[int], pred: list[int], n_labels: int) -> dict:
     return out
 
 
+BLEU_FEATURE = "scoring translations with BLEU and chrF"
+
+
 def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:
-    """Corpus BLEU and chrF (sacrebleu); Chinese targets use sacrebleu's Chinese tokenizer."""
-    import sacrebleu
+    """Corpus BLEU and chrF (sacrebleu, the bleu extra); Chinese targets use sacrebleu's Chinese tokenizer."""
+    sacrebleu = extras.need("sacrebleu", "bleu", BLEU_FEATURE)
     zh = mostly_chinese(refs)
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh" if zh else "13a")
     chrf = sacrebleu.corpus_chrf(hyps, [refs])

@@ -1,4 +1,4 @@
-"""GGUF export for llama.cpp and Ollama: a run as one model.gguf + an Ollama Modelfile.
+"""GGUF export for llama.cpp and Ollama: a run as one model.gguf + an Ollama Modelfile (the gguf extra).
 
     out_dir/model.gguf   general.architecture = "llama" (llama preset) or "gpt2" (gpt2 preset),
                          its hyperparameters, the tokenizer (tokenizer.ggml.model = "gpt2":
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from livelm import io
+from livelm import extras, io
 from livelm.chat.template import JINJA_TEMPLATE
 from livelm.tokenizer import _bytes_to_unicode
 from livelm.runs import load_model
@@ -73,7 +73,7 @@ def gguf_arch(cfg, config: dict) -> str:
 
 def gguf_vocab(tokenizer_json: dict, special_ids: frozenset[int]) -> tuple[list[str], list[int], list[str]]:
     """(tokens by id, token types, merges) in the byte-level BPE form llama.cpp's "gpt2" tokenizer reads."""
-    import gguf
+    gguf = extras.need("gguf", "gguf", "GGUF export")
     model = tokenizer_json["model"]
     vocab = dict(model["vocab"])
     vocab.update({t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])})
@@ -113,7 +113,7 @@ def modelfile(block_size: int) -> str:
 
 def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") -> Path:
     """Write out_dir/model.gguf and out_dir/Modelfile for a llama- or gpt2-preset run; returns the .gguf path."""
-    import gguf
+    gguf = extras.need("gguf", "gguf", "GGUF export")   # the gguf extra; asked first, before loading the run
     if outtype not in ("f32", "f16"):
         raise GGUFExportError(f"outtype must be f32 or f16, got {outtype!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)

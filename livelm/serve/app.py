@@ -10,7 +10,7 @@ Layout of the package:
     scheduler.py      requests to the engine and chunks back
     engine_process.py the process that owns the model and runs the Engine
     openai_schema.py  request bodies
-    metrics.py        Prometheus text
+    metrics.py        what /metrics shows (prometheus_client)
     static/           the chat page (plain HTML/JS/CSS, no build step)
 
 The model loads on a background thread after the socket is bound, so the
@@ -259,7 +259,8 @@ class CountRequests:
         finally:
             path = scope.get("path", "")
             path = path if path in ROUTES or path.startswith("/v1/models/") else "other"
-            self.metrics.requests.inc(1, "/v1/models" if path.startswith("/v1/models/") else path, str(status[0]))
+            self.metrics.requests.labels("/v1/models" if path.startswith("/v1/models/") else path,
+                                         str(status[0])).inc()
 
 
 def error_response(e: APIError) -> JSONResponse:
@@ -376,7 +377,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             adapter = await run_in_threadpool(learner.adapter_for, tenant, question, draft)
             for what, used in (("notes", notes), ("adapter", adapter)):
                 if used:
-                    state.metrics.learned.inc(1, what)
+                    state.metrics.learned.labels(what).inc()
         tok = state.tokenizer
         if chat:
             prompts, fmt, field = [completions.chat_prompt(req, tok)], completions.ChatFormat(tok), "messages"

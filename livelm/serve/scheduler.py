@@ -274,7 +274,7 @@ class Scheduler:
             with self.lock:
                 del self.tracks[sid]
             if timed:
-                self.metrics.finished.inc(1, finish_reason)
+                self.metrics.finished.labels(finish_reason).inc()
                 if finish_reason != "cancelled":
                     self.metrics.e2e.observe(now - track.ticket.arrived)
         self._post(track.ticket, chunk)

@@ -1,4 +1,4 @@
-"""The loss-curve PNG written beside metrics.jsonl."""
+"""The loss-curve PNG written beside metrics.jsonl (matplotlib: the plot extra)."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,11 @@ from pathlib import Path
 
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> None:
+    """Draw metrics.jsonl's train and val loss into png_path; MissingExtra without matplotlib."""
     if not Path(metrics_path).exists():
         return
-    import matplotlib
+    from livelm import extras
+    matplotlib = extras.need("matplotlib", "plot", "the loss curve (loss.png)")
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 

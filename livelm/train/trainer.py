@@ -40,6 +40,7 @@ from livelm.config import TrainConfig
 from livelm.runtime import autocast, init_distributed, shard_model
 from livelm import runs
 from livelm.train import checkpoint
+from livelm.extras import MissingExtra
 from livelm.train.plot import plot_metrics
 
 
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     start_step, best_val = 0, float("inf")
     metrics_path = run_dir / "metrics.jsonl"
+    plot = True   # loss.png beside the metrics; off (said once) where matplotlib, the plot extra, is missing
 
     if resume:
         # the run's last checkpoint, sharded or not, into this model, FSDP or not, on any process count
@@ -227,8 +229,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         if (step % save_every == 0 and step > start_step) or is_last:
             if ddp.is_main or sharded:  # gathering the sharded weights takes every rank
                 save(step)
-            if ddp.is_main:
-                plot_metrics(metrics_path, run_dir / "loss.png")
+            if ddp.is_main and plot:
+                try:
+                    plot_metrics(metrics_path, run_dir / "loss.png")
+                except MissingExtra as e:   # the picture is a by-product: the run goes on without it
+                    pbar.write(f"no loss.png: {e}", file=sys.stderr)
+                    plot = False
         if is_last:
             break
 

@@ -13,7 +13,8 @@ import torch
 from livelm import runs
 from livelm.data.labelled import read_pairs, split_pairs
 from livelm.data.shards import DataError
-from livelm.infer.evaluate import bleu_chrf
+from livelm import extras
+from livelm.infer.evaluate import BLEU_FEATURE, bleu_chrf
 from livelm.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy, pad_batch
 from livelm.sampling import SamplingParams
 from livelm.tokenizer import Tokenizer
@@ -108,10 +109,17 @@ def train_seq2seq(cfg, data_file, out: Path, resume: bool):
         lo = (i % n_val_batches) * cfg.batch_size
         return sets["val"].rows(range(lo, min(lo + cfg.batch_size, len(sets["val"]))))
 
-    def extra_eval(m):   # greedy BLEU on (up to) 200 held-out pairs: a cheap progress signal
+    def bleu_eval(m):   # greedy BLEU on (up to) 200 held-out pairs: a cheap progress signal
         hyps = translate_texts(m, src_tok, tgt_tok, [s for s, _ in held[:200]])
         m.train()
         return {k: v for k, v in bleu_chrf(hyps, [t for _, t in held[:200]]).items() if k != "bleu_tokenize"}
+
+    try:   # without sacrebleu (the bleu extra) the run trains all the same, judged by held-out loss alone
+        extras.need("sacrebleu", "bleu", BLEU_FEATURE)
+        extra_eval = bleu_eval
+    except extras.MissingExtra as e:
+        log(f"no BLEU or chrF at evaluations: {e}")
+        extra_eval = None
 
     objective = functools.partial(seq2seq_loss, label_smoothing=cfg.label_smoothing)
     return train(cfg, out, model, tgt_tok, get_batch, objective, run_record("seq2seq", model, cfg, data_file),

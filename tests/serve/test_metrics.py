@@ -1,0 +1,51 @@
+"""/metrics's text, without a server: the names, kinds and labels dashboards rely on, per-app registries."""
+import pytest
+
+from livelm.serve.metrics import Metrics
+
+KINDS = {"livelm_num_requests_running": "gauge", "livelm_num_requests_waiting": "gauge",
+         "livelm_prompt_tokens_total": "counter", "livelm_generation_tokens_total": "counter",
+         "livelm_http_requests_total": "counter", "livelm_request_success_total": "counter",
+         "livelm_time_to_first_token_seconds": "histogram", "livelm_inter_token_latency_seconds": "histogram",
+         "livelm_e2e_request_latency_seconds": "histogram", "livelm_engine_step_seconds": "histogram",
+         "livelm_learning_drafts_total": "counter", "livelm_learning_applied_total": "counter"}
+
+
+def samples(m: Metrics) -> dict[str, float]:
+    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1])
+            for ln in m.render().decode().splitlines() if ln and not ln.startswith("#")}
+
+
+def test_names_kinds_and_values():
+    m = Metrics(running=lambda: 3, waiting=lambda: 1)
+    m.prompt_tokens.inc(7)
+    m.generation_tokens.inc()
+    m.requests.labels("/v1/chat/completions", "400").inc()
+    m.requests.labels("/v1/chat/completions", "400").inc()
+    m.finished.labels("stop").inc()
+    for seconds in (0.003, 0.5, 100.0):
+        m.ttft.observe(seconds)
+    m.learned.labels("notes").inc()
+    text = m.render().decode()
+    assert {ln.split()[2]: ln.split()[3] for ln in text.splitlines() if ln.startswith("# TYPE")} == KINDS
+    assert "_created" not in text   # prometheus_client's creation-time series: /metrics never had them
+    s = samples(m)
+    assert s["livelm_num_requests_running"] == 3 and s["livelm_num_requests_waiting"] == 1
+    assert s["livelm_prompt_tokens_total"] == 7 and s["livelm_generation_tokens_total"] == 1
+    assert s['livelm_http_requests_total{path="/v1/chat/completions",status="400"}'] == 2
+    assert s['livelm_request_success_total{finished_reason="stop"}'] == 1
+    assert s['livelm_learning_applied_total{what="notes"}'] == 1 and s["livelm_learning_drafts_total"] == 0
+    # cumulative buckets, upper bounds inclusive, +Inf, sum and count
+    ttft = "livelm_time_to_first_token_seconds"
+    assert s[f'{ttft}_bucket{{le="0.0025"}}'] == 0 and s[f'{ttft}_bucket{{le="0.005"}}'] == 1
+    assert s[f'{ttft}_bucket{{le="0.5"}}'] == 2 and s[f'{ttft}_bucket{{le="80.0"}}'] == 2
+    assert s[f'{ttft}_bucket{{le="+Inf"}}'] == 3 and s[f"{ttft}_count"] == 3 and s[f"{ttft}_sum"] == pytest.approx(100.503)
+    # labelled counters show no series until one is counted
+    assert not any(k.startswith("livelm_request_success_total") and "length" in k for k in s)
+
+
+def test_two_apps_count_apart():
+    a, b = Metrics(), Metrics()
+    a.generation_tokens.inc(5)
+    assert samples(a)["livelm_generation_tokens_total"] == 5
+    assert samples(b)["livelm_generation_tokens_total"] == 0
