@@ -7,7 +7,7 @@ Layout of the package:
     app.py            this file: the FastAPI app, auth, errors, small routes
     (livelm/cli/serve.py: the `livelm serve` command that binds the socket and runs uvicorn)
     completions.py    the two generation endpoints (JSON and Server-Sent Events)
-    scheduler.py      requests to the engine and chunks back
+    engine_client.py  requests to the engine process and chunks back
     engine_process.py the process that owns the model and runs the Engine
     openai_schema.py  request bodies
     metrics.py        what /metrics shows (prometheus_client)
@@ -44,7 +44,7 @@ from livelm.serve import completions
 from livelm.serve.completions import APIError, Generation, parse
 from livelm.serve.metrics import CONTENT_TYPE, Metrics
 from livelm.serve.openai_schema import ChatCompletionRequest, CompletionRequest, FeedbackRequest
-from livelm.serve.scheduler import Scheduler
+from livelm.serve.engine_client import EngineClient
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -70,7 +70,7 @@ def fingerprint(path: Path) -> str | None:
 
 
 class ServeState:
-    """What every route shares: the model (once loaded), the scheduler, the feedback store, the keys."""
+    """What every route shares: the model (once loaded), the engine client, the feedback store, the keys."""
 
     def __init__(self, run, adapters=(), *, api_keys=(), max_batch: int = 16, max_queue: int = 256,
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
@@ -113,9 +113,9 @@ class ServeState:
         self.learner = None
         self.tokenizer = None
         self.max_len: int | None = None      # the engine's context window, once loaded
-        self.scheduler: Scheduler | None = None
-        self.metrics = Metrics(running=lambda: self.scheduler.running if self.scheduler else 0,
-                               waiting=lambda: self.scheduler.waiting if self.scheduler else 0)
+        self.engine: EngineClient | None = None
+        self.metrics = Metrics(running=lambda: self.engine.running if self.engine else 0,
+                               waiting=lambda: self.engine.waiting if self.engine else 0)
         self.ready = threading.Event()       # set when loading ended, well or not
         self.load_error: str | None = None
         self.draining = False
@@ -137,12 +137,12 @@ class ServeState:
                 lora.set_active(model, None)   # the adapter is chosen per request (per batch row), never globally
             self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
             # the engine process takes the model (in shared memory); compiled decode compiles there first
-            self.scheduler = Scheduler(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
+            self.engine = EngineClient(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
                                        metrics=self.metrics, compile=self.compile, row_adapters=bool(names))
-            self.tokenizer, self.max_len = tokenizer, self.scheduler.max_len
+            self.tokenizer, self.max_len = tokenizer, self.engine.max_len
             if self.learn_config is not None and self.learn_config.modes:
                 from livelm.learn.live import LiveLearner
-                self.learner = LiveLearner(self.base_dir, self.feedback_path, self.adapter_store, self.scheduler,
+                self.learner = LiveLearner(self.base_dir, self.feedback_path, self.adapter_store, self.engine,
                                            self.feedback, self.learn_config)
         except Exception as e:
             log.exception("loading the model failed")
@@ -152,12 +152,12 @@ class ServeState:
 
     def begin_shutdown(self, grace: float) -> None:
         self.draining = True
-        if self.scheduler:
-            self.scheduler.begin_shutdown(grace)
+        if self.engine:
+            self.engine.begin_shutdown(grace)
 
     def close(self) -> None:
-        if self.scheduler:
-            self.scheduler.stop()
+        if self.engine:
+            self.engine.stop()
         self.feedback.close()
 
     # ---- per request --------------------------------------------------------------
@@ -184,8 +184,8 @@ class ServeState:
         if self.load_error:
             raise APIError(503, f"the model failed to load: {self.load_error}", type="server_error",
                            code="model_load_failed")
-        if self.scheduler.failure:
-            raise APIError(503, f"{self.scheduler.failure}; restart the server (the logs say why)",
+        if self.engine.failure:
+            raise APIError(503, f"{self.engine.failure}; restart the server (the logs say why)",
                            type="server_error", code="engine_failed")
 
     def resolve(self, model: str | None) -> tuple[str, str | None]:
@@ -318,8 +318,8 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
         if state.load_error:
             return JSONResponse({"status": "error", "message": state.load_error}, status_code=503)
-        if state.scheduler.failure:
-            return JSONResponse({"status": "error", "message": state.scheduler.failure}, status_code=503)
+        if state.engine.failure:
+            return JSONResponse({"status": "error", "message": state.engine.failure}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -340,13 +340,13 @@ def create_app(run, adapters=(), **options) -> FastAPI:
 
     async def draft_answer(request: Request, req) -> str:
         """What the base model answers without notes (greedy, short): memory's lookup key besides the
-        question. It runs through the scheduler like any request, before the real answer starts; its
+        question. It runs through the engine like any request, before the real answer starts; its
         tokens count in /metrics, its latencies do not (they are part of the real request's)."""
         ids = completions.chat_prompt(req, state.tokenizer)
         params = draft_params(len(ids), state.max_len, state.learner.cfg.memory_draft)
         if params is None:
             return ""   # the real request reports an overflow
-        gen = Generation(state.scheduler, completions.ChatFormat(state.tokenizer), "draft", [ids], [params], None,
+        gen = Generation(state.engine, completions.ChatFormat(state.tokenizer), "draft", [ids], [params], None,
                          stream=False, include_usage=False, want_logprobs=False, internal=True)
         try:
             return (await gen.collect(request.is_disconnected))["choices"][0]["message"]["content"]
@@ -392,7 +392,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             p.copy_from = tuple(tuple(tok.encode(n)) for n in notes)
             params += completions.per_choice(p, req.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        gen = Generation(state.scheduler, fmt, model, prompts, params, adapter, req.stream, include_usage,
+        gen = Generation(state.engine, fmt, model, prompts, params, adapter, req.stream, include_usage,
                          want_logprobs=req.logprobs_k is not None, arrived=arrived)
         if req.stream:
             return StreamingResponse(gen.events(), media_type="text/event-stream",

@@ -31,7 +31,7 @@ from livelm.chat.template import ChatFormatError, prompt_ids, validate
 from livelm.sampling import SamplingParams
 from livelm.serve.openai_schema import (MAX_N, SEED_MAX, SEED_MIN, ChatCompletionRequest, CompletionRequest,
                                         FeedbackRequest, unsupported)
-from livelm.serve.scheduler import Chunk, NotAccepting, QueueFull, Ticket
+from livelm.serve.engine_client import Chunk, NotAccepting, QueueFull, Ticket
 
 MAX_SEQUENCES = 4 * MAX_N          # choices x prompts in one request
 DISCONNECT_POLL = 0.25             # seconds between "is the client still there?" checks (non-streaming)
@@ -235,12 +235,12 @@ def _chunk_error(c: Chunk) -> APIError:
 
 # ---- the endpoints' common path --------------------------------------------------------------
 class Generation:
-    """One accepted request: its sequences in the scheduler, and how to answer."""
+    """One accepted request: its sequences in the engine, and how to answer."""
 
-    def __init__(self, scheduler, fmt: ChatFormat, model: str, prompts: list[list[int]],
+    def __init__(self, engine, fmt: ChatFormat, model: str, prompts: list[list[int]],
                  params: list[SamplingParams], adapter: str | None, stream: bool, include_usage: bool,
                  want_logprobs: bool, arrived: float | None = None, internal: bool = False):
-        self.scheduler, self.fmt, self.model = scheduler, fmt, model
+        self.engine, self.fmt, self.model = engine, fmt, model
         self.n = len(params) // len(prompts)
         self.k = len(params)
         self.prompt_tokens = sum(len(p) for p in prompts)
@@ -250,7 +250,7 @@ class Generation:
         # choice index i*n + j: prompt i, sample j (OpenAI's order for batched prompts)
         items = [(prompts[i // self.n], params[i], adapter) for i in range(self.k)]
         try:
-            self.ticket: Ticket = scheduler.submit(items, arrived, internal)
+            self.ticket: Ticket = engine.submit(items, arrived, internal)
         except QueueFull as e:
             raise APIError(429, str(e), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
         except NotAccepting as e:
@@ -297,7 +297,7 @@ class Generation:
                     tokens += c.completion_tokens
                     done += 1
         finally:
-            self.scheduler.cancel(self.ticket)   # no-op when all finished; frees slots otherwise
+            self.engine.cancel(self.ticket)   # no-op when all finished; frees slots otherwise
         choices = [self.fmt.choice(i, "".join(texts[i]),
                                    self.fmt.logprobs(i, lps[i]) if self.want_logprobs else None, reasons[i])
                    for i in range(self.k)]
@@ -339,4 +339,4 @@ class Generation:
             tail = sse(self._envelope(obj, [], usage=self._usage(tokens))) if self.include_usage else ""
             yield tail + "data: [DONE]\n\n"
         finally:
-            self.scheduler.cancel(self.ticket)
+            self.engine.cancel(self.ticket)

@@ -1,4 +1,5 @@
-"""The server's side of the engine: requests in, chunks out; the model runs in its own process.
+"""The server's client of the engine process: requests in, chunks out; the model runs in its own process.
+(The scheduling itself, which sequences share a step, is Engine.step in livelm/infer/engine.py.)
 
     event loop                      reader thread                 engine process (engine_process.py)
     ----------                      -------------                 --------------
@@ -86,7 +87,7 @@ def _deliver(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
         queue.put_nowait(chunk)
 
 
-class Scheduler:
+class EngineClient:
     def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int = 256, metrics=None,
                  compile: bool = False, row_adapters: bool = False):
         """Start the engine process with `model` (its tensors move to shared memory, so the model is
