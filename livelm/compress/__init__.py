@@ -10,7 +10,8 @@ Both write an ordinary run directory. config.json says how the weights are store
     "pruning": {...}
         what was pruned (a record only; structurally pruned models just have a smaller config)
 
-Everything else about a run (tokenizer, chat flag, training config) is copied unchanged.
+Everything else about a run (tokenizer, chat flag, training config, system prompts, the update
+guard's probes.jsonl) is copied unchanged.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def prepare_load(model: torch.nn.Module, tensors: dict[str, torch.Tensor], confi
 
 
 def save_run(out: str | Path, src: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
-    """Write a run directory: tensors -> model.safetensors, config.json, and src's tokenizer.json."""
+    """Write a run directory: tensors -> model.safetensors, config.json, and src's tokenizer.json and
+    probes.jsonl (the questions live learning's update guard asks, livelm/learn/probes.py; if any)."""
     out, src = Path(out), Path(src)
     out.mkdir(parents=True, exist_ok=True)
     step = config.get("step", 0)
@@ -44,6 +46,9 @@ def save_run(out: str | Path, src: str | Path, tensors: dict[str, torch.Tensor],
     io.write_json(out / "config.json", config)
     if (src / "tokenizer.json").resolve() != (out / "tokenizer.json").resolve():
         shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
+    probes = src / "probes.jsonl"
+    if probes.is_file() and probes.resolve() != (out / "probes.jsonl").resolve():
+        io.write_bytes(out / "probes.jsonl", probes.read_bytes())
     return out
 
 

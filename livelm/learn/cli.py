@@ -106,6 +106,7 @@ def cmd_learn(a) -> int:
 def promote(run, tenant: str, store_root, out) -> int:
     """Merge the tenant's live adapter into the base weights and save a new run (never done automatically)."""
     from livelm.learn.adapters import AdapterStore
+    from livelm.learn.probes import copy_probes
     from livelm.models import lora
     from livelm.train.checkpoint import load_model, save_checkpoint, read_config
     if not out:
@@ -124,6 +125,7 @@ def promote(run, tenant: str, store_root, out) -> int:
                                                     "adapter": str(current)}}
     config.pop("step", None)
     save_checkpoint(out, plain, tok, config, step=0)
+    copy_probes(run, out)   # the update guard of the new run asks the same questions
     # served, a learned adapter answers only the questions near the tenant's feedback (LearnConfig.adapter_scope);
     # merged into the weights it answers every question, for every tenant of the new run
     print(f"note: {out} answers every question with {tenant}'s update merged in; served, the adapter answered "

@@ -121,6 +121,9 @@ def load_model(run_dir: str | Path, device="cpu") -> tuple[GPT, Tokenizer, dict]
         tensors = prepare_load(model, tensors, config)
     load_state(model, tensors, run_dir / "model.safetensors")
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
+    # the model keeps its run's config.json, as a transformers model keeps its config: front ends given
+    # only the model (the chat REPL) read what the run recorded from it (e.g. its system prompts)
+    model.run_config = config
     return model.to(device).eval(), tokenizer, config
 
 
