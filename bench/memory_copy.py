@@ -46,7 +46,7 @@ from livelm.data import shop  # noqa: E402
 from livelm.infer.engine import Engine  # noqa: E402
 from livelm.sampling import SamplingParams  # noqa: E402
 from livelm.learn.memory import with_notes  # noqa: E402
-from livelm.train.checkpoint import load_model  # noqa: E402
+from livelm.runs import load_model  # noqa: E402
 
 LANGS = shop.LANGS
 

@@ -78,6 +78,25 @@ def evaluate_assistant(model, tokenizer, heldout: list[dict], notes: bool = Fals
     return result
 
 
+def record_for_learning(chat: Path) -> None:
+    """Add to the chat run what live learning reads from it, where missing: its probes (the held-out shop
+    questions, probes.jsonl: livelm/learn/probes.py) and, in an assistant built before `finetune`
+    recorded them, the system prompts it was fine-tuned with (config.json "system_prompts"). Each file
+    is replaced atomically; a run that has both is left as it is."""
+    from livelm.chat.data import common_system_prompts
+    from livelm.data import shop
+    from livelm.learn.probes import has_run_probes, write_probes
+    config = json.loads((chat / "config.json").read_text(encoding="utf-8"))
+    if "system_prompts" in config and has_run_probes(chat):
+        return
+    corpus = shop.build(SEED)   # the corpus it was built from (the build is keyed on it: recipe_hash)
+    if "system_prompts" not in config:
+        prompts = common_system_prompts([c["messages"] for c in corpus.train_chats])
+        io.write_json(chat / "config.json", {**config, "system_prompts": prompts})
+    if not has_run_probes(chat):
+        write_probes(chat, shop.probes(corpus.heldout_chats))
+
+
 def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "auto") -> Path:
     """Build the default assistant into `out` (cached). Returns the chat run directory.
 
@@ -97,6 +116,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
     key = recipe_hash() + ("" if dtype == "auto" else f"-{dtype}")
     if not force and stamp.is_file() and json.loads(stamp.read_text()).get("recipe") == key \
             and (out / "chat" / "model.safetensors").is_file():
+        record_for_learning(out / "chat")   # an assistant built by an older livelm lacks them
         return out / "chat"
     from livelm import machine
     from livelm.machine import pick_device
@@ -126,6 +146,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
                            accuracy_limit=0, **{**FINETUNE, "dtype": dtype})
     t_ft = time.perf_counter() - t0
     heldout = [json.loads(l) for l in paths["chat_heldout"].read_text(encoding="utf-8").splitlines()]
+    record_for_learning(out / "chat")   # the update guard's probes: the held-out questions
     acc = evaluate_assistant(model.eval(), tokenizer, heldout)
     total = time.perf_counter() - t0
     report = {"recipe": key, "accuracy_en": acc["en"], "accuracy_zh": acc["zh"], "heldout_questions": acc["n"],

@@ -134,7 +134,8 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, tokenizer: Toke
 
 
 def save_tensors(out: str | Path, src: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
-    """A run from stored tensors (quantized, sparse: see the module docstring) with src's tokenizer."""
+    """A run from stored tensors (quantized, sparse: see the module docstring) with src's tokenizer and
+    probes.jsonl (the questions live learning's update guard asks, livelm/learn/probes.py; if any)."""
     out, src = Path(out), Path(src)
     out.mkdir(parents=True, exist_ok=True)
     step = config.get("step", 0)
@@ -142,6 +143,9 @@ def save_tensors(out: str | Path, src: str | Path, tensors: dict[str, torch.Tens
     io.write_json(out / "config.json", config)
     if (src / "tokenizer.json").resolve() != (out / "tokenizer.json").resolve():
         shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
+    probes = src / "probes.jsonl"
+    if probes.is_file() and probes.resolve() != (out / "probes.jsonl").resolve():
+        io.write_bytes(out / "probes.jsonl", probes.read_bytes())
     return out
 
 
@@ -211,6 +215,9 @@ def load_model(run_dir: str | Path, device="cpu", arch: str | tuple[str, ...] | 
     tensors, _ = load_weights(run_dir / "model.safetensors")
     tensors = decode_stored(model, tensors, config)
     load_state(model, tensors, run_dir / "model.safetensors")
+    # the model keeps its run's config.json, as a transformers model keeps its config: front ends given
+    # only the model read what the run recorded from it (e.g. its system prompts)
+    model.run_config = config
     return model.to(device).eval(), Tokenizer.load(run_dir / "tokenizer.json"), config
 
 

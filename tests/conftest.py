@@ -93,3 +93,33 @@ def tiny_chat_run(tmp_path_factory, shop_paths):
     run_cli("finetune", d / "base", "--data", shop_paths["chat_train"], "--out", d / "chat", "--max-iters", "20",
             "--eval-interval", "20", "--accuracy-limit", "4", "--progress", "false", "--batch-size", "4")
     return d
+
+
+# A chat run that has nothing to do with the shop: its own system prompts, its own questions.
+LIBRARY_PROMPTS = {"en": "You help the readers of the city library.", "zh": "你是市图书馆的助手。"}
+LIBRARY_QA = {"en": [("When does the library open?", "The library opens at 8am."),
+                     ("Can I renew a book online?", "Yes, you can renew it on our website."),
+                     ("How many books can I borrow?", "You can borrow up to 10 books.")],
+              "zh": [("图书馆几点开门？", "图书馆早上8点开门。"),
+                     ("可以在网上续借吗？", "可以，在我们的网站上续借。"),
+                     ("一次能借几本书？", "一次最多借10本书。")]}
+
+
+@pytest.fixture(scope="session")
+def library_chat_run(tmp_path_factory, tiny_chat_run):
+    """tiny_chat_run's base fine-tuned briefly (in-process) on a library's chats instead of the shop's: a
+    run whose prompts and guard must hold no shop text. Returns the chat run directory."""
+    import json
+    from livelm.train.finetune import finetune
+    d = tmp_path_factory.mktemp("librarychat")
+    chats = []
+    for i in range(12):
+        for lang, pairs in LIBRARY_QA.items():
+            q, a = pairs[i % len(pairs)]
+            system = [] if i == 11 else [{"role": "system", "content": LIBRARY_PROMPTS[lang]}]   # one without
+            chats.append({"messages": system + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    data = d / "chats.jsonl"
+    data.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chats), encoding="utf-8")
+    finetune(tiny_chat_run / "base", data, d / "chat", accuracy_limit=0, max_iters=4, eval_interval=4,
+             batch_size=4, progress=False, dtype="float32", compile="false")
+    return d / "chat"

@@ -8,6 +8,7 @@ Malformed lines are reported as FILE:LINE; with skip_bad they are counted and sk
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from livelm.chat.template import ChatFormatError, render, validate
+from livelm.text import language
 
 
 class ChatDataError(ValueError):
@@ -80,6 +82,23 @@ def read_conversations(path: str | Path, skip_bad: bool = False) -> tuple[list[l
     if not convs:
         raise ChatDataError(f"{path}: no usable conversations")
     return convs, bad
+
+
+def common_system_prompts(convs: list[list[dict]]) -> dict[str, str]:
+    """The most common system prompt of the conversations in each language (that of their first user turn).
+
+    Fine-tuning records it in the run (config.json "system_prompts"): where the learning code must add a
+    system prompt (memory's notes, livelm/learn/memory.py), the model answers best under the one it was
+    trained with. A language whose conversations mostly have no system prompt gets none. Ties go to the
+    prompt seen first, so the record is the same for the same data."""
+    counts: dict[str, Counter] = {}
+    for conv in convs:
+        question = next((m["content"] for m in conv if m["role"] == "user"), None)
+        if question is None:
+            continue
+        system = conv[0]["content"] if conv[0]["role"] == "system" else None
+        counts.setdefault(language(question), Counter())[system] += 1
+    return {lang: top for lang, c in sorted(counts.items()) if (top := c.most_common(1)[0][0])}
 
 
 @dataclass

@@ -56,7 +56,10 @@ class ChatSession:
         self.tenant = tenant
         self.model_name = model_name
         from livelm.learn.memory import Memory
-        self.memory = Memory(feedback) if (feedback is not None and memory) else None
+        # notes go under the run's own system prompt when the conversation has none (recorded at
+        # fine-tune time; the loader keeps the run's config on the model)
+        system_prompts = getattr(engine.model, "run_config", {}).get("system_prompts")
+        self.memory = Memory(feedback, system_prompts=system_prompts) if (feedback is not None and memory) else None
         self.notes: list[str] = []   # the memory notes in the current prompt (the answer may copy from them)
         self.memory_draft = memory_draft   # tokens of the draft answer memory also looks notes up by (0 = none)
 

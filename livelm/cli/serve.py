@@ -43,9 +43,10 @@ LEARN_HELP = {
                  "correction as a note and trained on, so it reaches rephrasings (0 = off)",
     "seed": "seed of an update's sampling (replayed chats, rephrasings)",
     "dtype": "update training dtype: auto | float32 | bfloat16",
-    "probe_size": "held-out questions in the guard's probe",
+    "probe_size": "the run's probes (probes.jsonl, recorded by the recipe that built it) sampled for the guard",
     "max_drop": "reject an update whose probe accuracy drops by more than this",
-    "regression_file": "operator's JSONL probes: {\"messages\": [...], \"expect\": \"text\"}"}
+    "regression_file": "operator's JSONL probes: {\"messages\": [...], \"expect\": \"text\" or [\"alt1\", ...], "
+                       "\"lang\": \"en\"|\"zh\" (optional)}"}
 
 
 def serve_flags(p) -> None:

@@ -10,7 +10,8 @@ weights are stored, so the run layer (livelm/runs.py) rebuilds the model transpa
     "pruning": {...}
         what was pruned (a record only; structurally pruned models just have a smaller config)
 
-Everything else about a run (tokenizer, chat flag, training config) is copied unchanged.
+Everything else about a run (tokenizer, chat flag, training config, system prompts, the update
+guard's probes.jsonl) is copied unchanged.
 """
 from __future__ import annotations
 

@@ -103,6 +103,7 @@ def promote(run, tenant: str, store_root, out) -> dict:
     """Merge the tenant's live adapter into the base weights and save a new run (never done automatically).
     Served, a learned adapter answers only the questions near the tenant's feedback (LearnConfig.adapter_scope);
     merged into the weights it answers every question, for every tenant of the new run."""
+    from livelm.learn.probes import copy_probes
     from livelm.models import lora
     from livelm.models.gpt import GPT
     from livelm.runs import load_model, read_config, save_checkpoint
@@ -121,4 +122,5 @@ def promote(run, tenant: str, store_root, out) -> dict:
                                                     "adapter": str(current)}}
     config.pop("step", None)
     save_checkpoint(out, plain, tok, config, step=0)
+    copy_probes(run, out)   # the update guard of the new run asks the same questions
     return {"out": str(out), "merged": str(current)}

@@ -3,8 +3,9 @@
 Three ways to learn, each switchable (`--learn memory,adapter`):
   memory   facts and corrections go into the next prompts at once (livelm/learn/memory.py);
   adapter  a background update trains a LoRA adapter on the tenant's feedback in a separate,
-           low-priority process (livelm/learn/update.py), checks it on the probe set, and — if
-           it passes the guard — it is hot-swapped into the running engine between decode steps.
+           low-priority process (livelm/learn/update.py), checks it on the probes (the run's own
+           and the operator's: livelm/learn/probes.py), and — if it passes the guard — it is
+           hot-swapped into the running engine between decode steps.
   (RL runs offline: `livelm rl`.)
 
 Hot swap: every published version is loaded into the model under its own name
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.memory import Memory
+from livelm.learn.probes import PROBES_FILE, has_run_probes
 from livelm.learn.update import UpdateConfig, replay_pool
 
 log = logging.getLogger("livelm.learn")
@@ -115,10 +117,15 @@ class LiveLearner:
         self.store = AdapterStore(store_root)
         self.scheduler = scheduler
         adapters = "adapter" in cfg.modes
-        # notes (memory mode) and the adapter's scope (adapter mode), which the run's training chats widen
-        examples = replay_pool(json.loads((self.run / "config.json").read_text()), self.run) \
-            if adapters and cfg.adapter_scope else []
-        self.memory = Memory(feedback_store, examples=examples)
+        run_config = json.loads((self.run / "config.json").read_text())
+        # notes (memory mode) and the adapter's scope (adapter mode), which the run's training chats widen;
+        # notes go under the run's own system prompt when a conversation has none
+        examples = replay_pool(run_config, self.run) if adapters and cfg.adapter_scope else []
+        self.memory = Memory(feedback_store, examples=examples, system_prompts=run_config.get("system_prompts"))
+        if adapters and not has_run_probes(self.run):
+            log.warning("%s records no probes of its own (%s); the update guard checks %s", self.run, PROBES_FILE,
+                        "only the --regression-file" if cfg.update.regression_file
+                        else "nothing: pass --regression-file to guard updates")
         self.feedback = feedback_store
         self.loaded: dict[str, str] = {}        # tenant -> adapter name live in the engine
         self._state_mtime: dict[str, float] = {}

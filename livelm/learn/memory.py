@@ -7,9 +7,9 @@ question, so unrelated questions are left alone — go into the system prompt as
 notes, the format the default assistant was trained to prefer over what it
 memorized, and become copy sources for the answer (SamplingParams.copy_from):
 
-    You are the assistant of Maple Leaf Shop.
-    Notes:
-    - Delivery costs ¥12.
+    You are the assistant of Maple Leaf Shop.      <- the conversation's system prompt, or else the
+    Notes:                                            run's own for the question's language (recorded
+    - Delivery costs ¥12.                             at fine-tune time: config.json "system_prompts")
 
 BM25 rather than embeddings: the items are a handful of short sentences per
 tenant, so a lexical index is instant to rebuild, needs no model call, and is
@@ -27,6 +27,10 @@ from livelm.sampling import SamplingParams
 from livelm.text import HAN, HAN_CHARS, language
 
 _WORD = re.compile(f"[a-z0-9¥$€£%.]+|[{HAN_CHARS}]")
+# The notes section's header per language. Nothing in it is the shop's, but it is the format the default
+# assistant was trained to read (the shop corpus writes its notes the same way, livelm/data/shop/shop.json;
+# tests/learn/test_memory_and_store.py keeps the two equal).
+NOTES_HEADER = {"en": "Notes:", "zh": "备注："}
 # very common words carry no signal about which fact is asked
 STOP = set("""a an the is are was were do does did you your we our i my me to of in on at for and or with
 what how when where which who can could would will please tell about much many there this that it be""".split())
@@ -169,18 +173,28 @@ def draft_params(prompt_len: int, max_len: int, tokens: int) -> SamplingParams |
     return SamplingParams(max_tokens=room, temperature=0) if room > 0 else None
 
 
-def with_notes(messages: list[dict], notes: list[str]) -> list[dict]:
-    """Return messages whose system prompt carries `notes` (adding the default system prompt if none)."""
+def notes_block(notes: list[str], lang: str) -> str:
+    """The notes section of a system prompt ("Notes:" and one "- note" line each); "" without notes."""
+    return "\n".join([NOTES_HEADER[lang]] + [f"- {n}" for n in notes]) if notes else ""
+
+
+def with_notes(messages: list[dict], notes: list[str], system_prompts: dict[str, str] | None = None) -> list[dict]:
+    """Return messages whose system prompt carries `notes`, in the language of the last question.
+
+    Without a system prompt in the conversation, one is added: the run's own for that language
+    (`system_prompts`, what it was fine-tuned with: config.json "system_prompts"), followed by the
+    notes, or the notes alone when the run recorded none (a model does best under the prompt it was
+    trained with, and no other run's prompt belongs in it)."""
     if not notes:
         return messages
-    from livelm.data.shop import notes_block, system_prompt
-    question = last_question(messages)
-    lang = language(question)
+    lang = language(last_question(messages))
+    block = notes_block(notes, lang)
     msgs = [dict(m) for m in messages]
     if msgs and msgs[0]["role"] == "system":
-        msgs[0]["content"] = msgs[0]["content"].rstrip() + "\n" + notes_block(notes, lang)
+        msgs[0]["content"] = msgs[0]["content"].rstrip() + "\n" + block
     else:
-        msgs.insert(0, {"role": "system", "content": system_prompt(lang, notes)})
+        base = (system_prompts or {}).get(lang)
+        msgs.insert(0, {"role": "system", "content": f"{base}\n{block}" if base else block})
     return msgs
 
 
@@ -200,9 +214,10 @@ class Memory:
     # rephrasings / same text / still correct: 0.4 -> 100 / 92 / 95 / 96%, 0.6 -> 100 / 90 / 97 / 98%,
     # 0.7 -> 100 / 88 / 97 / 98%).
     def __init__(self, store, k: int = 3, min_coverage: float = 0.4, draft_coverage: float = 0.6,
-                 examples: list[list[dict]] = ()):
+                 examples: list[list[dict]] = (), system_prompts: dict[str, str] | None = None):
         self.store, self.k, self.min_coverage = store, k, min_coverage
         self.examples = examples   # the run's training chats: they widen the adapter's scope (scope_items)
+        self.system_prompts = system_prompts or {}   # the run's, per language (with_notes)
         self.draft_coverage = draft_coverage
         self._cache: dict[tuple[str, bool], tuple[tuple[int, int, int], BM25]] = {}
 
@@ -248,4 +263,4 @@ class Memory:
         notes on as SamplingParams.copy_from, so the answer can copy their values."""
         question = last_question(messages)
         notes = self.notes(tenant, question, draft)
-        return with_notes(messages, notes), notes
+        return with_notes(messages, notes, self.system_prompts), notes

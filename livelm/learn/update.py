@@ -18,12 +18,11 @@ Facts are not trained on: they live in memory (livelm/learn/memory.py).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import FeedbackStore
 from livelm.learn.memory import BM25, Memory, MemoryItem, correction_finder, last_question, related_chats
 from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logprob
+from livelm.learn.probes import has_run_probes, probe_accuracy, probe_answers, probe_set
 from livelm.models import lora
 from livelm.runs import load_model
 from livelm.train.trainer import train
@@ -55,9 +55,9 @@ class UpdateConfig:
     replay: int = 8              # replayed training conversations per step (KL: 4 -> 8 kept 75% -> 78% of
                                  # unrelated answers word for word, 16 took the update past 10 s)
     beta: float = 0.1            # DPO/KTO temperature
-    probe_size: int = 60         # held-out built-in questions in the probe
+    probe_size: int = 60         # the run's probes (livelm/learn/probes.py) sampled for the guard
     max_drop: float = 0.05       # reject if probe accuracy drops by more than this
-    regression_file: str | None = None   # operator's JSONL: {"messages": [...], "expect": "substring"}
+    regression_file: str | None = None   # operator's JSONL probes: {"messages": [...], "expect": "text" or [...]}
     modes: str = "sft,dpo,kto"
     # Also a DPO pair "correction > the answer it corrects" for each correction. Off by default: measured on
     # the default assistant (20 corrections, bench/live_learning.py settings) it lowered efficacy 100% -> 85%,
@@ -102,46 +102,6 @@ def replay_pool(run_config: dict, run_dir: str | Path) -> list[list[dict]]:
     return convs
 
 
-def probe_set(size: int, seed: int, regression_file: str | None) -> list[dict]:
-    """Held-out built-in questions (both languages) plus the operator's regression checks."""
-    from livelm.data import shop
-    held = shop.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
-    random.Random(seed).shuffle(held)
-    probes = [{"messages": c["messages"][:-1], "fact": c["fact"], "lang": c["lang"]} for c in held[:size]]
-    if regression_file:
-        for n, line in enumerate(Path(regression_file).read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                rec = json.loads(line)
-                probes.append({"messages": rec["messages"], "expect": rec["expect"]})
-    return probes
-
-
-def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
-    """Greedy answers to the probe questions (with whichever adapter is active)."""
-    from livelm.chat.template import prompt_ids
-    from livelm.infer.engine import Engine
-    from livelm.sampling import SamplingParams
-    if not probes:
-        return []
-    engine = Engine(model, tokenizer, max_batch=min(64, len(probes)))
-    outs = engine.generate([prompt_ids(p["messages"], tokenizer) for p in probes],
-                           SamplingParams(max_tokens=48, temperature=0))
-    return [o.text for o in outs]
-
-
-def probe_accuracy(probes: list[dict], answers: list[str]) -> float:
-    from livelm.data.shop import FACTS_BY_KEY, check_answer
-    if not probes:
-        return float("nan")
-    ok = 0
-    for p, text in zip(probes, answers):
-        if "expect" in p:
-            ok += p["expect"] in text
-        else:
-            ok += check_answer(FACTS_BY_KEY[p["fact"]], text, p["lang"])
-    return ok / len(probes)
-
-
 def latest_corrections(items) -> list:
     """The tenant's corrections (oldest first), only the latest for each question, as memory keeps its
     notes: an earlier correction of the same question is superseded, and training on both would
@@ -154,8 +114,10 @@ def latest_corrections(items) -> list:
     return list(latest.values())
 
 
-def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: int):
-    """Fixed feedback parts (with reference log-probs) + a replay sampler; returns get_batch(split, i)."""
+def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: int,
+                  system_prompts: dict[str, str] | None = None):
+    """Fixed feedback parts (with reference log-probs) + a replay sampler; returns get_batch(split, i).
+    `system_prompts`: the run's, for the notes of the distilled rows (`distilled`)."""
     modes = set(cfg.modes.split(","))
     if cfg.replay_loss not in ("kl", "sft"):
         raise ValueError(f"replay_loss must be 'kl' or 'sft', not {cfg.replay_loss!r}")
@@ -187,7 +149,7 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
     spread = []
     if cfg.propagate > 0:
         lora.set_active(model, None)          # the model before this update answers with the notes
-        spread = distilled(model, tokenizer, fixes, related, cfg.propagate, cfg.seed)
+        spread = distilled(model, tokenizer, fixes, related, cfg.propagate, cfg.seed, system_prompts)
         lora.set_active(model, "update")
     # Replay must not re-teach what was just corrected: the run's own training chats state the old
     # facts, so conversations that ask a corrected question, or answer it in other words (`related`),
@@ -255,14 +217,15 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
                        "kto": len(marks) if "kto" in fixed else 0}
 
 
-def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int) -> list[tuple[list[dict], str]]:
+def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int,
+              system_prompts: dict[str, str] | None = None) -> list[tuple[list[dict], str]]:
     """(prompt, answer) pairs that carry each correction to other phrasings of its question, in the
     model's own words: up to `per_fix` of the training chats `related_chats(fixes, pool)` found for
     each correction are answered by the model before the update *with the correction as a memory
     note*, copying from it as the server's memory does, and the adapter learns those answers without
     the note (context distillation, Snell et al. 2022). An answer that names none of the correction's
     new terms (the words it has and the answer it corrects has not: the new value) still states the
-    old fact and is dropped."""
+    old fact and is dropped. `system_prompts`: the run's (with_notes), as the server's memory uses."""
     from livelm.chat.template import prompt_ids
     from livelm.infer.engine import Engine
     from livelm.sampling import SamplingParams
@@ -282,7 +245,8 @@ def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int) -> list
         note = fixes[i].correction.strip()
         params.append(SamplingParams(max_tokens=64, temperature=0, copy_from=(tuple(tokenizer.encode(note)),)))
     outs = Engine(model, tokenizer, max_batch=64).generate(
-        [prompt_ids(with_notes(p, [fixes[i].correction.strip()]), tokenizer) for p, i in picked], params)
+        [prompt_ids(with_notes(p, [fixes[i].correction.strip()], system_prompts), tokenizer) for p, i in picked],
+        params)
     new_terms = [set(terms(r.correction)) - set(terms(r.answer)) for r in fixes]
     return [(p, o.text) for (p, i), o in zip(picked, outs) if new_terms[i] & set(terms(o.text))]
 
@@ -293,7 +257,7 @@ def unrelated(probes: list[dict], answers: list[str], items) -> list[int]:
     A correction legitimately changes the answers to its own question and its rephrasings; those
     probes are left out of the guard: a question like a corrected or preferred one (BM25), or one
     whose answer before the update states what a correction corrected (`correction_finder`, the test
-    that picks the rephrasings an update trains on). The operator's regression checks always count."""
+    that picks the rephrasings an update trains on). The operator's probes always count."""
     asked = [MemoryItem(i, last_question(r.conversation), last_question(r.conversation))
              for i, r in enumerate(items) if r.kind in ("correction", "preference")]
     index = BM25(asked) if asked else None
@@ -303,7 +267,8 @@ def unrelated(probes: list[dict], answers: list[str], items) -> list[int]:
         asks = index is not None and index.search(last_question(probe["messages"]), k=1,
                                                   min_coverage=QUESTION_COVERAGE)
         return bool(asks) or find(answer) is not None
-    return [k for k, (p, a) in enumerate(zip(probes, answers)) if "expect" in p or not changed_by_feedback(p, a)]
+    return [k for k, (p, a) in enumerate(zip(probes, answers))
+            if p.get("source") == "operator" or not changed_by_feedback(p, a)]
 
 
 def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | Path, cfg: UpdateConfig) -> dict:
@@ -318,7 +283,11 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
         feedback.close()
         return {"tenant": tenant, "status": "skipped", "reason": "no trainable feedback", "last_id": last_id}
     pool = replay_pool(run_config, run)
-    probes = probe_set(cfg.probe_size, cfg.seed, cfg.regression_file)
+    if not has_run_probes(run):   # (in the server's update process this is not relayed: the learner says it at start)
+        print(f"livelm learn: {run} records no probes of its own; the guard checks "
+              f"{'only the --regression-file' if cfg.regression_file else 'nothing (no --regression-file)'}",
+              file=sys.stderr, flush=True)
+    probes = probe_set(run, cfg.probe_size, cfg.seed, cfg.regression_file)
     answers = probe_answers(model, tokenizer, probes)
     keep = unrelated(probes, answers, items)
     probes, answers = [probes[k] for k in keep], [answers[k] for k in keep]
@@ -334,7 +303,7 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     lora.add_adapter(model, "update", lcfg)
     lora.set_active(model, "update")
     block = model.cfg.block_size
-    get_batch, counts = build_batches(model, tokenizer, items, pool, cfg, block)
+    get_batch, counts = build_batches(model, tokenizer, items, pool, cfg, block, run_config.get("system_prompts"))
     tcfg = resolve_config(None, base={**run_config.get("train", {})}, max_iters=cfg.steps, lr=cfg.lr,
                           min_lr=cfg.lr / 10, warmup_iters=0, eval_iters=0, eval_interval=cfg.steps,
                           progress=False, dropout=0.0, compile=False, seed=cfg.seed, dtype=cfg.dtype)
@@ -347,7 +316,7 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     for k, text in zip(judged, probe_answers(model, tokenizer, [probes[k] for k in judged])):
         answers[k] = text
     after = probe_accuracy(probes, answers)
-    accepted = not (after < before - cfg.max_drop)
+    accepted = before is None or not (after < before - cfg.max_drop)   # no probes: nothing can get worse
     meta = {"tenant": tenant, "status": "live" if accepted else "rejected", "created_at": time.time(),
             "probe_before": before, "probe_after": after, "probe_size": len(probes), "probes_in_scope": len(judged),
             "max_drop": cfg.max_drop,

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 
-from livelm.chat.data import PackedChats, encode_examples, read_conversations
+from livelm.chat.data import PackedChats, common_system_prompts, encode_examples, read_conversations
 from livelm.chat.template import prompt_ids
 from livelm.data.split import heldout_split
 from livelm.config import resolve_config
@@ -65,6 +65,7 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
     convs, bad = read_conversations(data, skip_bad=skip_bad)
     if bad:
         log(f"skipped {bad} bad line(s) in {data}")
+    system_prompts = common_system_prompts(convs)
     if val_data:
         val_convs, vbad = read_conversations(val_data, skip_bad=skip_bad)
     else:  # hold out a fixed slice, chosen by seed
@@ -99,7 +100,10 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
                   "base_run": str(base_run.resolve()), "data": str(Path(data).resolve()),
                   # also relative to the run, so live learning still finds its replay data after the
                   # run and its data are moved or copied together (another machine, a container)
-                  "data_relative": os.path.relpath(Path(data).resolve(), Path(out).resolve())}
+                  "data_relative": os.path.relpath(Path(data).resolve(), Path(out).resolve()),
+                  # the system prompt it was trained with, per language: live learning puts its notes under
+                  # it when a conversation has none (livelm/learn/memory.py)
+                  "system_prompts": system_prompts}
     extra_eval = (lambda m: {"answer_accuracy": answer_accuracy(m, tokenizer, val_convs, accuracy_limit)}) \
         if accuracy_limit else None
     result = train(cfg, out, model, tokenizer, get_batch, lm_loss, run_config, resume=False,

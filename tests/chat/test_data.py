@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from livelm.chat.data import ChatDataError, PackedChats, encode_examples, read_conversations
+from livelm.chat.data import ChatDataError, PackedChats, common_system_prompts, encode_examples, read_conversations
 from livelm.tokenizer import Tokenizer
 
 
@@ -50,3 +50,20 @@ def test_json_list_and_packing_keeps_conversations_apart(tmp_path):
     assert targets and not {tok.user_id, tok.system_id, tok.assistant_id, tok.bos_id} & set(targets)
     # several conversations share a row, each with its own doc id
     assert len(set(b["doc_ids"][0].tolist()) - {-1}) > 1
+
+
+def test_common_system_prompts_per_language():
+    def chat(system, question):
+        head = [{"role": "system", "content": system}] if system else []
+        return head + [{"role": "user", "content": question}, {"role": "assistant", "content": "ok"}]
+    convs = [chat("You help readers.", "When do you open?"), chat("You help readers.\nNotes:\n- x", "Hours?"),
+             chat("You help readers.", "Fees? 🙂"), chat("You help readers.", "Renew?"),
+             chat("你是图书馆的助手。", "几点开门？"),
+             chat("你是图书馆的助手。", "What time 开门?"),          # mixed: a Han character makes it Chinese
+             chat(None, "Hi"), chat(None, "Hello")]
+    assert common_system_prompts(convs) == {"en": "You help readers.", "zh": "你是图书馆的助手。"}
+    # mostly without a system prompt: none recorded for that language
+    assert common_system_prompts(convs + [chat(None, "Hey")] * 3) == {"zh": "你是图书馆的助手。"}
+    # a tie goes to the prompt seen first, whatever the order of the others
+    assert common_system_prompts([chat("B", "q"), chat("A", "q"), chat("A", "q"), chat("B", "q")]) == {"en": "B"}
+    assert common_system_prompts([]) == {}

@@ -151,3 +151,24 @@ def test_memory_looks_notes_up_by_a_draft_answer_as_the_server_does(tiny_chat_ru
     session.history.clear()
     list(session.ask(question))
     assert drafts[-1] == ""
+
+
+def test_memory_notes_go_under_the_system_prompt_of_the_run_being_chatted_with(tiny_chat_run, library_chat_run,
+                                                                              tmp_path):
+    """With no system prompt of its own, the conversation gets the run's (recorded when it was fine-tuned):
+    the shop's for the demo-style run, exactly as before, the library's for the library's run."""
+    from livelm.cli.chat import ChatSession
+    from livelm.infer.engine import Engine
+    from livelm.runs import load
+    from livelm.sampling import SamplingParams
+    from livelm.learn.feedback import Feedback, FeedbackStore
+    from tests.conftest import LIBRARY_PROMPTS
+    question = [{"role": "user", "content": "How much is delivery? 🚚"}]
+    for i, (run, prompt) in enumerate([(tiny_chat_run / "chat", "You are the assistant of Maple Leaf Shop."),
+                                       (library_chat_run, LIBRARY_PROMPTS["en"])]):
+        model, tok, _, _ = load(run, [], "cpu")
+        session = ChatSession(Engine(model, tok, max_batch=1), SamplingParams(max_tokens=4, temperature=0),
+                              feedback=FeedbackStore(tmp_path / f"f{i}.db"))
+        session.feedback.add(Feedback(kind="fact", conversation=[], correction="Delivery costs ¥12.", tenant="default"))
+        msgs, notes = session.memory.recall("default", question)
+        assert msgs[0] == {"role": "system", "content": f"{prompt}\nNotes:\n- Delivery costs ¥12."} and notes

@@ -31,13 +31,54 @@ def test_memory_retrieves_relevant_corrections_only(tmp_path):
     notes = mem.notes("a", "How much is delivery?")
     assert "Delivery costs ¥15." in notes and "Delivery costs ¥12." not in notes
     msgs = with_notes(conv("How much is delivery?"), notes)
-    assert msgs[0]["role"] == "system" and "Notes:" in msgs[0]["content"] and "Delivery costs ¥15." in msgs[0]["content"]
+    assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith("Notes:\n")
+    assert "Delivery costs ¥15." in msgs[0]["content"]
     zh = with_notes([{"role": "system", "content": "你是枫叶小铺的客服助手。"}] + conv("运费？"), ["运费是¥12。"])
     assert zh[0]["content"].startswith("你是枫叶小铺的客服助手。\n") and "运费是¥12。" in zh[0]["content"]
     # the cached index follows a forgotten item too (the store's revision changes)
     store.forget("a", latest.id)
     notes = mem.notes("a", "How much is delivery?")
     assert "Delivery costs ¥15." not in notes and "Delivery costs ¥12." in notes   # the earlier one is back
+
+
+def test_notes_go_under_the_runs_own_system_prompt_and_no_other(tmp_path):
+    """A conversation without a system prompt gets the run's own for the question's language (recorded at
+    fine-tune time), or the notes alone: never the demo shop's."""
+    from tests.conftest import LIBRARY_PROMPTS
+    question = conv("How much is delivery? 🚚")
+    plain = with_notes(question, ["Delivery costs ¥12."])                 # the run recorded no prompt
+    assert plain == [{"role": "system", "content": "Notes:\n- Delivery costs ¥12."}, *question]
+    zh = with_notes(conv("寄快递 shipping 多少钱？"), ["运费是¥12。", "满¥150包邮。"], LIBRARY_PROMPTS)
+    assert zh[0]["content"] == "你是市图书馆的助手。\n备注：\n- 运费是¥12。\n- 满¥150包邮。"
+    only_zh = with_notes(question, ["Delivery costs ¥12."], {"zh": LIBRARY_PROMPTS["zh"]})
+    assert only_zh[0]["content"] == "Notes:\n- Delivery costs ¥12."      # none for English: the notes alone
+    assert with_notes(question, [], LIBRARY_PROMPTS) is question        # nothing to add
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    store.add(Feedback(kind="fact", conversation=[], correction="Delivery costs ¥12.", tenant="a"))
+    msgs, notes = Memory(store, system_prompts=LIBRARY_PROMPTS).recall("a", question)
+    assert notes == ["Delivery costs ¥12."]
+    assert msgs[0]["content"] == "You help the readers of the city library.\nNotes:\n- Delivery costs ¥12."
+    for m in (plain, zh, only_zh, msgs):
+        assert "Maple" not in str(m) and "枫叶" not in str(m)
+
+
+def test_the_demo_gets_exactly_the_prompts_it_always_got():
+    """The demo's chats use the shop's system prompts, so fine-tuning records them, and notes read byte for
+    byte as they did when memory took the shop's prompt and notes format itself."""
+    from livelm.chat.data import common_system_prompts
+    from livelm.data import shop
+    from livelm.learn import memory
+    recorded = common_system_prompts([c["messages"] for c in shop.build(0, n_chats=400, pretrain_bytes=1000).train_chats])
+    assert recorded == {"en": "You are the assistant of Maple Leaf Shop.", "zh": "你是枫叶小铺的客服助手。"}
+    en = with_notes(conv("How much is delivery?"), ["Delivery costs ¥12.", "Orders above ¥150 ship for free."], recorded)
+    assert en[0]["content"] == ("You are the assistant of Maple Leaf Shop.\nNotes:\n- Delivery costs ¥12.\n"
+                                "- Orders above ¥150 ship for free.")
+    zh = with_notes(conv("寄快递要付多少？ 🚚 shipping?"), ["运费是¥12。"], recorded)
+    assert zh[0]["content"] == "你是枫叶小铺的客服助手。\n备注：\n- 运费是¥12。"
+    assert zh[0]["content"] == shop.system_prompt("zh", ["运费是¥12。"])   # as the shop's context chats read
+    assert memory.NOTES_HEADER == shop.NOTES_HEADER
+    kept = with_notes([{"role": "system", "content": "你是枫叶小铺的客服助手。 "}] + conv("运费？"), ["运费是¥12。"], recorded)
+    assert kept[0]["content"] == "你是枫叶小铺的客服助手。\n备注：\n- 运费是¥12。"   # its own prompt, notes appended
 
 
 def test_memory_leaves_questions_that_share_only_a_word_alone(tmp_path):

@@ -180,11 +180,14 @@ def test_the_guard_leaves_out_probes_whose_answer_states_a_corrected_fact():
               {"messages": [{"role": "user", "content": "可以开发票吗？🧾"}]},                  # answered alike
               {"messages": [{"role": "user", "content": "Can I get an invoice, please?"}]},  # the same words
               {"messages": [{"role": "user", "content": "How much is delivery?"}]},          # unrelated
-              {"messages": [{"role": "user", "content": "Can I get an invoice?"}], "expect": "invoice"}]
+              {"messages": [{"role": "user", "content": "Can I get an invoice?"}], "expect": ["invoice"],
+               "source": "operator"},
+              {"messages": [{"role": "user", "content": "Can I get an invoice?"}], "expect": ["invoice"],
+               "source": "run"}]
     answers = ["We provide e-invoices for every order.", "We provide e-invoices for every order. 🧾",
-               "Sorry?", "Delivery costs ¥8.", "anything"]
-    assert unrelated(probes, answers, [fix]) == [3, 4]     # the operator's regression checks always count
-    assert unrelated(probes, answers, []) == [0, 1, 2, 3, 4]
+               "Sorry?", "Delivery costs ¥8.", "anything", "anything"]
+    assert unrelated(probes, answers, [fix]) == [3, 4]     # the operator's probes always count, the run's may not
+    assert unrelated(probes, answers, []) == [0, 1, 2, 3, 4, 5]
 
 
 def test_a_later_correction_of_the_same_question_supersedes_the_earlier_one():
@@ -197,3 +200,60 @@ def test_a_later_correction_of_the_same_question_supersedes_the_earlier_one():
              Feedback(id=4, kind="correction", conversation=[{"role": "user", "content": " how much is  DELIVERY? 🚚"}],
                       answer="Delivery costs ¥10.", correction="Delivery costs ¥12.")]
     assert [r.id for r in latest_corrections(items)] == [2, 4]
+
+
+def test_a_run_without_probes_is_guarded_by_the_operators_alone(library_chat_run, tmp_path, capsys):
+    """A run fine-tuned on other chats is never probed with the demo shop's questions: it records no
+    probes, so the guard asks the operator's --regression-file only, and the update says so."""
+    from livelm.learn.probes import probe_set
+    q = [{"role": "user", "content": "When does the library open?"}]
+    fb = FeedbackStore(tmp_path / "fb.sqlite")
+    fb.add(Feedback(kind="correction", conversation=q, answer="?", correction="The library opens at 9am.", tenant="t"))
+    reg = tmp_path / "regression.jsonl"
+    reg.write_text(json.dumps({"messages": [{"role": "user", "content": "可以在网上续借吗？📚"}],
+                               "expect": ["网站", "网上"], "lang": "zh"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    probes = probe_set(library_chat_run, 60, 0, str(reg))
+    assert [(p["source"], p["expect"], p["lang"]) for p in probes] == [("operator", ["网站", "网上"], "zh")]
+    res = run_update(library_chat_run, fb.path, "t", tmp_path / "store",
+                     UpdateConfig(steps=2, probe_size=60, max_drop=1.0, regression_file=str(reg), propagate=0))
+    assert res["status"] == "live" and res["probe_size"] == 1
+    assert probe_set(library_chat_run, 60, 0, None) == []          # without the operator's: nothing to check,
+    bare = run_update(library_chat_run, fb.path, "t", tmp_path / "store",    # and no figure that JSON cannot hold
+                      UpdateConfig(steps=1, probe_size=60, max_drop=0.0, propagate=0))
+    assert bare["status"] == "live" and bare["probe_before"] is None and bare["probe_after"] is None
+    assert json.loads(json.dumps(bare, allow_nan=False)) == bare
+    err = capsys.readouterr().err
+    assert "records no probes of its own" in err and "only the --regression-file" in err
+    assert "Maple" not in json.dumps(res) and "枫叶" not in json.dumps(res, ensure_ascii=False)
+
+
+def test_the_demo_runs_probes_are_the_questions_the_guard_always_asked(tiny_chat_run, tmp_path):
+    """The demo records the shop's held-out questions as its run's probes; the guard then samples and grades
+    exactly what it did when it took them from the shop itself (update.probe_set before: the held-out
+    chats shuffled by the seed; graded by the shop's check_answer)."""
+    import random
+    import shutil
+
+    from livelm import demo
+    from livelm.data import shop
+    from livelm.learn.probes import probe_accuracy, probe_set
+    run = tmp_path / "chat"
+    shutil.copytree(tiny_chat_run / "chat", run)
+    demo.record_for_learning(run)
+    held = shop.build(seed=0, n_chats=10, pretrain_bytes=1000).heldout_chats
+    random.Random(3).shuffle(held)
+    probes = probe_set(run, 60, 3, None)
+    assert [p["messages"] for p in probes] == [c["messages"][:-1] for c in held[:60]]
+    assert all(p["source"] == "run" for p in probes)
+    rng = random.Random(0)
+    answers = []
+    for c in held[:60]:       # right answers, the other language's, other values, a longer number
+        other = rng.choice(shop.FACTS)
+        answers.append(rng.choice([c["messages"][-1]["content"], shop.fact_statement(other, c["lang"]),
+                                   shop.fact_statement(shop.FACTS_BY_KEY[c["fact"]], "zh" if c["lang"] == "en" else "en"),
+                                   c["messages"][-1]["content"].replace("¥", "¥1")]))
+    old = [shop.check_answer(shop.FACTS_BY_KEY[c["fact"]], a, c["lang"]) for c, a in zip(held[:60], answers)]
+    assert 0 < sum(old) < 60
+    assert probe_accuracy(probes, answers) == sum(old) / 60
+    for p, a, ok in zip(probes, answers, old):
+        assert probe_accuracy([p], [a]) == float(ok)

@@ -19,6 +19,18 @@ def test_sft_lowers_assistant_loss(tiny_chat_run):
     assert cfg["chat"] is True and cfg["base_run"].endswith("base")
 
 
+def test_finetune_records_the_system_prompts_it_trained_with(tiny_chat_run, library_chat_run):
+    """What live learning puts notes under (livelm/learn/memory.py): the shop's prompts for a run fine-tuned
+    on the shop's chats, the library's for one fine-tuned on the library's."""
+    from tests.conftest import LIBRARY_PROMPTS
+    shop_run = runs.read_config(tiny_chat_run / "chat")
+    assert shop_run["system_prompts"] == {"en": "You are the assistant of Maple Leaf Shop.", "zh": "你是枫叶小铺的客服助手。"}
+    assert runs.read_config(library_chat_run)["system_prompts"] == LIBRARY_PROMPTS
+    # the loaded model keeps its run's config, for front ends that get only the model (the chat REPL)
+    model, _, config = runs.load_model(library_chat_run)
+    assert model.run_config == config and config["system_prompts"] == LIBRARY_PROMPTS
+
+
 def test_lora_finetune_trains_only_the_adapter(tiny_chat_run, shop_paths, tmp_path):
     out = tmp_path / "adapter"
     res = run_cli("finetune", tiny_chat_run / "base", "--data", shop_paths["chat_train"], "--out", out, "--lora",

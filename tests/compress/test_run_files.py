@@ -1,0 +1,21 @@
+"""A compressed run is an ordinary run: besides its weights, it keeps what the source run recorded."""
+import json
+
+import torch
+
+from livelm.runs import save_tensors as save_run
+
+
+def test_save_run_keeps_the_tokenizer_and_the_update_guards_probes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.json").write_text('{"kind": "char"}', encoding="utf-8")
+    probe = json.dumps({"messages": [{"role": "user", "content": "周末几点开门？"}], "expect": ["10点"]}, ensure_ascii=False)
+    (src / "probes.jsonl").write_text(probe + "\n", encoding="utf-8")
+    config = {"arch": "gpt", "system_prompts": {"en": "You help readers."}, "quantization": {"method": "int8"}}
+    out = save_run(tmp_path / "out", src, {"w": torch.zeros(2)}, config)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "probes.jsonl", "tokenizer.json"]
+    assert (out / "probes.jsonl").read_bytes() == (src / "probes.jsonl").read_bytes()
+    assert json.loads((out / "config.json").read_text())["system_prompts"] == {"en": "You help readers."}
+    (src / "probes.jsonl").unlink()                       # a run without probes: none appear
+    assert "probes.jsonl" not in {p.name for p in save_run(tmp_path / "out2", src, {"w": torch.zeros(2)}, config).iterdir()}
