@@ -215,9 +215,6 @@ def load_model(run_dir: str | Path, device="cpu", arch: str | tuple[str, ...] | 
     tensors, _ = load_weights(run_dir / "model.safetensors")
     tensors = decode_stored(model, tensors, config)
     load_state(model, tensors, run_dir / "model.safetensors")
-    # the model keeps its run's config.json, as a transformers model keeps its config: front ends given
-    # only the model read what the run recorded from it (e.g. its system prompts)
-    model.run_config = config
     return model.to(device).eval(), Tokenizer.load(run_dir / "tokenizer.json"), config
 
 

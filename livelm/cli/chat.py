@@ -43,7 +43,7 @@ class ChatSession:
     def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None,
                  few_shot: list[dict] | None = None, user_template: str | None = None,
                  feedback=None, tenant: str = "default", memory: bool = True, model_name: str | None = None,
-                 memory_draft: int = 32):
+                 memory_draft: int = 32, system_prompts: dict[str, str] | None = None):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.params = params
@@ -56,9 +56,8 @@ class ChatSession:
         self.tenant = tenant
         self.model_name = model_name
         from livelm.learn.memory import Memory
-        # notes go under the run's own system prompt when the conversation has none (recorded at
-        # fine-tune time; the loader keeps the run's config on the model)
-        system_prompts = getattr(engine.model, "run_config", {}).get("system_prompts")
+        # notes go under the run's own system prompt when the conversation has none (config.json's
+        # "system_prompts", recorded at fine-tune time)
         self.memory = Memory(feedback, system_prompts=system_prompts) if (feedback is not None and memory) else None
         self.notes: list[str] = []   # the memory notes in the current prompt (the answer may copy from them)
         self.memory_draft = memory_draft   # tokens of the draft answer memory also looks notes up by (0 = none)
@@ -345,7 +344,7 @@ def chat_flags(p) -> None:
 def run_chat(a) -> int:
     from livelm import machine
     from livelm.runs import load
-    model, tokenizer, _, _ = load(a.run, a.adapter, a.device, dtype=a.dtype)
+    model, tokenizer, config, _ = load(a.run, a.adapter, a.device, dtype=a.dtype)
     params = sampling_params(a)
     setup = prompts.resolve(system=a.system, system_file=a.system_file, few_shot_file=a.few_shot,
                             template=a.template, templates_file=a.templates, variables=a.var)
@@ -357,5 +356,5 @@ def run_chat(a) -> int:
         feedback = FeedbackStore(a.feedback_db or Path(a.run) / "feedback.sqlite")
     session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user,
                           feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name,
-                          memory_draft=a.memory_draft)
+                          memory_draft=a.memory_draft, system_prompts=config.get("system_prompts"))
     return repl(session)

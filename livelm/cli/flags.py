@@ -68,7 +68,8 @@ def add_dataclass_flags(parser, cls, *, prefix: str = "", only: tuple[str, ...] 
             group.add_argument(flag, action="append", metavar="TEXT", **{**kw, "default": list(defaults.get(f.name, []))
                                                                          if f.name in defaults else argparse.SUPPRESS})
         else:
-            group.add_argument(flag, type=kind, choices=choices.get(f.name), **kw)
+            group.add_argument(flag, type=kind, choices=choices.get(f.name),
+                               metavar=None if f.name in choices else f.name.upper(), **kw)
 
 
 def dataclass_values(args: argparse.Namespace, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> dict:

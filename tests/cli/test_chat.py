@@ -166,9 +166,9 @@ def test_memory_notes_go_under_the_system_prompt_of_the_run_being_chatted_with(t
     question = [{"role": "user", "content": "How much is delivery? 🚚"}]
     for i, (run, prompt) in enumerate([(tiny_chat_run / "chat", "You are the assistant of Maple Leaf Shop."),
                                        (library_chat_run, LIBRARY_PROMPTS["en"])]):
-        model, tok, _, _ = load(run, [], "cpu")
+        model, tok, config, _ = load(run, [], "cpu")
         session = ChatSession(Engine(model, tok, max_batch=1), SamplingParams(max_tokens=4, temperature=0),
-                              feedback=FeedbackStore(tmp_path / f"f{i}.db"))
+                              feedback=FeedbackStore(tmp_path / f"f{i}.db"), system_prompts=config.get("system_prompts"))
         session.feedback.add(Feedback(kind="fact", conversation=[], correction="Delivery costs ¥12.", tenant="default"))
         msgs, notes = session.memory.recall("default", question)
         assert msgs[0] == {"role": "system", "content": f"{prompt}\nNotes:\n- Delivery costs ¥12."} and notes

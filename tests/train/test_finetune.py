@@ -26,9 +26,8 @@ def test_finetune_records_the_system_prompts_it_trained_with(tiny_chat_run, libr
     shop_run = runs.read_config(tiny_chat_run / "chat")
     assert shop_run["system_prompts"] == {"en": "You are the assistant of Maple Leaf Shop.", "zh": "你是枫叶小铺的客服助手。"}
     assert runs.read_config(library_chat_run)["system_prompts"] == LIBRARY_PROMPTS
-    # the loaded model keeps its run's config, for front ends that get only the model (the chat REPL)
-    model, _, config = runs.load_model(library_chat_run)
-    assert model.run_config == config and config["system_prompts"] == LIBRARY_PROMPTS
+    _, _, config = runs.load_model(library_chat_run)   # what the loader hands the chat front end
+    assert config["system_prompts"] == LIBRARY_PROMPTS
 
 
 def test_lora_finetune_trains_only_the_adapter(tiny_chat_run, shop_paths, tmp_path):
