@@ -8,7 +8,7 @@ default runs/assistant. Nothing is written to the run. Greedy decoding throughou
 For every fact whose value has digits, a counterfactual value is drawn (fresh numbers, or a
 fresh price; never the canonical value or one of the fact's listed alternatives), and its
 statement (`shop.fact_statement`) is put into the system prompt exactly as live
-learning does it (`memory.with_notes`), and passed as a copy source (`SamplingParams.copy_from`)
+learning does it (`memory.with_notes`), and passed as a copy source (`livelm.learn.copying.CopyFromNotes`)
 as the server does (`--no-copy`: the model alone). Then the question is asked, once in its held-out
 phrasings and once in two of its training phrasings; a hit is an answer that contains the
 note's value in the question's language (`shop.check_answer`). Rows:
@@ -46,6 +46,7 @@ from livelm.data import shop  # noqa: E402
 from livelm.infer.engine import Engine  # noqa: E402
 from livelm.sampling import SamplingParams  # noqa: E402
 from livelm.learn.memory import with_notes  # noqa: E402
+from livelm.learn.copying import CopyFromNotes  # noqa: E402
 from livelm.runs import load_model  # noqa: E402
 
 LANGS = shop.LANGS
@@ -165,9 +166,9 @@ def evaluate(run: Path, seed: int = 0, max_batch: int = 32, copy: bool = True) -
     seen = seen_values(run)
     engine = Engine(model, tokenizer, max_batch=max_batch)
     t0 = time.perf_counter()
-    # as the server decodes memory answers: the notes are also copy sources (SamplingParams.copy_from)
+    # as the server decodes memory answers: the notes are also copy sources (livelm.learn.copying.CopyFromNotes)
     params = [SamplingParams(max_tokens=48, temperature=0,
-                             copy_from=tuple(tuple(tokenizer.encode(n)) for n in c["notes"]) if copy else ())
+                             processors=CopyFromNotes.of(c["notes"], tokenizer) if copy else ())
               for c in cases]
     outs = engine.generate([prompt_ids(c["messages"], tokenizer) for c in cases], params)
     secs = time.perf_counter() - t0

@@ -28,9 +28,11 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     logprobs: int | None = None     # None = off; k = also return the k most likely alternatives
-    # Token sequences the answer copies from (live learning's memory notes): once the answer's last
-    # MIN_COPY_MATCH+ tokens repeat a stretch of one, the token that follows it there comes next.
-    copy_from: tuple[tuple[int, ...], ...] = ()
+    # Logits processors, applied in order before sampling: each is called as
+    # proc(prompt_ids, out_ids, logits (V,)) and returns new logits, or an int: that token comes next,
+    # drawn from no distribution (e.g. live learning's copying from memory notes, livelm/learn/copying.py).
+    # They travel to the engine process with the request, so they must pickle (module-level classes).
+    processors: tuple = ()
 
     def copy(self) -> "SamplingParams":
         return replace(self)
@@ -98,61 +100,9 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor
 
 
 def is_plain(p: SamplingParams) -> bool:
-    """No penalties, filtering or copying: only a temperature, so the row can be sampled with others at once."""
+    """No penalties, filtering or processors: only a temperature, so the row can be sampled with others at once."""
     return (p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
-            and not p.top_k and p.top_p >= 1.0 and p.min_p <= 0 and not p.copy_from)
-
-
-# Copying, the decoding-time version of an induction head (as pointer-generator networks copy from
-# their source). The default assistant answers from memory notes only when it happens to copy the
-# value, which its 1.26M parameters rarely learned (0-3% of fresh values). Three rules, for rows
-# with copy sources (the notes memory put into the prompt, best-ranked first):
-#   - the answer's first token leans towards the best note's first token (+COPY_FIRST_BIAS logits);
-#   - an answer that begins the way a note begins goes on with that note;
-#   - once an answer repeats MIN_COPY_MATCH tokens of a note anywhere, the note's next token follows.
-# Measured on the default assistant, bench/live_learning.py memory mode (efficacy / rephrasings /
-# unrelated same text / still correct): no copying 15 / 8 / 67 / 75%; the last rule alone 75 / 65 /
-# 65 / 74%; all three, with memory's min_coverage 0.4, 100 / 55 / 98 / 98% (first-token bias 1: 90%
-# efficacy; 1.5-4: 100%; 8: unrelated answers 87%). The match length, bench/memory_copy.py (fresh
-# values; copied en / zh, then unrelated questions with two other notes still right):
-#   match >= 3 tokens: 38% / 72%, 64% / 53%   (a Chinese character is a token: short matches misfire)
-#   match >= 4 tokens: 33% / 58%, 67% / 58%
-#   match >= 5 tokens: 31% / 29%, 67% / 60%   (no copying: 0% / 3%, 67% / 61%)
-MIN_COPY_MATCH = 4
-MAX_COPY_MATCH = 8
-COPY_FIRST_BIAS = 2.0
-
-
-def copy_next(out_ids: list[int], sources: tuple[tuple[int, ...], ...]) -> int | None:
-    """The token a copy rule (above) puts next, or None: the next token of the source the answer so far
-    begins; else the token that follows, in a source, the longest (MIN..MAX_COPY_MATCH) suffix of
-    out_ids found there (its first occurrence). Each occurrence of the last token is extended
-    backwards: a few hundred comparisons per token."""
-    n = len(out_ids)
-    if n < MIN_COPY_MATCH:
-        prefix = tuple(out_ids)
-        return next((src[n] for src in sources if n and len(src) > n and src[:n] == prefix), None)
-    last = out_ids[-1]
-    best, best_len = None, MIN_COPY_MATCH - 1
-    for src in sources:
-        for j in range(len(src) - 1):          # src[j + 1] is what would be copied
-            if src[j] != last:
-                continue
-            k = 1
-            while k < MAX_COPY_MATCH and k < n and k <= j and src[j - k] == out_ids[-1 - k]:
-                k += 1
-            if k > best_len:
-                best, best_len = src[j + 1], k
-    return best
-
-
-def lean_to_first_source(logits: torch.Tensor, sources: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """logits (V,) for an answer's first token, with the best-ranked source's first token favoured."""
-    if not sources or not sources[0]:
-        return logits
-    logits = logits.clone()
-    logits[sources[0][0]] += COPY_FIRST_BIAS
-    return logits
+            and not p.top_k and p.top_p >= 1.0 and p.min_p <= 0 and not p.processors)
 
 
 def sample_plain(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from livelm.chat import prompts
 from livelm.chat.template import prompt_ids, validate
 from livelm.infer.engine import Engine
+from livelm.learn.copying import CopyFromNotes
 from livelm.sampling import SamplingParams
 from livelm.cli.flags import add_inference_flags, add_sampling_flags, sampling_params
 
@@ -121,7 +122,7 @@ class ChatSession:
         if ids is None:
             return
         params = self.params.copy()
-        params.copy_from = tuple(tuple(self.tokenizer.encode(n)) for n in self.notes)   # as the server does
+        params.processors = CopyFromNotes.of(self.notes, self.tokenizer)   # copy from the notes, as the server does
         seq = self.engine.add(ids, params)
         parts = []
         try:

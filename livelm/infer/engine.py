@@ -32,8 +32,7 @@ from typing import Iterator
 
 import torch
 
-from livelm.sampling import (SamplingParams, copy_next, is_plain, lean_to_first_source, sample_next,
-                                   sample_plain, top_logprobs)
+from livelm.sampling import SamplingParams, is_plain, sample_next, sample_plain, top_logprobs
 from livelm.infer.textstream import TextStream
 from livelm.models import lora
 from livelm.models.gpt import BatchPlan, KVCache
@@ -267,13 +266,16 @@ class Engine:
     def _sample(self, seq: Sequence, token: int | None = None) -> Event:
         """Append a token (sampled here unless `token` was already drawn in a batch) and stream its text."""
         logits, seq.next_logits = seq.next_logits, None
-        if token is None and seq.params.copy_from:
-            token = copy_next(seq.out_ids, seq.params.copy_from)
-            if token is None and not seq.out_ids:   # logprobs below still report the model's own
-                token = sample_next(lean_to_first_source(logits.float(), seq.params.copy_from), seq.params,
-                                    seq.prompt_ids, seq.out_ids, seq.generator)
         if token is None:
-            token = sample_next(logits.float(), seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
+            processed = logits.float()   # logprobs below still report the model's own
+            for proc in seq.params.processors:
+                out = proc(seq.prompt_ids, seq.out_ids, processed)
+                if isinstance(out, int):
+                    token = out
+                    break
+                processed = out
+            if token is None:
+                token = sample_next(processed, seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
         if seq.params.logprobs is not None:
             seq.logprobs.append(top_logprobs(logits, token, seq.params.logprobs, self.tokenizer))
         if seq.first_token_at is None:

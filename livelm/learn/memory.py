@@ -5,7 +5,7 @@ A tenant's `fact` items ("remember: delivery is free above ¥99") and
 For each new question the most relevant ones — those that cover enough of the
 question, so unrelated questions are left alone — go into the system prompt as
 notes, the format the default assistant was trained to prefer over what it
-memorized, and become copy sources for the answer (SamplingParams.copy_from):
+memorized, and become copy sources for the answer (livelm/learn/copying.py, a logits processor):
 
     You are the assistant of Maple Leaf Shop.      <- the conversation's system prompt, or else the
     Notes:                                            run's own for the question's language (recorded
@@ -260,7 +260,7 @@ class Memory:
     def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
         """(messages with the relevant notes in the system prompt, those notes), looked up by the last
         question and, if given, a draft answer to it (LearnConfig.memory_draft). The caller passes the
-        notes on as SamplingParams.copy_from, so the answer can copy their values."""
+        notes on as copy sources (CopyFromNotes), so the answer can copy their values."""
         question = last_question(messages)
         notes = self.notes(tenant, question, draft)
         return with_notes(messages, notes, self.system_prompts), notes

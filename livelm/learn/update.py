@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from livelm.config import resolve_config
+from livelm.learn.copying import CopyFromNotes
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import FeedbackStore
 from livelm.learn.memory import BM25, Memory, MemoryItem, correction_finder, last_question, related_chats
@@ -243,7 +244,7 @@ def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int,
     params = []
     for _, i in picked:
         note = fixes[i].correction.strip()
-        params.append(SamplingParams(max_tokens=64, temperature=0, copy_from=(tuple(tokenizer.encode(note)),)))
+        params.append(SamplingParams(max_tokens=64, temperature=0, processors=CopyFromNotes.of([note], tokenizer)))
     outs = Engine(model, tokenizer, max_batch=64).generate(
         [prompt_ids(with_notes(p, [fixes[i].correction.strip()], system_prompts), tokenizer) for p, i in picked],
         params)

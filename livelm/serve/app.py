@@ -38,6 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from livelm.learn.copying import CopyFromNotes
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
 from livelm.learn.memory import draft_params
 from livelm.serve import completions
@@ -389,7 +390,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         params = []
         for ids in prompts:
             p = completions.sampling_params(req, len(ids), state.max_len, state.max_tokens_limit, field)
-            p.copy_from = tuple(tuple(tok.encode(n)) for n in notes)
+            p.processors = CopyFromNotes.of(notes, tok)   # the answer may copy the notes' values
             params += completions.per_choice(p, req.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         gen = Generation(state.engine, fmt, model, prompts, params, adapter, req.stream, include_usage,

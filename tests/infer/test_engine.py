@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from livelm.learn.copying import CopyFromNotes
 from livelm.infer.engine import Engine, PromptTooLong
 from livelm.sampling import SamplingParams
 from livelm.infer.textstream import TextStream
@@ -180,7 +181,7 @@ def test_compiled_decode_matches_eager(tok):
 
 
 def test_copy_next_follows_the_longest_repeated_stretch():
-    from livelm.sampling import MIN_COPY_MATCH, copy_next
+    from livelm.learn.copying import MIN_COPY_MATCH, copy_next
     note = (5, 6, 7, 8, 9, 10, 11)
     other = (1, 6, 7, 8, 2)
     assert MIN_COPY_MATCH == 4
@@ -197,11 +198,31 @@ def test_copy_next_follows_the_longest_repeated_stretch():
 
 
 def test_first_token_leans_to_the_best_note():
-    from livelm.sampling import COPY_FIRST_BIAS, lean_to_first_source
+    from livelm.learn.copying import COPY_FIRST_BIAS, lean_to_first_source
     logits = torch.zeros(10)
     out = lean_to_first_source(logits, ((3, 4), (7, 8)))
     assert out[3] == COPY_FIRST_BIAS and out.count_nonzero() == 1 and logits.count_nonzero() == 0
     assert lean_to_first_source(logits, ()) is logits
+
+
+def test_logits_processors_run_in_order_and_may_pick_the_token(model, tok):
+    """The engine's one hook for decoding policies: processors change the logits, or name the next token."""
+    ban = tok.encode("a")[0]
+
+    class Ban:
+        def __call__(self, prompt_ids, out_ids, logits):
+            logits = logits.clone()
+            logits[ban] = -float("inf")
+            return logits
+
+    class EveryThird:   # an int: that token comes next, no distribution drawn from
+        def __call__(self, prompt_ids, out_ids, logits):
+            return ban + 1 if len(out_ids) % 3 == 2 else logits
+
+    eng = Engine(model, tok, max_batch=1)
+    out = eng.generate([tok.encode("你好 🙂 a")], SamplingParams(max_tokens=9, temperature=1.0, seed=3, ignore_eos=True,
+                                                             processors=(Ban(), EveryThird())))[0].token_ids
+    assert ban not in out and out[2::3] == [ban + 1] * 3
 
 
 def test_answers_copy_from_their_notes(model, tok):
@@ -214,7 +235,7 @@ def test_answers_copy_from_their_notes(model, tok):
     detour = [t for t in tok.encode("乌龙茶¥56。") if t not in plain[4:7]][:3]
     note = tuple(plain[:4]) + tuple(detour)
     got = eng.generate([prompt, prompt], [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True,
-                                                         copy_from=(note,)),
+                                                         processors=(CopyFromNotes((note,)),)),
                                           SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)])
     assert got[0].token_ids[:7] == list(note) and got[0].token_ids[:7] != plain[:7]
     assert got[1].token_ids == plain   # a row without notes in the same batch is untouched
