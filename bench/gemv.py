@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from livelm.models.gpt import few_rows_linear
+from livelm.models.kernels import few_rows_linear
 
 SHAPES = [(384, 1536), (1536, 384), (384, 50257), (768, 3072), (3072, 768), (768, 50257)]   # (K in, N out)
 

@@ -67,7 +67,7 @@ def load(path: str | Path, adapters: list[str | Path] | None = None, device: str
     path, keep = Path(path), None
     if (path / "config.json").is_file() and "architectures" in (path / "config.json").read_text(encoding="utf-8"):
         # a Hugging Face folder: convert it once into a temporary run (the same code as `livelm import`)
-        from livelm.interop.hf import import_hf
+        from livelm.interop.hf_import import import_hf
         keep = tempfile.TemporaryDirectory(prefix="livelm-hf-")
         import_hf(path, Path(keep.name) / "run")
         run = Path(keep.name) / "run"

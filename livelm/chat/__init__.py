@@ -1,0 +1,1 @@
+"""Chat: the template that renders conversations, SFT data, prompt templates."""

@@ -75,7 +75,7 @@ class ChatSession:
         while True:
             msgs = self.messages()
             if self.memory is not None:  # relevant remembered facts/corrections go into the system prompt
-                draft = self._draft(msgs) if self.memory.index(self.tenant).items else ""
+                draft = self._draft(msgs) if self.memory_draft and self.memory.wants_draft(self.tenant) else ""
                 msgs, self.notes = self.memory.recall(self.tenant, msgs, draft)
             ids = prompt_ids(msgs, self.tokenizer)
             if len(ids) <= budget:

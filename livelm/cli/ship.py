@@ -98,6 +98,6 @@ def import_flags(p) -> None:
 
 
 def run_import(a) -> int:
-    from livelm.interop.hf import import_hf
+    from livelm.interop.hf_import import import_hf
     emit(import_hf(a.hf_dir, a.out, a.block_size))
     return 0

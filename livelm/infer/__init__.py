@@ -1,0 +1,1 @@
+"""Inference: the one generation engine, text streams, evaluation metrics."""

@@ -149,7 +149,7 @@ class Engine:
         path takes (their products go to the usual matmul). A no-op when decode is eager."""
         if self.decode_model is self.model or self.row_adapters:
             return
-        from livelm.models.gpt import Linear
+        from livelm.models.kernels import Linear
         params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
         for rows in sorted({1, min(2, self.max_batch), min(Linear.few_rows + 1, self.max_batch)}):
             self.generate([[self.tokenizer.bos_id] * 2] * rows, [params.copy() for _ in range(rows)])

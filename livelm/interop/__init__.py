@@ -1,0 +1,1 @@
+"""Interop: Hugging Face folders (export and import) and GGUF files."""

@@ -154,7 +154,7 @@ class LiveLearner:
         """Should this tenant's question get a draft answer first, for memory's lookup or the adapter's scope?"""
         if not self.cfg.memory_draft:
             return False
-        if "memory" in self.cfg.modes and self.memory.index(tenant).items:
+        if "memory" in self.cfg.modes and self.memory.wants_draft(tenant):
             return True
         return bool(self.cfg.adapter_scope and self._adapter(tenant))
 

@@ -253,6 +253,11 @@ class Memory:
         """The k best notes for the question (or for a draft answer to it)."""
         return [item.text for item in self.find(self.index(tenant), question, draft)]
 
+    def wants_draft(self, tenant: str) -> bool:
+        """Does a question of this tenant get a draft answer first, to look notes up by (it has notes)?
+        The server (LiveLearner.wants_draft) and the chat REPL ask the same."""
+        return bool(self.index(tenant).items)
+
     def in_scope(self, tenant: str, question: str, draft: str = "") -> bool:
         """Is the question (or a draft answer to it) about something the tenant gave trainable feedback on?"""
         return bool(self.find(self.index(tenant, scope=True), question, draft))

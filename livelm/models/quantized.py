@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from livelm.models.gpt import STREAMING_BYTES, linear
+from livelm.models.kernels import STREAMING_BYTES, linear
 
 METHODS = ("int8", "int8-dynamic", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)   # what the CPU int4 kernel accepts
@@ -62,7 +62,7 @@ class Int8Linear(nn.Module):
     is_quantized = True
     kernels = ("int8pack", "int8pack")   # (up to FEW_ROWS rows, more rows): set per machine by select_kernels
     dense = None                         # fp32 copy of W, built on first use by the "dense" kernel
-    streams = False                      # the fp32 model is past the caches (models.gpt.Linear.streams)
+    streams = False                      # the fp32 model is past the caches (models.kernels.Linear.streams)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool = False):
         super().__init__()
@@ -269,7 +269,7 @@ def kernel_error(layer: nn.Module, x2: torch.Tensor, kernel: str) -> float:
 
 def measure_kernels(method: str, in_features: int, out_features: int, group_size: int = 64,
                     streams: bool = False) -> dict:
-    """Time each candidate kernel against the fp32 model's own matmul (models.gpt.linear: `streams` says
+    """Time each candidate kernel against the fp32 model's own matmul (models.kernels.linear: `streams` says
     whether the model is past the caches, where decode takes its few-row detour) on one (out, in) layer at
     PROBE_ROWS rows; pick, per regime, the fastest quantized kernel that computes the product to within
     MAX_KERNEL_ERROR, unless fp32 beats it, then "dense" (the same fp32 path on an fp32 copy of the weights)."""
@@ -307,7 +307,7 @@ def select_kernels(model: nn.Module, method: str, group_size: int = 64) -> dict:
     if not layers:
         return {}
     big = max(layers, key=lambda m: m.in_features * m.out_features)
-    # would the fp32 model stream its weights from memory when decoding (models.gpt.Linear.streams)?
+    # would the fp32 model stream its weights from memory when decoding (models.kernels.Linear.streams)?
     fp32_bytes = 4 * (sum(p.numel() for p in model.parameters()) + sum(m.in_features * m.out_features for m in layers))
     streams = fp32_bytes > STREAMING_BYTES
     key = f"quant {method} {big.out_features}x{big.in_features}" + (f" g{group_size}" if method == "int4" else "") \

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from livelm.chat.template import render
 from livelm.cli import main as cli_main
-from livelm.interop.hf import InteropError, export_hf, import_hf
+from livelm.interop.hf import InteropError, export_hf
+from livelm.interop.hf_import import import_hf
 from livelm.models import lora
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 from livelm.tokenizer import Tokenizer

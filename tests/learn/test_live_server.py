@@ -74,6 +74,7 @@ def test_memory_changes_answers_at_once_for_that_tenant_only(tiny_chat_run, tmp_
         s.stop()
 
 
+@pytest.mark.slow
 def test_adapter_update_hot_swaps_under_load_and_rolls_back(tiny_chat_run, tmp_path, keys):
     # float32: this 48-wide model must learn one exact string in 40 steps, and bf16 rounding of its tiny
     # updates gets in the way (the default assistant learns its corrections under bf16, bench/live_learning.py)

@@ -160,34 +160,34 @@ def test_set_dropout_reaches_every_layer():
 def test_few_rows_linear_equals_linear_and_decode_takes_it(monkeypatch):
     """The decode-time bmm detour computes F.linear, with or without bias, for any N (also N % 8 != 0)."""
     import torch.nn.functional as F
-    from livelm.models import gpt
+    from livelm.models import kernels
     torch.manual_seed(0)
     for n_out in (8, 1000, 1003):
-        lin = gpt.Linear(96, n_out)
+        lin = kernels.Linear(96, n_out)
         for rows in (1, 3, 4):
             x = torch.randn(1, rows, 96)
-            torch.testing.assert_close(gpt.few_rows_linear(x, lin.weight, lin.bias), F.linear(x, lin.weight, lin.bias),
+            torch.testing.assert_close(kernels.few_rows_linear(x, lin.weight, lin.bias), F.linear(x, lin.weight, lin.bias),
                                        atol=1e-5, rtol=1e-5)
     # a decode step of a model whose matrices pass min_numel goes through the detour; its logits match
     # the ones the plain path gives (and training, with grad on, never takes it)
     cfg = GPTConfig(vocab_size=512, block_size=32, n_layer=1, n_head=2, d_model=64)
     model = GPT(cfg).eval()
     calls = []
-    real = gpt.few_rows_linear
-    monkeypatch.setattr(gpt, "few_rows_linear", lambda *a: calls.append(1) or real(*a))
+    real = kernels.few_rows_linear
+    monkeypatch.setattr(kernels, "few_rows_linear", lambda *a: calls.append(1) or real(*a))
     idx = torch.randint(0, 512, (1, 1))
     with torch.no_grad():
         assert not model.lm_head.streams, "a 1-layer 64-wide model fits in the caches"
         for m in model.modules():
-            if isinstance(m, gpt.Linear):
+            if isinstance(m, kernels.Linear):
                 m.streams = True
         fast = model(idx)
         assert calls, "one-row inference should take the few-row path"
         n = len(calls)
-        monkeypatch.setattr(gpt.Linear, "few_rows", 0)
+        monkeypatch.setattr(kernels.Linear, "few_rows", 0)
         plain = model(idx)
         assert len(calls) == n
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(gpt.Linear, "few_rows", 4)
+    monkeypatch.setattr(kernels.Linear, "few_rows", 4)
     model(idx)[0].sum().backward()
     assert len(calls) == n, "with autograd on, the usual F.linear runs"

@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from openai import AsyncOpenAI
 
 PROMPTS = [f"问题 {i}: what is {i} + {i}? 🙂" if i % 2 else f"Tell me about 长城, part {i}." for i in range(16)]
@@ -61,6 +62,7 @@ def test_mixed_adapters_in_one_batch(server):
     assert solo == together
 
 
+@pytest.mark.slow
 def test_compiled_server_answers_like_the_eager_one(server, serve_dirs, tmp_path):
     """`livelm serve --compile`: decode steps through torch.compile (compiled while /health says loading);
     greedy answers to concurrent streams equal the eager server's, Chinese and emoji included."""

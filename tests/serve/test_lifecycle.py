@@ -88,6 +88,7 @@ def test_bad_run_exits_with_a_message(tmp_path):
     assert p.returncode == 1 and "not a livelm run" in p.stderr and p.stdout == ""
 
 
+@pytest.mark.slow
 def test_graceful_shutdown(slow_run, tmp_path):
     """SIGTERM: a short in-flight stream completes; a long one gets an error event after the grace period;
     new requests are refused; the process exits 0."""

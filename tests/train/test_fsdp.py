@@ -43,6 +43,7 @@ def assert_close(got: dict, want: dict, steps):
         assert abs(got[s] - want[s]) < TOL, (s, got[s], want[s])
 
 
+@pytest.mark.slow
 def test_fsdp_matches_ddp_and_resumes_on_other_process_counts(char_data, tmp_path):
     ddp, run = tmp_path / "ddp", tmp_path / "fsdp"
     torchrun("--data", char_data, "--out", ddp, *COMMON, "--max-iters", "16")   # the reference, uninterrupted
