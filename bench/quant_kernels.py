@@ -19,23 +19,14 @@ import time
 
 import torch
 
+from decode import _Tok  # bench/decode.py: the engine's ids-only tokenizer
+
 from livelm import machine
 from livelm.compress.quantize import quantize_model
 from livelm.models.quantized import select_kernels
 from livelm.infer.engine import Engine
 from livelm.sampling import SamplingParams
 from livelm.models.gpt import BatchPlan, GPT, PRESETS, GPTConfig
-
-
-class _Tok:
-    """Just enough tokenizer for the engine: ids only, no text."""
-    eos_id, end_id = -1, -2
-
-    def stream_decoder(self):
-        class D:
-            def push(self, i): return ""
-            def flush(self): return ""
-        return D()
 
 
 def best_of(n: int, fn) -> float:
