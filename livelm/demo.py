@@ -101,16 +101,12 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
     """Build the default assistant into `out` (cached). Returns the chat run directory.
 
     dtype overrides the recipe's `auto` (e.g. float32, to build here what an AVX2 machine builds)."""
+    from livelm.api import pretrain_gpt
     from livelm.config import resolve_config
     from livelm.data import shop
     from livelm.data.prepare import prepare
-    from livelm.data.shards import TokenData
-    from livelm.models.gpt import GPT
     from livelm.tokenizer import Tokenizer
     from livelm.train.finetune import finetune
-    from livelm.train.objectives import lm_loss
-    from livelm.train.trainer import train
-    import torch
 
     stamp = out / "build.json"
     key = recipe_hash() + ("" if dtype == "auto" else f"-{dtype}")
@@ -129,16 +125,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
     t_prep = time.perf_counter() - t0
 
     cfg = resolve_config(None, **{**PRETRAIN, "dtype": dtype}, seed=SEED)
-    data = TokenData(out / "data")
-    tokenizer = Tokenizer.load(out / "data" / "tokenizer.json")
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model_config(data.vocab_size))
-    log(f"pretraining {model.num_params() / 1e6:.2f}M parameters")
-    train(cfg, out / "base", model, tokenizer,
-          get_batch=lambda split, i: data.batch(split, i, cfg.batch_size, cfg.block_size, cfg.seed),
-          objective=lm_loss, run_config={"arch": "gpt", "model": model.cfg.to_dict(), "train": cfg.to_dict(),
-                                         "data": str((out / "data").resolve())},
-          bytes_per_token=data.bytes_per_token("val"))
+    pretrain_gpt(cfg, out / "data", out / "base")   # what `livelm train` runs
     t_pre = time.perf_counter() - t0
 
     log("fine-tuning for chat")
@@ -147,7 +134,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
     t_ft = time.perf_counter() - t0
     heldout = [json.loads(l) for l in paths["chat_heldout"].read_text(encoding="utf-8").splitlines()]
     record_for_learning(out / "chat")   # the update guard's probes: the held-out questions
-    acc = evaluate_assistant(model.eval(), tokenizer, heldout)
+    acc = evaluate_assistant(model.eval(), Tokenizer.load(out / "chat" / "tokenizer.json"), heldout)
     total = time.perf_counter() - t0
     report = {"recipe": key, "accuracy_en": acc["en"], "accuracy_zh": acc["zh"], "heldout_questions": acc["n"],
               "seconds": {"prepare": round(t_prep, 1), "pretrain": round(t_pre - t_prep, 1),

@@ -300,9 +300,8 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
               if not cfg.scoped or scope.in_scope(tenant, last_question(p["messages"]), a)]
     feedback.close()
 
-    lcfg = lora.LoRAConfig(r=cfg.rank, lora_alpha=2 * cfg.rank)
-    lora.add_adapter(model, "update", lcfg)
-    lora.set_active(model, "update")
+    trainable, save_fn = lora.attach_for_training(model, "update", lora.LoRAConfig(r=cfg.rank, lora_alpha=2 * cfg.rank),
+                                                  str(Path(run).resolve()))
     block = model.cfg.block_size
     get_batch, counts = build_batches(model, tokenizer, items, pool, cfg, block, run_config.get("system_prompts"))
     tcfg = resolve_config(None, base={**run_config.get("train", {})}, max_iters=cfg.steps, lr=cfg.lr,
@@ -310,9 +309,7 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
                           progress=False, dropout=0.0, compile=False, seed=cfg.seed, dtype=cfg.dtype)
     store = AdapterStore(store_root)
     vdir = store.new_version_dir(tenant)
-    train(tcfg, vdir, model, tokenizer, get_batch, feedback_loss, {"arch": "gpt"},
-          trainable=lambda m: lora.only_adapter_trainable(m, "update"),
-          save_fn=lambda d, m, step, state: lora.save_adapter(d, m, "update", lcfg, str(Path(run).resolve())))
+    train(tcfg, vdir, model, tokenizer, get_batch, feedback_loss, {"arch": "gpt"}, trainable=trainable, save_fn=save_fn)
     model.eval()
     for k, text in zip(judged, probe_answers(model, tokenizer, [probes[k] for k in judged])):
         answers[k] = text
