@@ -55,9 +55,9 @@ def main() -> None:
     from livelm.sampling import SamplingParams
     from livelm.models.gpt import GPT
     from livelm.tokenizer import Tokenizer
-    from livelm.train.finetune import finetune
-    from livelm.train.objectives import lm_loss
-    from livelm.train.trainer import train
+    from livelm.training.finetune import finetune
+    from livelm.training.objectives import lm_loss
+    from livelm.training.trainer import train
 
     work = a.work or Path(tempfile.mkdtemp(prefix="livelm-sft-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ of the cores each step stalls (measured 3-10x slower than one thread).
 
 The corpus is prepared once with `livelm.data.prepare.prepare` into a cache
 folder outside the repository (~/.cache/livelm/bench, or $LIVELM_BENCH_CACHE).
-Every setting trains with `livelm.train.trainer.train` in its own subprocess
+Every setting trains with `livelm.training.trainer.train` in its own subprocess
 (fresh thread pool, fresh torch.compile state), from the same seed.
 
 Timing: the trainer fetches one batch per step, so the time between two
@@ -149,8 +149,8 @@ def run_setting(spec: dict) -> dict:
     from livelm.data.shards import TokenData
     from livelm.models.gpt import GPT
     from livelm.tokenizer import Tokenizer
-    from livelm.train.objectives import lm_loss
-    from livelm.train.trainer import train
+    from livelm.training.objectives import lm_loss
+    from livelm.training.trainer import train
 
     t_start = time.perf_counter()
     busy0, own0 = cpu_busy_s(), own_cpu_s()
@@ -222,7 +222,7 @@ def plain_loop(spec: dict) -> dict:
     from livelm.data.shards import TokenData
 
     from livelm.config import resolve_config
-    from livelm.train.trainer import lr_at
+    from livelm.training.trainer import lr_at
     cfg = spec["config"]
     tcfg = resolve_config(**cfg)
     if cfg["threads"]:

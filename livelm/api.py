@@ -109,8 +109,8 @@ def pretrain_gpt(cfg, data: str | Path, out: str | Path, resume: bool = False):
     from livelm.models.gpt import GPT
     from livelm.tokenizer import Tokenizer
     from livelm import runs
-    from livelm.train.objectives import lm_loss
-    from livelm.train.trainer import log, train as train_loop
+    from livelm.training.objectives import lm_loss
+    from livelm.training.trainer import log, train as train_loop
 
     tokens = TokenData(data)
     tokenizer = Tokenizer.load(Path(data) / "tokenizer.json")

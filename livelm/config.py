@@ -64,7 +64,7 @@ class TrainConfig:
     fsdp: bool = False             # under torchrun: shard params/grads/optimizer state (FSDP2) instead of DDP
     threads: int = 0               # torch intra-op threads; 0 = leave PyTorch's default
     progress: bool = True
-    # --- other architectures (--arch bert|seq2seq|lstm; livelm/train/recipes/). The GPT ignores these.
+    # --- other architectures (--arch bert|seq2seq|lstm; livelm/training/recipes/). The GPT ignores these.
     # Shared fields mean the same there: n_layer, n_head, d_model, mlp_ratio, dropout, block_size.
     mlm_prob: float = 0.15         # bert: share of real tokens chosen for masked-LM prediction
     nsp: bool = True               # bert: also train next-sentence prediction (50% real / 50% random)

@@ -106,7 +106,7 @@ def build(out: Path = RUNS / "assistant", force: bool = False, dtype: str = "aut
     from livelm.data import shop
     from livelm.data.prepare import prepare
     from livelm.tokenizer import Tokenizer
-    from livelm.train.finetune import finetune
+    from livelm.training.finetune import finetune
 
     stamp = out / "build.json"
     key = recipe_hash() + ("" if dtype == "auto" else f"-{dtype}")

@@ -4,7 +4,7 @@ A run directory holds
     config.json         {"arch": "gpt" | "bert" | "seq2seq" | "lstm", "model": {...its config}, "step": N, ...}
     model.safetensors   the weights (never pickled); a tied weight is stored once, under its first name
     tokenizer.json      the tokenizer (seq2seq runs with two vocabularies add src_tokenizer.json)
-    train_state.pt      optimizer state for --resume (livelm/train/checkpoint.py reads it)
+    train_state.pt      optimizer state for --resume (livelm/training/checkpoint.py reads it)
 
 How the weights are stored is said in config.json, and decoded here for every caller:
     "quantization": {...}   int8/int4 Linear layers (livelm/models/quantized.py; written by `livelm quantize`)

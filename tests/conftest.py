@@ -110,7 +110,7 @@ def library_chat_run(tmp_path_factory, tiny_chat_run):
     """tiny_chat_run's base fine-tuned briefly (in-process) on a library's chats instead of the shop's: a
     run whose prompts and guard must hold no shop text. Returns the chat run directory."""
     import json
-    from livelm.train.finetune import finetune
+    from livelm.training.finetune import finetune
     d = tmp_path_factory.mktemp("librarychat")
     chats = []
     for i in range(12):

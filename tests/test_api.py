@@ -51,3 +51,12 @@ def test_api_errors_are_clear(tmp_path, tiny_chat_run):
         livelm.load(tiny_chat_run / "chat").generate("x", temperature=-1)
     with pytest.raises(AttributeError):
         livelm.no_such_thing
+
+
+def test_livelm_train_is_the_function_whatever_was_imported_before():
+    """The package is `livelm.training`, so importing it never shadows the API's `livelm.train`."""
+    import subprocess
+    import sys
+    code = "import livelm.training.trainer, livelm; print(livelm.train.__module__, livelm.train.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["livelm.api", "train"]

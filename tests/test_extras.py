@@ -29,7 +29,7 @@ work, char_data = sys.argv[2], sys.argv[3]
 
 # the core, every module of it that a user of `pip install livelm` may import
 import livelm, livelm.api, livelm.cli, livelm.tokenizer, livelm.models.gpt, livelm.models.lora
-import livelm.data.prepare, livelm.train.trainer, livelm.train.finetune, livelm.train.recipes, livelm.train.plot
+import livelm.data.prepare, livelm.training.trainer, livelm.training.finetune, livelm.training.recipes, livelm.training.plot
 import livelm.infer.engine, livelm.runs, livelm.cli.chat, livelm.learn.live, livelm.learn.update
 import livelm.interop.hf, livelm.interop.gguf, livelm.compress.quantize, livelm.compress.prune
 import livelm.cli.serve   # the command's flags need no FastAPI

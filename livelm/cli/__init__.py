@@ -81,7 +81,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 # imported (an error class cannot have been raised by a module nobody loaded), so main() itself
 # imports nothing heavy.
 USER_ERRORS = (("livelm.data.shards", "DataError"), ("livelm.tokenizer", "TokenizerError"),
-               ("livelm.models.lora", "AdapterError"), ("livelm.train.checkpoint", "CheckpointError"))
+               ("livelm.models.lora", "AdapterError"), ("livelm.training.checkpoint", "CheckpointError"))
 
 
 def is_user_error(e: BaseException) -> bool:

@@ -48,7 +48,7 @@ def run_generate(a) -> int:
     prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
     if run_arch(a.run) == "lstm":
         from livelm.runs import load_model
-        from livelm.train.recipes.lstm import lstm_stream
+        from livelm.training.recipes.lstm import lstm_stream
         model, tok, _ = load_model(a.run, pick_device(a.device), arch="lstm")
         write_stream(lstm_stream(model, tok, tok.encode(prompt) or [tok.bos_id], params))
         return 0
@@ -76,7 +76,7 @@ def eval_flags(p) -> None:
 
 def run_eval(a) -> int:
     if run_arch(a.run) != "gpt":
-        from livelm.train.recipes import evaluate_arch
+        from livelm.training.recipes import evaluate_arch
         result = evaluate_arch(a.run, a.data, a.device, a.max_tokens)
     else:
         from livelm.runs import load
@@ -120,7 +120,7 @@ def predict_flags(p) -> None:
 def run_predict(a) -> int:
     from livelm.machine import pick_device
     from livelm.runs import load_model
-    from livelm.train.recipes.bert import predict_labels
+    from livelm.training.recipes.bert import predict_labels
     model, tok, config = load_model(a.run, pick_device(a.device), arch=None)
     if config["arch"] != "bert" or model.cfg.task == "pretrain":
         raise CLIError(f"{a.run} is not a fine-tuned classifier; make one with "
@@ -150,7 +150,7 @@ def run_translate(a) -> int:
     from livelm.sampling import SamplingParams
     from livelm.machine import pick_device
     from livelm.runs import load_model
-    from livelm.train.recipes.seq2seq import source_tokenizer, translate_texts
+    from livelm.training.recipes.seq2seq import source_tokenizer, translate_texts
     model, tok, config = load_model(a.run, pick_device(a.device), arch=None)
     if config["arch"] != "seq2seq":
         raise CLIError(f"{a.run} is a {config['arch']!r} run; `livelm translate` needs `livelm train --arch seq2seq`")

@@ -1,4 +1,4 @@
-"""`livelm train`, `livelm finetune`, `livelm rl`: the commands that train (livelm/train/, livelm/learn/rl.py)."""
+"""`livelm train`, `livelm finetune`, `livelm rl`: the commands that train (livelm/training/, livelm/learn/rl.py)."""
 from __future__ import annotations
 
 import argparse
@@ -44,7 +44,7 @@ def run_train(a) -> int:
         from livelm.api import pretrain_gpt
         result = pretrain_gpt(cfg, data, a.out, a.resume)
     else:   # the other architectures share this loop and run layout
-        from livelm.train.recipes import train_arch
+        from livelm.training.recipes import train_arch
         result = train_arch(cfg, data, a.out, a.resume)
     emit_result(result, {"run": str(a.out), "step": result.step, "val_loss": result.val_loss})
     return 0
@@ -74,13 +74,13 @@ def finetune_flags(p) -> None:
 
 def run_finetune(a) -> int:
     if a.task != "chat":
-        from livelm.train.recipes.bert import finetune_task
+        from livelm.training.recipes.bert import finetune_task
         result, summary = finetune_task(a.run, a.task, a.data, a.out, a.val_data, a.val_fraction, a.skip_bad,
                                         a.config, **train_values(a))
         emit_result(result, summary)
         return 0
     from livelm.models import lora
-    from livelm.train.finetune import finetune
+    from livelm.training.finetune import finetune
     lcfg = lora.LoRAConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
                            target_modules=a.lora_targets.split(",")) if a.lora else None
     result, _, n_train = finetune(a.run, a.data, a.out, a.config, val_data=a.val_data, val_fraction=a.val_fraction,

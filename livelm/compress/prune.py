@@ -157,8 +157,8 @@ def recover(model: GPT, tokenizer, run_config: dict, data_dir: str | Path, out: 
     """A short next-token fine-tune on a prepared data directory, through the one trainer loop."""
     from livelm.config import resolve_config
     from livelm.data.shards import TokenData
-    from livelm.train.objectives import lm_loss
-    from livelm.train.trainer import train
+    from livelm.training.objectives import lm_loss
+    from livelm.training.trainer import train
     data = TokenData(data_dir)
     if data.vocab_size != model.cfg.vocab_size:
         raise ValueError(f"{data_dir} was prepared with a {data.vocab_size}-token vocabulary but the model uses "

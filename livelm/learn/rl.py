@@ -46,7 +46,7 @@ from livelm.infer.engine import Engine
 from livelm.sampling import SamplingParams
 from livelm.learn.objectives import grpo_loss, token_logprobs
 from livelm.models import lora
-from livelm.train.trainer import log, train
+from livelm.training.trainer import log, train
 
 
 def load_reward(spec: str):

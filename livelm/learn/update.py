@@ -36,7 +36,7 @@ from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logpro
 from livelm.learn.probes import has_run_probes, probe_accuracy, probe_answers, probe_set
 from livelm.models import lora
 from livelm.runs import load_model
-from livelm.train.trainer import train
+from livelm.training.trainer import train
 
 
 # A question "asks a corrected question" when it covers this share of one's term weight (memory's bar for

@@ -10,7 +10,7 @@ everything read so far. Training uses truncated backpropagation through time:
 the stream is read in chunks of `block_size` tokens, the state at the end of
 one chunk is the starting state of the next, but gradients stop at the chunk
 boundary (`detach_state`). How the trainer decides which chunks follow each
-other is in livelm/train/recipes/lstm.py (`lstm_batch`).
+other is in livelm/training/recipes/lstm.py (`lstm_batch`).
 
 Shapes: B batch, S tokens, E embedding size, Hd hidden size, L layers, V vocab.
 State: (h, c), each (L, B, Hd).

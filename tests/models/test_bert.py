@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from livelm.models.bert import Bert, BertConfig, mask_tokens, nsp_pair, sentence_spans
-from livelm.train.objectives import classify_loss, mlm_nsp_loss
+from livelm.training.objectives import classify_loss, mlm_nsp_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from livelm.models.lstm import LSTMConfig, LSTMLM
-from livelm.train.objectives import lstm_loss
+from livelm.training.objectives import lstm_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py

@@ -3,7 +3,7 @@ import torch
 
 from livelm.models.gpt import KVCache
 from livelm.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy
-from livelm.train.objectives import seq2seq_loss
+from livelm.training.objectives import seq2seq_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py

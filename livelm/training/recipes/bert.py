@@ -24,8 +24,8 @@ from livelm.models.bert import Bert, BertConfig, mask_tokens, nsp_pair, sentence
 from livelm.models.seq2seq import pad_batch
 from livelm.text import has_han, split_words
 from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer
-from livelm.train.objectives import classify_loss, mlm_nsp_loss
-from livelm.train.trainer import log, run_record, train
+from livelm.training.objectives import classify_loss, mlm_nsp_loss
+from livelm.training.trainer import log, run_record, train
 
 N_SPECIAL = len(SPECIAL_TOKENS)      # ids below this are special: never masked, never random replacements
 # fine-tuning a BERT starts from its pretraining config; these defaults differ (eval_iters 0 = whole val set)

@@ -20,7 +20,7 @@ def lm_loss(model, batch: dict):
     return loss
 
 
-# ---- the other architectures (--arch bert | seq2seq | lstm; batches built in livelm/train/recipes/) ----
+# ---- the other architectures (--arch bert | seq2seq | lstm; batches built in livelm/training/recipes/) ----
 import torch.nn.functional as F  # noqa: E402
 
 

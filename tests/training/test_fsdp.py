@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from livelm import runs
-from livelm.train import checkpoint
+from livelm.training import checkpoint
 from tests.conftest import ROOT, run_cli
 
 TOL = 1e-3

@@ -18,8 +18,8 @@ from livelm.infer.evaluate import BLEU_FEATURE, bleu_chrf
 from livelm.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy, pad_batch
 from livelm.sampling import SamplingParams
 from livelm.tokenizer import Tokenizer
-from livelm.train.objectives import seq2seq_loss
-from livelm.train.trainer import log, run_record, train
+from livelm.training.objectives import seq2seq_loss
+from livelm.training.trainer import log, run_record, train
 
 
 def seq2seq_config(cfg, src_vocab: int, tgt_vocab: int) -> Seq2SeqConfig:

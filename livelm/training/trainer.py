@@ -1,7 +1,7 @@
 """The training loop. One loop for every objective.
 
 An objective is a plain function `objective(model, batch) -> loss` (see
-livelm/train/objectives.py); data is a function `get_batch(split, index) ->
+livelm/training/objectives.py); data is a function `get_batch(split, index) ->
 dict of tensors` that is deterministic in `index`. Everything else — AdamW
 with decay on matrices only, warmup + cosine schedule, gradient accumulation
 and clipping, mixed precision, torch.compile, DDP or FSDP under torchrun,
@@ -39,9 +39,9 @@ from livelm import io, machine
 from livelm.config import TrainConfig
 from livelm.runtime import autocast, init_distributed, shard_model
 from livelm import runs
-from livelm.train import checkpoint
+from livelm.training import checkpoint
 from livelm.extras import MissingExtra
-from livelm.train.plot import plot_metrics
+from livelm.training.plot import plot_metrics
 
 
 def log(msg: str) -> None:
@@ -311,6 +311,6 @@ def _print_sample(model, tokenizer, cfg: TrainConfig, pbar, show: bool = True) -
 
 
 def run_record(arch: str, model, cfg: TrainConfig, data, **extra) -> dict:
-    """What config.json records about a run of the other architectures (livelm/train/recipes/)."""
+    """What config.json records about a run of the other architectures (livelm/training/recipes/)."""
     return {"arch": arch, "model": model.cfg.to_dict(), "train": cfg.to_dict(), "data": str(Path(data).resolve()),
             "n_params": model.num_params(), **extra}

@@ -3,7 +3,7 @@
 Each is the same four pieces the GPT uses, and nothing else:
     a model built from TrainConfig fields        (livelm/models/bert.py, seq2seq.py, lstm.py)
     get_batch(split, index) -> dict of tensors   a pure function of index (exact --resume)
-    an objective(model, batch) -> loss           (livelm/train/objectives.py)
+    an objective(model, batch) -> loss           (livelm/training/objectives.py)
     trainer.train(...)                           the one loop: AdamW, schedule, eval, checkpoints, resume
 and a run directory laid out like a GPT run, with config.json["arch"] naming the model (livelm/runs.py
 loads every kind). One module per architecture: bert.py, seq2seq.py, lstm.py; the files they read are
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from livelm import runs
 from livelm.machine import pick_device
-from livelm.train.recipes import bert, lstm, seq2seq
-from livelm.train.trainer import log
+from livelm.training.recipes import bert, lstm, seq2seq
+from livelm.training.trainer import log
 
 
 def train_arch(cfg, data, out: str | Path, resume: bool = False):

@@ -16,9 +16,9 @@ from livelm.infer.textstream import TextStream
 from livelm.models.lstm import LSTMConfig, LSTMLM
 from livelm.sampling import SamplingParams, sample_next
 from livelm.tokenizer import Tokenizer
-from livelm.train import checkpoint
-from livelm.train.objectives import lstm_loss
-from livelm.train.trainer import log, run_record, train
+from livelm.training import checkpoint
+from livelm.training.objectives import lstm_loss
+from livelm.training.trainer import log, run_record, train
 
 
 def lstm_config(cfg, vocab_size: int) -> LSTMConfig:

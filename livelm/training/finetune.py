@@ -17,8 +17,8 @@ from livelm.data.split import heldout_split
 from livelm.config import resolve_config
 from livelm.models import lora
 from livelm import runs
-from livelm.train.objectives import lm_loss
-from livelm.train.trainer import log, train
+from livelm.training.objectives import lm_loss
+from livelm.training.trainer import log, train
 
 # Fine-tuning starts from the pretraining config; these are the defaults that differ.
 FINETUNE_DEFAULTS = dict(max_iters=300, lr=5e-4, min_lr=5e-5, warmup_iters=20, eval_interval=100,

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from livelm import runs
-from livelm.train import checkpoint
+from livelm.training import checkpoint
 from tests.conftest import ROOT, run_cli
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--d-model", "32", "--block-size", "32", "--batch-size", "4",
