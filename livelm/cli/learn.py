@@ -88,7 +88,9 @@ def learn_flags(p) -> None:
     p.add_argument("--store", help="adapter store (default RUN/adapters)")
     p.add_argument("--promote", action="store_true", help="merge the tenant's live adapter into a new base run")
     p.add_argument("--out", help="new run directory for --promote")
-    add_dataclass_flags(p, UpdateConfig, title="the update (livelm/learn/update.py UpdateConfig)")
+    from livelm.cli.serve import LEARN_HELP   # the same fields as `livelm serve --learn-*`, the same words
+    add_dataclass_flags(p, UpdateConfig, title="the update (livelm/learn/update.py UpdateConfig)", helps=LEARN_HELP,
+                        choices={"replay_loss": ["kl", "sft"]})
 
 
 def run_learn(a) -> int:

@@ -45,6 +45,7 @@ LEARN_HELP = {
     "dtype": "update training dtype: auto | float32 | bfloat16",
     "probe_size": "the run's probes (probes.jsonl, recorded by the recipe that built it) sampled for the guard",
     "max_drop": "reject an update whose probe accuracy drops by more than this",
+    "scoped": "judge the adapter as it is served: only probes in the tenant's scope count against it",
     "regression_file": "operator's JSONL probes: {\"messages\": [...], \"expect\": \"text\" or [\"alt1\", ...], "
                        "\"lang\": \"en\"|\"zh\" (optional)}"}
 
