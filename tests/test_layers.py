@@ -31,3 +31,12 @@ def test_a_command_imports_only_what_it_uses():
     assert "torch" not in top and not any(m.startswith("livelm.cli.") and m != "livelm.cli.flags" for m in top)
     serve = modules_loaded("serve", "--help")            # a command's own help builds its own parser only
     assert "livelm.cli.serve" in serve and "livelm.cli.train" not in serve and "fastapi" not in serve
+
+
+def test_the_cli_keeps_the_libraries_choices():
+    """livelm/cli/ship.py lists the methods itself (so `--help` imports nothing heavy): the same as the library's."""
+    from livelm.cli import ship
+    from livelm.compress import prune
+    from livelm.models import quantized
+    assert ship.QUANT_METHODS == quantized.METHODS and ship.INT4_GROUP_SIZES == quantized.INT4_GROUP_SIZES
+    assert ship.PRUNE_METHODS == prune.METHODS

@@ -85,9 +85,8 @@ USER_ERRORS = (("livelm.data.shards", "DataError"), ("livelm.tokenizer", "Tokeni
 
 
 def is_user_error(e: BaseException) -> bool:
-    if isinstance(e, (CLIError, ValueError, FileNotFoundError, PermissionError)):
-        return True
-    if type(e).__name__ == "MissingExtra":   # livelm.extras: an optional part not installed, and which to install
+    from livelm.extras import MissingExtra   # an optional part not installed: says which extra to install
+    if isinstance(e, (CLIError, MissingExtra, ValueError, FileNotFoundError, PermissionError)):
         return True
     return any(isinstance(e, getattr(sys.modules[m], cls)) for m, cls in USER_ERRORS if m in sys.modules)
 

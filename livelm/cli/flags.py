@@ -30,13 +30,15 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _base_type(cls, name: str):
-    """The field's Python type with Optional stripped: int, float, str, bool, or tuple (of str)."""
-    hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        hint = args[0]
-    return tuple if typing.get_origin(hint) is tuple else hint
+def _base_types(cls) -> dict:
+    """Each field's Python type with Optional stripped: int, float, str, bool, or tuple (of str)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+            hint = args[0]
+        out[name] = tuple if typing.get_origin(hint) is tuple else hint
+    return out
 
 
 def add_dataclass_flags(parser, cls, *, prefix: str = "", only: tuple[str, ...] | None = None,
@@ -52,11 +54,12 @@ def add_dataclass_flags(parser, cls, *, prefix: str = "", only: tuple[str, ...] 
     true/false (`--nsp`, `--nsp false`)."""
     names, helps, defaults, choices = names or {}, helps or {}, defaults or {}, choices or {}
     group = parser.add_argument_group(title) if title else parser
+    kinds = _base_types(cls)
     for f in fields(cls):
         if (only is not None and f.name not in only) or f.name in skip:
             continue
         flag = "--" + names.get(f.name, prefix + f.name).replace("_", "-")
-        kind = _base_type(cls, f.name)
+        kind = kinds[f.name]
         shown = defaults.get(f.name, f.default if f.default is not MISSING else None)
         default = defaults[f.name] if f.name in defaults else argparse.SUPPRESS
         text = helps.get(f.name, "")
@@ -76,12 +79,12 @@ def dataclass_values(args: argparse.Namespace, cls, prefix: str = "", skip: tupl
     """The fields of `cls` present in `args` (given by the user, or with a command default), but `skip`
     (fields whose flags are not generated: the same name may belong to another config)."""
     ns = vars(args)
-    dest = prefix.replace("-", "_")
+    dest, kinds = prefix.replace("-", "_"), _base_types(cls)
     out = {}
     for f in fields(cls):
         if dest + f.name in ns and f.name not in skip:
             value = ns[dest + f.name]
-            out[f.name] = tuple(value) if _base_type(cls, f.name) is tuple else value
+            out[f.name] = tuple(value) if kinds[f.name] is tuple else value
     return out
 
 
