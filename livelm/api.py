@@ -43,7 +43,7 @@ class Model:
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, seed: int | None = None,
                  stream: bool = False, **sampling) -> str | Iterator[str]:
         """Continue `prompt` (plain text, no chat template). `sampling`: top_k, top_p, min_p, stop, ..."""
-        ids = [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
+        ids = self.tokenizer.prompt(prompt)
         return self._run(ids, self._params(max_tokens, temperature, seed, **sampling), stream)
 
     def chat(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.8, seed: int | None = None,

@@ -1,16 +1,24 @@
-"""Tokenizers for livelm: byte-level BPE (default) and a per-character tokenizer.
+"""Tokenizers for livelm: its own byte-level BPE and char tokenizers, and any model's own.
 
-Both kinds are Hugging Face `tokenizers` objects stored as a single
-`tokenizer.json`, so an exported model can reuse the file unchanged. The kind is
-not stored separately: it is read back from the model type (BPE -> "bpe",
-WordLevel -> "char").
+Every kind is a Hugging Face `tokenizers` object stored as one `tokenizer.json`,
+so an exported model reuses the file unchanged, and an imported model keeps its
+file — vocabulary and ids exactly as its authors made them. What livelm needs
+beyond the ids (bos/eos/pad, the end-of-turn tokens, the chat template) lives in
+`tokenizer_config.json` beside it, the file Hugging Face uses for the same facts.
+livelm's own tokenizers need none: their specials are fixed (below).
+
+Kinds, read back from the file (not stored separately):
+    "bpe"   byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM, livelm's own)
+    "spm"   SentencePiece-style BPE/Unigram: "▁" for spaces, <0xNN> byte fallback (Gemma, Llama 2, Mistral)
+    "char"  livelm's per-character WordLevel tokenizer
 
 Design choices worth knowing:
-  * The special tokens in SPECIAL_TOKENS always have ids 0..10, in that order.
+  * livelm's own tokenizers hold SPECIAL_TOKENS at ids 0..10, in that order.
   * `encode` never adds bos/eos and never turns special-token *text* typed by a
-    user (e.g. the literal "<|end|>") into a special id: that text is encoded
-    as ordinary characters. Special ids only enter a sequence when code puts
-    them there explicitly (prompt-injection safety).
+    user (e.g. the literal "<|end|>" or "<|im_end|>") into a special id: that
+    text is encoded as ordinary characters. Special ids only enter a sequence
+    through code or the chat template (prompt-injection safety; see
+    `encode_template` and livelm/chat/template.py).
   * `decode` does not use HF's decoder. Every id maps to the exact bytes it
     stands for (`token_bytes`); decoding joins bytes and decodes UTF-8 once, so
     byte-level tokens that split a character are handled correctly, and
@@ -36,6 +44,8 @@ from livelm import io
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>",
                   "<|end|>", "<|mask|>", "<|sep|>", "<|cls|>", "<|unk|>")
 FILENAME = "tokenizer.json"
+CONFIG_FILENAME = "tokenizer_config.json"
+TEMPLATE_FILENAME = "chat_template.jinja"
 _REPLACEMENT = "\ufffd".encode("utf-8")
 
 # Isolate each Han/Hiragana/Katakana character before GPT-2's regex runs. GPT-2's
@@ -102,45 +112,132 @@ def _non_empty(texts: Iterable[str], seen: list[int]) -> Iterator[str]:
             yield t
 
 
-class Tokenizer:
-    """Thin wrapper over an HF tokenizer with lossless byte-exact decoding."""
+# livelm's own chat format as a Jinja chat template (the same form every imported model's
+# template has, so one renderer serves both: livelm/chat/template.py):
+#     <|bos|> <|system|> text <|end|> <|user|> text <|end|> <|assistant|> text <|end|> ...
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# Tokens that end an assistant turn in the common chat templates (ChatML, Gemma, Llama 3,
+# Phi): an imported model stops at whichever of them its vocabulary holds as special tokens,
+# besides its eos and the ids its generation_config.json lists.
+END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>")
+# tokenizer_config.json keys livelm reads (Hugging Face's names; stop_tokens is livelm's, written
+# at import from generation_config.json's eos_token_id list)
+CONFIG_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template", "add_bos_token", "stop_tokens")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
-    def __init__(self, hf: HFTokenizer):
+
+def _token_text(v) -> str | None:
+    """tokenizer_config.json spells a token as a string or as {"content": ...}."""
+    return v.get("content") if isinstance(v, dict) else v if isinstance(v, str) else None
+
+
+def _template_text(v) -> str | None:
+    """chat_template is a string, or a list of {"name", "template"} of which "default" is the chat one."""
+    if isinstance(v, list):
+        named = {t.get("name"): t.get("template") for t in v if isinstance(t, dict)}
+        v = named.get("default", next(iter(named.values()), None))
+    return v if isinstance(v, str) else None
+
+
+class Tokenizer:
+    """Thin wrapper over an HF tokenizer with lossless byte-exact decoding.
+
+    `config` is the run's tokenizer_config.json (None for livelm's own tokenizers,
+    whose specials and chat template are fixed).
+    """
+
+    def __init__(self, hf: HFTokenizer, config: dict | None = None):
         self._hf = hf
+        self._hf_template: HFTokenizer | None = None  # a copy that parses special-token text (templates)
         # Not persisted by HF in tokenizer.json, so it must be re-applied on every
         # construction: special-token text in user input stays plain text.
         self._hf.encode_special_tokens = True
-        model_type = type(hf.model).__name__
-        kinds = {"BPE": "bpe", "WordLevel": "char"}
-        if model_type not in kinds:
-            raise TokenizerError(f"unsupported tokenizer model type {model_type!r} (expected BPE or WordLevel)")
-        self.kind = kinds[model_type]
-
+        self.config = {k: v for k, v in (config or {}).items() if k in CONFIG_KEYS}
+        spec = json.loads(hf.to_str())
+        model_type = spec["model"]["type"]
         vocab = hf.get_vocab(with_added_tokens=True)
-        self.vocab_size = len(vocab)
-        for i, tok in enumerate(SPECIAL_TOKENS):
-            if vocab.get(tok) != i:
-                raise TokenizerError(f"tokenizer is not a livelm tokenizer: special token {tok!r} "
-                                     f"has id {vocab.get(tok)}, expected {i}")
-        if sorted(vocab.values()) != list(range(self.vocab_size)):
-            raise TokenizerError("tokenizer vocabulary ids are not contiguous 0..vocab_size-1")
-        (self.pad_id, self.bos_id, self.eos_id, self.system_id, self.user_id, self.assistant_id,
-         self.end_id, self.mask_id, self.sep_id, self.cls_id, self.unk_id) = range(len(SPECIAL_TOKENS))
-        self.special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+        self.vocab_size = max(vocab.values()) + 1
+        added = hf.get_added_tokens_decoder()                          # id -> AddedToken
+        self.own = all(vocab.get(t) == i for i, t in enumerate(SPECIAL_TOKENS))
+        if model_type == "WordLevel" and self.own:
+            self.kind = "char"
+        elif model_type == "BPE" and "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")]):
+            self.kind = "bpe"
+        elif model_type in ("BPE", "Unigram"):
+            self.kind = "spm"
+        else:
+            raise TokenizerError(f"unsupported tokenizer model type {model_type!r} (livelm reads byte-level BPE, "
+                                 f"SentencePiece-style BPE/Unigram and its own char tokenizers)")
+        if self.own:
+            (self.pad_id, self.bos_id, self.eos_id, self.system_id, self.user_id, self.assistant_id,
+             self.end_id, self.mask_id, self.sep_id, self.cls_id, self.unk_id) = range(len(SPECIAL_TOKENS))
+            self.special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+            self.chat_template = _template_text(self.config.get("chat_template")) or CHAT_TEMPLATE
+            self.stop_ids = frozenset({self.eos_id, self.end_id})
+            self.prefix_ids = []     # pretraining joins documents with <|eos|>; a prompt starts bare
+        else:
+            self._named_ids(vocab, added, spec)
 
         # id -> exact bytes. Specials decode to their literal text, except unk (U+FFFD).
+        byte_fallback = bool(spec["model"].get("byte_fallback"))
         table: list[bytes] = [b""] * self.vocab_size
         for tok, i in vocab.items():
-            if i in self.special_ids:
-                table[i] = _REPLACEMENT if i == self.unk_id else tok.encode("utf-8")
-            elif self.kind == "char":
+            if i == self.unk_id:
+                table[i] = _REPLACEMENT
+            elif i in self.special_ids or i in added or self.kind == "char":
                 table[i] = tok.encode("utf-8")
+            elif self.kind == "spm":
+                m = _BYTE_PIECE.fullmatch(tok) if byte_fallback else None
+                table[i] = bytes([int(m.group(1), 16)]) if m else tok.replace("\u2581", " ").encode("utf-8")
             else:
                 try:
                     table[i] = bytes(_UNICODE_TO_BYTE[c] for c in tok)
                 except KeyError:
                     raise TokenizerError(f"BPE token {tok!r} (id {i}) is not byte-level encoded") from None
         self._bytes = table
+        # SentencePiece's "dummy prefix": the normalizer puts "▁" before the text and HF's
+        # decoder strips one leading space again (Llama 2, Mistral; not Gemma)
+        self.strips_leading_space = self.kind == "spm" and "Strip" in json.dumps(spec.get("decoder"))
+
+    def _named_ids(self, vocab: dict, added: dict, spec: dict) -> None:
+        """bos/eos/pad/unk, stop ids and the chat template of a model's own tokenizer."""
+        cfg = self.config
+
+        def token_id(key):
+            text = _token_text(cfg.get(key))
+            return vocab.get(text) if text else None
+
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)
+        self.bos_id, self.eos_id, self.unk_id = token_id("bos_token"), token_id("eos_token"), token_id("unk_token")
+        stops = {vocab[t] for t in cfg.get("stop_tokens") or () if t in vocab}
+        stops |= {vocab[t] for t in END_OF_TURN if vocab.get(t) in self.special_ids}
+        if self.eos_id is not None:
+            stops.add(self.eos_id)
+        if not stops:
+            raise TokenizerError("the tokenizer names no eos or end-of-turn token, so generation could never stop; "
+                                 "set eos_token in tokenizer_config.json")
+        self.stop_ids = frozenset(stops)
+        if self.eos_id is None:
+            self.eos_id = min(stops)
+        eot = [vocab[t] for t in END_OF_TURN if vocab.get(t) in stops]
+        self.end_id = eot[0] if eot else self.eos_id                   # what closes an assistant turn
+        self.pad_id = token_id("pad_token")
+        if self.pad_id is None:
+            self.pad_id = self.eos_id
+        self.system_id = self.user_id = self.assistant_id = None       # turns are template text here
+        self.mask_id = self.sep_id = self.cls_id = None                 # livelm's encoder specials
+        self.chat_template = _template_text(cfg.get("chat_template"))
+        # what a plain text prompt starts with: tokenizer_config's add_bos_token, else what the
+        # tokenizer's own post-processor would add (Llama 3 and Gemma add bos; Qwen, SmolLM2 none)
+        if "add_bos_token" in cfg:
+            self.prefix_ids = [self.bos_id] if cfg["add_bos_token"] and self.bos_id is not None else []
+        else:
+            single = (spec.get("post_processor") or {}).get("single") or []
+            first = single[0].get("SpecialToken", {}).get("id") if single and isinstance(single[0], dict) else None
+            self.prefix_ids = [vocab[first]] if first in vocab else []
 
     # ---- training -------------------------------------------------------------------
     @classmethod
@@ -195,6 +292,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
+        """tokenizer.json (a file or its folder), with the tokenizer_config.json beside it if any."""
         f = cls._file(path)
         if not f.is_file():
             raise TokenizerError(f"no tokenizer found at {f}; run `livelm prepare` to train one, "
@@ -208,11 +306,18 @@ class Tokenizer:
                                  f"delete it and re-run `livelm prepare`") from e
         except Exception as e:  # HF raises a plain Exception for schema errors
             raise TokenizerError(f"tokenizer file {f} is corrupt or not a tokenizers file: {e}") from e
-        return cls(hf)
+        config = read_config(f.parent / CONFIG_FILENAME)
+        jinja = f.parent / TEMPLATE_FILENAME      # transformers 5 keeps the template in its own file
+        if "chat_template" not in config and jinja.is_file():
+            config["chat_template"] = jinja.read_text(encoding="utf-8")
+        return cls(hf, config)
 
     def save(self, path) -> None:
         """Write atomically: a crash mid-save never leaves a truncated tokenizer.json."""
-        io.write_text(self._file(path), self._hf.to_str(pretty=True))
+        f = self._file(path)
+        io.write_text(f, self._hf.to_str(pretty=True))
+        if self.config:
+            io.write_json(f.parent / CONFIG_FILENAME, self.config)
 
     # ---- encode / decode ------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -240,6 +345,28 @@ class Tokenizer:
             out.append(ids)
         return out
 
+    def encode_template(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Rendered chat-template text -> (ids, (start, end) char offsets), special-token text parsed.
+
+        Only for text whose special-token text is trusted (livelm/chat/template.py checks
+        the messages first). Adds nothing: templates write their own bos.
+        """
+        if self._hf_template is None:
+            self._hf_template = HFTokenizer.from_str(self._hf.to_str())
+            self._hf_template.encode_special_tokens = False
+        enc = self._hf_template.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
+    def prompt(self, text: str) -> list[int]:
+        """A plain-text prompt's ids: what the model's own tokenizer puts first (bos for Llama 3
+        and Gemma, nothing for Qwen, SmolLM2 and livelm's models), then the text. Never empty."""
+        ids = self.prefix_ids + self.encode(text)
+        return ids or [self.bos_id if self.bos_id is not None else self.eos_id]
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a token given by its exact text (e.g. "<|im_end|>"), or None."""
+        return self._hf.token_to_id(text)
+
     def token_bytes(self, id: int) -> bytes:
         id = int(id)
         if not 0 <= id < self.vocab_size:
@@ -252,13 +379,28 @@ class Tokenizer:
             raise TokenizerError(f"token id out of range [0, {self.vocab_size}) in decode")
         table, drop = self._bytes, (self.special_ids - {self.unk_id}) if skip_special else ()
         data = b"".join(table[i] for i in ids if i not in drop)
+        if self.strips_leading_space and data.startswith(b" "):
+            data = data[1:]
         return data.decode("utf-8", errors="replace")
 
     def stream_decoder(self, skip_special: bool = False) -> "StreamDecoder":
         return StreamDecoder(self, skip_special)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, own={self.own})"
+
+
+def read_config(path: Path) -> dict:
+    """The livelm-relevant keys of a tokenizer_config.json ({} when there is none)."""
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(obj, dict):
+        raise TokenizerError(f"{path} does not hold a JSON object")
+    return {k: obj[k] for k in CONFIG_KEYS if k in obj}
 
 
 class StreamDecoder:
@@ -269,12 +411,16 @@ class StreamDecoder:
         # The incremental decoder buffers a trailing incomplete UTF-8 sequence, so
         # a token holding half of "中" yields "" until the rest arrives.
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._first = tok.strips_leading_space   # drop the dummy-prefix space of the first piece
 
     def push(self, id: int) -> str:
         id = int(id)
         if self._skip and id in self._tok.special_ids and id != self._tok.unk_id:
             return ""
-        return self._dec.decode(self._tok.token_bytes(id))
+        data = self._tok.token_bytes(id)
+        if self._first and data:
+            self._first, data = False, data[1:] if data.startswith(b" ") else data
+        return self._dec.decode(data)
 
     def flush(self) -> str:
         """End of stream: leftover incomplete bytes become U+FFFD."""

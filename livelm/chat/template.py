@@ -1,15 +1,38 @@
-"""The chat format: one renderer for training, the REPL, the server and evaluation.
+"""The chat renderer: one per model, its own Jinja chat template, for training, the REPL, the server and evaluation.
+
+Every model carries its template in its tokenizer (`Tokenizer.chat_template`):
+an imported model the one its authors wrote (ChatML for SmolLM2 and Qwen,
+<start_of_turn> for Gemma, <|start_header_id|> for Llama 3), livelm's own models
 
     <|bos|> <|system|> text <|end|> <|user|> text <|end|> <|assistant|> text <|end|> ...
 
-Turn markers are special tokens that user text can never produce (the
-tokenizer encodes a literal "<|end|>" typed by a user as ordinary text), and
-generation stops at <|end|>. The loss mask is 1 exactly on the tokens the
-assistant must learn to produce: its text and its closing <|end|>.
+(livelm/tokenizer.py CHAT_TEMPLATE). The template runs in Jinja's immutable
+sandbox, with the globals and options transformers gives it, so the ids equal
+`apply_chat_template`'s: the rendered text is tokenized in one piece, special
+token text parsed.
+
+Prompt-injection safety. A user who types "<|im_end|>" must not end their turn.
+When a message's text holds any special token's text, the template is rendered
+with placeholders instead, and each message's text is encoded as plain text
+between the template's pieces, so only the template's own markers are special.
+
+The loss mask (1 = the model learns to produce this token) covers each assistant
+message's text and the end-of-turn marker that closes it, found from the template
+itself: the assistant turn is what rendering messages[:i+1] adds to rendering
+messages[:i] with a generation prompt. So it works for any template, and an
+imported model is fine-tuned on its own format.
 """
 from __future__ import annotations
 
+import json
+import os
+from datetime import datetime
+from functools import lru_cache
+
+from livelm.tokenizer import CHAT_TEMPLATE
+
 ROLES = ("system", "user", "assistant")
+JINJA_TEMPLATE = CHAT_TEMPLATE   # livelm's own format, as exported to tokenizer_config.json
 
 
 class ChatFormatError(ValueError):
@@ -34,28 +57,162 @@ def validate(messages) -> list[dict]:
     return out
 
 
-def render(messages, tokenizer, add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """Conversation -> (token ids, loss mask). With add_generation_prompt the ids end with <|assistant|>."""
-    role_id = {"system": tokenizer.system_id, "user": tokenizer.user_id, "assistant": tokenizer.assistant_id}
-    ids, mask = [tokenizer.bos_id], [0]
-    for m in validate(messages):
-        body = tokenizer.encode(m["content"]) + [tokenizer.end_id]
-        learn = 1 if m["role"] == "assistant" else 0
-        ids += [role_id[m["role"]]] + body
-        mask += [0] + [learn] * len(body)
-    if add_generation_prompt:
-        ids.append(tokenizer.assistant_id)
-        mask.append(0)
+# ---- Jinja, sandboxed ---------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def _compiled(template: str):
+    """The template compiled in an immutable sandbox: it can read what it is given and call
+    nothing else (no attribute writes, no file or module access)."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ChatFormatError(f"the chat template refused the conversation: {message}")
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template)
+    except TemplateError as e:
+        raise ChatFormatError(f"the model's chat template does not compile: {e}") from None
+
+
+def render_text(messages: list[dict], tokenizer, add_generation_prompt: bool = False) -> str:
+    """The template's text for validated messages (what `apply_chat_template(tokenize=False)` returns)."""
+    template = tokenizer.chat_template
+    if not template:
+        raise ChatFormatError("this model has no chat template (a base model): chat with a model that has one, "
+                              "or add a chat_template to its tokenizer_config.json")
+    from jinja2 import TemplateError
+    cfg = tokenizer.config
+
+    def token_text(key, token_id):
+        v = cfg.get(key)
+        v = v.get("content") if isinstance(v, dict) else v
+        return v if isinstance(v, str) else tokenizer.decode([token_id]) if token_id is not None else ""
+
+    try:
+        return _compiled(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
+            bos_token=token_text("bos_token", tokenizer.bos_id), eos_token=token_text("eos_token", tokenizer.eos_id),
+            pad_token=token_text("pad_token", tokenizer.pad_id), unk_token=token_text("unk_token", tokenizer.unk_id))
+    except TemplateError as e:
+        raise ChatFormatError(f"the model's chat template failed on this conversation: {e}") from None
+
+
+# ---- ids and loss mask --------------------------------------------------------------------------
+def render(messages, tokenizer, add_generation_prompt: bool = False,
+           continue_final_message: bool = False, with_mask: bool = True) -> tuple[list[int], list[int]]:
+    """Conversation -> (token ids, loss mask), as transformers' apply_chat_template renders it.
+
+    add_generation_prompt: end with the template's opening of an assistant turn.
+    continue_final_message: the last message is an assistant's unfinished answer; the ids
+    stop right after its text (no end-of-turn), so generation continues it.
+    """
+    msgs = validate(messages)
+    if continue_final_message and (add_generation_prompt or msgs[-1]["role"] != "assistant"):
+        raise ChatFormatError("continue_final_message needs a final assistant message and no generation prompt")
+    text = render_text(msgs, tokenizer, add_generation_prompt)
+    if continue_final_message:
+        final = msgs[-1]["content"].strip() or msgs[-1]["content"]
+        cut = text.rfind(final)
+        if cut < 0:
+            raise ChatFormatError("the chat template does not show the final message's text, so it cannot be continued")
+        text = text[:cut + len(final)]
+    if _injects(msgs, tokenizer):
+        return _render_guarded(msgs, tokenizer, add_generation_prompt, continue_final_message)
+    ids, offsets = tokenizer.encode_template(text)
+    if not with_mask:
+        return ids, []
+    # assistant turns as (start, end) character spans of `text`
+    spans = [_assistant_span(msgs, i, text, tokenizer) for i, m in enumerate(msgs)
+             if m["role"] == "assistant" and not (continue_final_message and i == len(msgs) - 1)]
+    mask = [1 if any(a <= s < b for a, b in spans) else 0 for s, _ in offsets]
     return ids, mask
 
 
 def prompt_ids(messages, tokenizer) -> list[int]:
     """Token ids that ask the model for the next assistant turn."""
-    return render(messages, tokenizer, add_generation_prompt=True)[0]
+    return render(messages, tokenizer, add_generation_prompt=True, with_mask=False)[0]
 
 
-# The same format as a Jinja chat template, for Hugging Face export (tokenizer_config.json).
-JINJA_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+def _assistant_span(msgs: list[dict], i: int, text: str, tokenizer) -> tuple[int, int]:
+    """Where message i (an assistant's) lies in `text`: its text and its closing end-of-turn marker."""
+    before = render_text(msgs[:i], tokenizer, add_generation_prompt=True) if i else ""
+    through = render_text(msgs[:i + 1], tokenizer)
+    if i and through.startswith(before) and text.startswith(through):
+        start, end = len(before), len(through)
+    else:   # a template that renders earlier turns differently once more follow: find the text itself
+        content = msgs[i]["content"]
+        prev = render_text(msgs[:i], tokenizer) if i else ""
+        start = text.find(content, len(os.path.commonprefix([prev, text])) if i else 0)
+        if start < 0:
+            raise ChatFormatError(f"the chat template does not show assistant message {i}'s text, so its tokens "
+                                  f"cannot be found for the loss mask")
+        end = start + len(content)
+        for stop in _stop_texts(tokenizer):   # through the end-of-turn marker, if one follows
+            at = text.find(stop, end)
+            if at >= 0 and not text[end:at].strip():
+                end = at + len(stop)
+                break
+    # the span ends with the end-of-turn marker: whitespace the template adds after it
+    # (ChatML's "\n") belongs to the template, not to what the model must say
+    turn = text[start:end]
+    last = max((turn.rfind(t) + len(t) for t in _stop_texts(tokenizer) if t in turn), default=len(turn))
+    return start, start + last
+
+
+def _stop_texts(tokenizer) -> list[str]:
+    return [tokenizer.decode([i]) for i in tokenizer.stop_ids]
+
+
+def _injects(msgs: list[dict], tokenizer) -> bool:
+    specials = _special_texts(tokenizer)
+    return any(s in m["content"] for m in msgs for s in specials)
+
+
+@lru_cache(maxsize=8)
+def _special_texts(tokenizer) -> tuple[str, ...]:
+    return tuple(t for t in (tokenizer.token_bytes(i).decode("utf-8", "replace") for i in tokenizer.special_ids) if t)
+
+
+_HOLE = "\ue000{}\ue001"    # private-use characters: a placeholder no real text contains
+
+
+def _render_guarded(msgs, tokenizer, add_generation_prompt, continue_final_message):
+    """Ids where each message's text is plain text, even if it spells a special token."""
+    holes = [dict(m, content=_HOLE.format(i)) for i, m in enumerate(msgs)]
+    shell = render_text(holes, tokenizer, add_generation_prompt)
+    pieces, pos, order = [], 0, []
+    for i in range(len(msgs)):
+        hole = _HOLE.format(i)
+        at = shell.find(hole, pos)
+        if at < 0 or shell.count(hole) != 1:
+            raise ChatFormatError(f"message {i} spells a special token, and this chat template rewrites message text, "
+                                  f"so it cannot be encoded safely; remove the special token text from the message")
+        pieces.append(shell[pos:at])
+        order.append(i)
+        pos = at + len(hole)
+    tail = shell[pos:]
+    ids, mask = [], []
+    for piece, i in zip(pieces, order):
+        ids += tokenizer.encode_template(piece)[0]
+        mask += [0] * (len(ids) - len(mask))
+        learn = msgs[i]["role"] == "assistant" and not (continue_final_message and i == len(msgs) - 1)
+        body = tokenizer.encode(msgs[i]["content"])
+        ids += body
+        mask += [int(learn)] * len(body)
+        if continue_final_message and i == len(msgs) - 1:
+            return ids, mask
+    rest = tokenizer.encode_template(tail)[0]
+    ids += rest
+    mask += [0] * len(rest)
+    # the end-of-turn marker right after an assistant text is learned too
+    for j in range(1, len(ids)):
+        if mask[j - 1] == 1 and mask[j] == 0 and ids[j] in tokenizer.stop_ids:
+            mask[j] = 1
+    return ids, mask

@@ -55,7 +55,7 @@ def run_generate(a) -> int:
     from livelm.infer.engine import Engine
     from livelm.runs import load
     model, tok, _, _ = load(a.run, device=a.device, dtype=a.dtype, batch=1)
-    ids = tok.encode(prompt) or [tok.bos_id]
+    ids = tok.prompt(prompt)
     engine = Engine(model, tok, max_batch=1,
                     compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
     if sys.stdout.isatty():

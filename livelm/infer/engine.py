@@ -137,7 +137,10 @@ class Engine:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._ids = itertools.count()
-        self.default_stop_ids = {tokenizer.eos_id, tokenizer.end_id}
+        self.default_stop_ids = set(tokenizer.stop_ids)   # eos and the end-of-turn tokens
+        # imported models often pad the embedding past the tokenizer (Qwen: 151,936 rows for 151,665
+        # tokens); the padding rows are no tokens, so they are never sampled
+        self.vocab = min(tokenizer.vocab_size, self.cfg.vocab_size)
         # row_adapters: each sequence may name its own LoRA adapter (serving several, live learning): the rows
         # of a step then run their adapters through lora.set_row_adapters, and decode stays eager (a compiled
         # graph would not see the modules change)
@@ -152,7 +155,7 @@ class Engine:
         from livelm.models.kernels import Linear
         params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
         for rows in sorted({1, min(2, self.max_batch), min(Linear.few_rows + 1, self.max_batch)}):
-            self.generate([[self.tokenizer.bos_id] * 2] * rows, [params.copy() for _ in range(rows)])
+            self.generate([[self.tokenizer.pad_id] * 2] * rows, [params.copy() for _ in range(rows)])
 
     # ---- queueing ----------------------------------------------------------
     def add(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Sequence:
@@ -230,7 +233,7 @@ class Engine:
             torch._dynamo.maybe_mark_dynamic(idx, 0)
             torch._dynamo.maybe_mark_dynamic(slots, 0)
         logits = model(idx, plan=BatchPlan(cache=self.cache, slots=slots, last_only=True, kv_len=kv_len))[:, -1]
-        for s, row in zip(seqs, logits):
+        for s, row in zip(seqs, logits[:, :self.vocab]):
             s.next_logits = row
 
     def _forward_packed(self, decode: list[Sequence], fills: list[Sequence]) -> None:
@@ -256,7 +259,7 @@ class Engine:
         plan = BatchPlan(cache=self.cache, slots=torch.tensor(slots, device=self.device), segments=segments,
                          out_rows=out_rows.to(self.device), kv_len=kv_len)
         logits = self.model(torch.tensor(tokens, device=self.device)[:, None], plan=plan)[:, -1]
-        for s, row in zip(out, logits):
+        for s, row in zip(out, logits[:, :self.vocab]):
             s.next_logits = row
 
     def _activate_adapters(self, names: list[str | None]) -> None:

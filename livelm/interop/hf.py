@@ -225,8 +225,17 @@ def hf_config(cfg: GPTConfig, fam: str, dtype: torch.dtype, tok: Tokenizer) -> d
 
 
 def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, dict]:
-    """tokenizer_config.json, special_tokens_map.json and generation_config.json for a livelm tokenizer."""
+    """tokenizer_config.json, special_tokens_map.json and generation_config.json for a run's tokenizer."""
     from livelm.chat.template import JINJA_TEMPLATE
+    if not tok.own:   # an imported model's own tokenizer: give back what it came with
+        gen = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id}
+        if tok.bos_id is not None:
+            gen["bos_token_id"] = tok.bos_id
+        tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
+                   "clean_up_tokenization_spaces": False, **tok.config}
+        if tok.chat_template:
+            tok_cfg["chat_template"] = tok.chat_template
+        return {"tokenizer_config.json": tok_cfg, "generation_config.json": gen}
     named = {"bos_token": tok.bos_id, "eos_token": tok.eos_id, "pad_token": tok.pad_id, "unk_token": tok.unk_id,
              "mask_token": tok.mask_id, "sep_token": tok.sep_id, "cls_token": tok.cls_id}
     specials = {k: SPECIAL_TOKENS[i] for k, i in named.items()}

@@ -1,15 +1,11 @@
-"""Importing a Hugging Face GPT-2 / Llama folder as a livelm run (`livelm import`, `livelm.load(hf_dir)`).
+"""Importing a Hugging Face folder as a livelm run (`livelm import`, `livelm.load(hf_dir)`).
 
 The weight names and the architecture check are shared with the export (livelm/interop/hf.py).
 
-Importing a folder whose tokenizer lacks livelm's 11 special tokens (ids 0..10,
-livelm/tokenizer.py) — any GPT-2 or Llama-3 style checkpoint — makes room for
-them: the vocabulary is renumbered, the model's own end-of-text token *becomes*
-<|eos|> (and a distinct begin-of-text <|bos|>), keeping its embedding, so
-generation works at once and stops where the model stops; the other specials
-(turn markers, pad, mask...) are new rows initialised to the mean embedding,
-which chat fine-tuning (`livelm finetune`) then teaches. Logits over the
-original tokens are unchanged, only their ids move.
+The model keeps its own tokenizer: tokenizer.json is copied byte for byte (no id is
+renumbered or added) and tokenizer_config.json keeps its bos/eos, end-of-turn tokens
+and chat template, which livelm's renderer (livelm/chat/template.py) then uses for
+chat, serving, fine-tuning and evaluation alike.
 
 Weights are read from safetensors only: pickled checkpoints are refused; files are written atomically.
 """
@@ -27,7 +23,7 @@ from livelm import io
 from livelm.interop.hf import (InteropError, _out_dir, check_tensors, expected_shapes, from_gpt2, from_llama,
                                log)
 from livelm.models.gpt import GPTConfig
-from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerError
+from livelm.tokenizer import CONFIG_KEYS, Tokenizer, TokenizerError
 
 
 # ---- import ---------------------------------------------------------------------------------
@@ -197,122 +193,61 @@ def import_hf(hf_dir, run_dir, block_size: int | None = None) -> dict:
         raise InteropError(f"{hf_dir}: tie_word_embeddings is false but there is no lm_head.weight")
     check_tensors(sd, cfg, hf_dir)
 
-    tok_json, mapping = import_tokenizer(hf_dir, cfg.vocab_size)
-    if mapping is not None:
-        sd, cfg.vocab_size = remap_vocab(sd, mapping), int(mapping.max()) + 1
-        check_tensors(sd, cfg, "the renumbered vocabulary")
+    tok_json, tok_config = import_tokenizer(hf_dir, cfg.vocab_size)
 
     train = TrainConfig(preset=fam, **{k: v for k, v in cfg.to_dict().items() if k in TrainConfig.__dataclass_fields__})
     io.write_bytes(run_dir / "model.safetensors", save(sd, metadata={"step": "0", "format": "pt"}))
     io.write_text(run_dir / "tokenizer.json", tok_json)
+    if tok_config:
+        io.write_json(run_dir / "tokenizer_config.json", tok_config)
     io.write_json(run_dir / "config.json", {"arch": "gpt", "model": cfg.to_dict(), "train": train.to_dict(),
                                              "imported_from": str(hf_dir.resolve()), "step": 0})
     n = sum(t.numel() for t in sd.values())
-    log(f"imported {hf_dir} ({archs[0]}, {n / 1e6:.2f}M parameters) into {run_dir}" +
-        ("; livelm's special tokens were added to the vocabulary (see livelm/interop/hf.py)" if mapping is not None
-         else ""))
+    log(f"imported {hf_dir} ({archs[0]}, {n / 1e6:.2f}M parameters) into {run_dir}")
     return {"run": str(run_dir), "from": str(hf_dir), "architecture": archs[0], "preset": fam,
-            "vocab_size": cfg.vocab_size, "added_special_tokens": mapping is not None, "params": n}
+            "vocab_size": cfg.vocab_size, "chat_template": bool(tok_config.get("chat_template")), "params": n}
 
 
 # ---- tokenizer import --------------------------------------------------------------------------
-def import_tokenizer(hf_dir: Path, model_vocab: int) -> tuple[str, torch.Tensor | None]:
-    """(tokenizer.json text for the run, old id -> new id map or None when ids are unchanged)."""
+def import_tokenizer(hf_dir: Path, model_vocab: int) -> tuple[str, dict]:
+    """(tokenizer.json text, kept byte for byte; the tokenizer_config.json livelm writes beside it).
+
+    The model's vocabulary and ids stay exactly as they are. The config keeps the
+    facts livelm reads (bos/eos/pad/unk, the chat template, from tokenizer_config.json
+    or transformers 5's chat_template.jinja) and adds stop_tokens: the end ids
+    generation_config.json lists (e.g. Llama 3's <|eot_id|> beside <|end_of_text|>).
+    """
     path = hf_dir / "tokenizer.json"
     if not path.is_file():
         raise InteropError(f"{hf_dir} has no tokenizer.json (livelm needs the fast-tokenizer file; write it with "
                            f"AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
     text = path.read_text(encoding="utf-8")
-    try:
-        tok = Tokenizer.load(path)            # a livelm tokenizer already: keep it byte for byte
-    except TokenizerError:
-        tok = None
-    if tok is not None:
-        if tok.vocab_size > model_vocab:
-            raise InteropError(f"{hf_dir}: the tokenizer has {tok.vocab_size} tokens but the model {model_vocab}")
-        return text, None
-    hf = _read_json(path)
+    config = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").is_file() else {}
+    if "chat_template" not in config and (hf_dir / "chat_template.jinja").is_file():
+        config["chat_template"] = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
     gen = _read_json(hf_dir / "generation_config.json") if (hf_dir / "generation_config.json").is_file() else {}
-    cfg = _read_json(hf_dir / "config.json")
+    return text, tokenizer_config(text, config, gen, model_vocab, hf_dir)
 
-    def first(key):
-        v = gen.get(key, cfg.get(key))
-        return v[0] if isinstance(v, list) and v else v
 
-    new_json, mapping = add_special_tokens(hf, model_vocab, eos=first("eos_token_id"), bos=first("bos_token_id"))
+def tokenizer_config(tokenizer_json: str, config: dict, generation: dict, model_vocab: int, source) -> dict:
+    """The run's tokenizer_config.json, checked by building the tokenizer from it."""
+    config = {k: v for k, v in config.items() if k in CONFIG_KEYS}
+    ends = generation.get("eos_token_id")
+    ends = ends if isinstance(ends, list) else [ends] if isinstance(ends, int) else []
     try:
-        Tokenizer(HFTokenizer.from_str(new_json))
-    except TokenizerError as e:
-        raise InteropError(f"{hf_dir}: its tokenizer cannot be used by livelm ({e}); livelm reads byte-level BPE "
-                           f"(GPT-2, Llama 3 style) and its own char tokenizers, not SentencePiece-style ones "
-                           f"(e.g. Llama 2)") from None
+        hf = HFTokenizer.from_str(tokenizer_json)
     except Exception as e:  # tokenizers raises plain Exceptions for schema errors
-        raise InteropError(f"{hf_dir}/tokenizer.json could not be rebuilt with livelm's special tokens: {e}") from None
-    return new_json, mapping
-
-
-def add_special_tokens(hf: dict, model_vocab: int, eos: int | None, bos: int | None) -> tuple[str, torch.Tensor]:
-    """Renumber a tokenizers JSON so livelm's specials hold ids 0..10.
-
-    An existing special token becomes a livelm special (keeping its embedding)
-    when it is the model's eos (-> <|eos|>), its bos (-> <|bos|>, if distinct), or
-    already has a livelm special's name. Every other id keeps its order after
-    the 11 specials. Returns (JSON text, mapping (model_vocab,) old id -> new id).
-    """
-    model = hf.get("model") or {}
-    if not isinstance(model.get("vocab"), dict):
-        raise InteropError(f"tokenizer model type {model.get('type')!r} is not supported (livelm reads BPE "
-                           f"and WordLevel tokenizers)")
-    added = hf.get("added_tokens") or []
-    special_added = {t["id"]: t["content"] for t in added if t.get("special")}
-    absorb: dict[int, int] = {}                           # old id -> livelm special id
-    for old, content in special_added.items():
-        if content in SPECIAL_TOKENS:
-            absorb[old] = SPECIAL_TOKENS.index(content)
-    for old, target in ((eos, 2), (bos, 1)):
-        if old in special_added and old not in absorb and target not in absorb.values():
-            absorb[old] = target
-    n_spec = len(SPECIAL_TOKENS)
-    mapping = torch.empty(model_vocab, dtype=torch.long)
-    nxt = n_spec
-    for old in range(model_vocab):
-        if old in absorb:
-            mapping[old] = absorb[old]
-        else:
-            mapping[old] = nxt
-            nxt += 1
-    renamed = {old: SPECIAL_TOKENS[new] for old, new in absorb.items()}
-
-    def new_id(old: int) -> int:
-        if not 0 <= old < model_vocab:
-            raise InteropError(f"tokenizer id {old} is outside the model's {model_vocab}-row embedding")
-        return int(mapping[old])
-
-    vocab = {}
-    for tok, old in model["vocab"].items():
-        vocab[renamed.get(old, tok)] = new_id(old)
-    new_added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                  "normalized": False, "special": True} for i, t in enumerate(SPECIAL_TOKENS)]
-    for t in added:
-        if t["id"] not in absorb:
-            new_added.append({**t, "id": new_id(t["id"])})
-    for i, t in enumerate(SPECIAL_TOKENS):
-        vocab[t] = i
-    hf = {**hf, "model": {**model, "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1]))},
-          "added_tokens": sorted(new_added, key=lambda t: t["id"]),
-          # livelm adds bos/turn markers itself (chat template); a post-processor would add them twice
-          "post_processor": None, "truncation": None, "padding": None}
-    return json.dumps(hf, ensure_ascii=False), mapping
-
-
-def remap_vocab(sd: dict[str, torch.Tensor], mapping: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Move embedding / head rows to their new ids; rows of new specials get the mean embedding."""
-    V = int(mapping.max()) + 1
-    out = dict(sd)
-    for name in ("wte.weight", "lm_head.weight"):
-        if name in sd:
-            old = sd[name]
-            new = old.mean(0, keepdim=True).expand(V, -1).clone()
-            new[mapping] = old
-            out[name] = new
-    return out
+        raise InteropError(f"{source}: tokenizer.json is not a tokenizers file ({e})") from None
+    stops = [hf.id_to_token(i) for i in ends if isinstance(i, int) and hf.id_to_token(i) is not None]
+    if stops:
+        config["stop_tokens"] = sorted(set(stops) | set(config.get("stop_tokens") or ()))
+    if not config.get("eos_token") and stops:
+        config["eos_token"] = stops[0]
+    try:
+        tok = Tokenizer(hf, config)
+    except TokenizerError as e:
+        raise InteropError(f"{source}: its tokenizer cannot be used by livelm ({e})") from None
+    if tok.vocab_size > model_vocab:
+        raise InteropError(f"{source}: the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
+                           f"{model_vocab} rows")
+    return tok.config

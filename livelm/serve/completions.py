@@ -156,7 +156,7 @@ def completion_prompts(req: CompletionRequest, tokenizer) -> list[list[int]]:
     for item in items:
         if isinstance(item, str):
             # like `livelm generate`: an empty prompt starts from <|bos|>
-            out.append(tokenizer.encode(item) or [tokenizer.bos_id])
+            out.append(tokenizer.prompt(item))
         else:
             if not item or any(not 0 <= t < tokenizer.vocab_size for t in item):
                 raise APIError(400, f"prompt token ids must be a non-empty list of ids in [0, {tokenizer.vocab_size})",

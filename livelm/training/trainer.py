@@ -303,7 +303,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def _print_sample(model, tokenizer, cfg: TrainConfig, pbar, show: bool = True) -> None:
     from livelm.infer.engine import Engine, SamplingParams
     engine = Engine(model, tokenizer, max_batch=1)
-    prompt = tokenizer.encode(cfg.sample_prompt) or [tokenizer.bos_id]
+    prompt = tokenizer.prompt(cfg.sample_prompt)
     out = engine.generate([prompt], SamplingParams(max_tokens=64, temperature=0.8, top_k=50, seed=cfg.seed))[0]
     if show:
         pbar.write(f"sample: {cfg.sample_prompt + out.text!r}", file=sys.stderr)
