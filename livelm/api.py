@@ -85,13 +85,15 @@ def train(config: dict | str | Path | None = None, data: str | Path | None = Non
     """
     from livelm.config import TrainConfig, load_yaml, resolve_config
     from livelm import runs
+    from livelm.training.recipes.config import ArchConfig
 
-    values = dict(load_yaml(Path(config)) if isinstance(config, (str, Path)) else (config or {}))
+    # a config may hold the other architectures' fields too, as `livelm train`'s does (a GPT reads none)
+    values = dict(load_yaml(Path(config), also=(ArchConfig,)) if isinstance(config, (str, Path)) else (config or {}))
     data = data or values.pop("data", None)
     values.pop("data", None)
     if not data:
         raise ValueError("train() needs data=: a folder written by `livelm prepare`")
-    unknown = set(values) - set(TrainConfig.__dataclass_fields__)
+    unknown = set(values) - set(TrainConfig.__dataclass_fields__) - set(ArchConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
     base = runs.read_config(out).get("train") if resume else None

@@ -64,19 +64,9 @@ class TrainConfig:
     fsdp: bool = False             # under torchrun: shard params/grads/optimizer state (FSDP2) instead of DDP
     threads: int = 0               # torch intra-op threads; 0 = leave PyTorch's default
     progress: bool = True
-    # --- other architectures (--arch bert|seq2seq|lstm; livelm/training/recipes/). The GPT ignores these.
-    # Shared fields mean the same there: n_layer, n_head, d_model, mlp_ratio, dropout, block_size.
-    mlm_prob: float = 0.15         # bert: share of real tokens chosen for masked-LM prediction
-    nsp: bool = True               # bert: also train next-sentence prediction (50% real / 50% random)
-    pooling: str = "cls"           # bert classify: sentence vector from [CLS], or mean/max over the tokens
-    n_enc_layer: int = 0           # seq2seq: encoder layers (0 = n_layer); the decoder has n_layer
-    label_smoothing: float = 0.1   # seq2seq: label-smoothed cross-entropy on the target tokens
-    shared_vocab: bool = True      # seq2seq: one tokenizer and embedding for both sides, else one each
-    bpe_vocab: int = 8000          # seq2seq: BPE vocabulary trained on the pairs (per side if not shared)
-    reverse: bool = False          # seq2seq: translate column 2 -> column 1 of the pairs file
-    holdout: int = 1000            # seq2seq: pairs held out (fixed by seed) for validation and `eval`
-    lstm_hidden: int = 0           # lstm: LSTM width (0 = d_model, the embedding size)
-    carry_chunks: int = 8          # lstm: consecutive block_size chunks the hidden state flows through
+    # The other architectures' own settings (BERT's masking, seq2seq's vocabulary, the LSTM's width) are
+    # livelm/training/recipes/config.py's ArchConfig: the same flags and YAML file set them. The GPT reads
+    # none of them; a run's saved "train" record may hold them (the recipes read them back from there).
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         model_fields = {f.name for f in fields(GPTConfig)}
@@ -86,12 +76,15 @@ class TrainConfig:
         return asdict(self)
 
 
-def _field_types() -> dict[str, type]:
+def field_types(cls=None) -> dict[str, type]:
+    """A config dataclass's fields and their types (TrainConfig's by default)."""
     # `from __future__ import annotations` makes f.type a string; map it back to the builtin
-    return {f.name: {"int": int, "float": float, "str": str, "bool": bool}[f.type] for f in fields(TrainConfig)}
+    return {f.name: {"int": int, "float": float, "str": str, "bool": bool}[f.type] for f in fields(cls or TrainConfig)}
 
 
-def load_yaml(path: Path) -> dict:
+def load_yaml(path: Path, also: tuple = ()) -> dict:
+    """The mapping in a YAML config file, whose keys must be fields of TrainConfig or of a dataclass in
+    `also` (the other architectures' ArchConfig: one file configures a run whatever its arch)."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -100,32 +93,38 @@ def load_yaml(path: Path) -> dict:
         raise ValueError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of field: value")
-    known = _field_types()
-    unknown = sorted(set(data) - set(known))
+    known = set(field_types()).union(*(field_types(cls) for cls in also))
+    unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
     return data
 
 
-def resolve_config(config_file: str | Path | None = None, base: dict | None = None, **values) -> TrainConfig:
+def build(cls, merged: dict):
+    """cls from the fields of `merged` it has (others are another config's), ints given for floats as floats."""
+    types = field_types(cls)
+    return cls(**{k: float(v) if types[k] is float and isinstance(v, int) else v
+                  for k, v in merged.items() if k in types})
+
+
+def resolve_config(config_file: str | Path | None = None, base: dict | None = None, also: tuple = (),
+                   **values) -> TrainConfig:
     """Build a TrainConfig: defaults < base (e.g. a run's saved config) < preset < YAML file < values.
 
     `values` are what the caller sets on purpose: the command line's flags (livelm.cli.flags.train_values)
-    or a recipe's settings."""
+    or a recipe's settings. `also`: other config dataclasses the YAML file may hold fields of (load_yaml).
+    Keys that are no TrainConfig field (another config's, in a saved record or in values) are skipped."""
     merged = dict(base or {})
-    yaml_values = load_yaml(config_file) if config_file else {}
+    yaml_values = load_yaml(config_file, also) if config_file else {}
     preset = values.get("preset") or yaml_values.get("preset") or merged.get("preset") or "gpt2"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
-    types = _field_types()
+    types = field_types()
     if not base:  # a resumed/fine-tuned run keeps its own architecture
         merged.update({k: v for k, v in PRESETS[preset].items() if k in types})
     merged.update(yaml_values)
     merged.update(values)
     merged["preset"] = preset
-    for k, v in merged.items():
-        if k in types and types[k] is float and isinstance(v, int):
-            merged[k] = float(v)
-    cfg = TrainConfig(**{k: v for k, v in merged.items() if k in types})
+    cfg = build(TrainConfig, merged)
     cfg.model_config(vocab_size=16)  # validate the architecture early, with a readable error
     return cfg

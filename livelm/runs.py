@@ -133,9 +133,22 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, tokenizer: Toke
         tokenizer.save(run_dir / "tokenizer.json")
 
 
-def save_tensors(out: str | Path, src: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+# Files a run may hold besides its weights, config and tokenizer that belong to the run whatever its
+# weights (a quantized or pruned copy keeps them: save_tensors). The layers that own them declare them
+# (register_side_file: live learning registers its probes, livelm/learn/probes.py), so this layer names none.
+SIDE_FILES: list[str] = []
+
+
+def register_side_file(name: str) -> None:
+    """Declare a file of a run folder that runs made from its weights (save_tensors) keep."""
+    if name not in SIDE_FILES:
+        SIDE_FILES.append(name)
+
+
+def save_tensors(out: str | Path, src: str | Path, tensors: dict[str, torch.Tensor], config: dict,
+                 side_files: list[str] | None = None) -> Path:
     """A run from stored tensors (quantized, sparse: see the module docstring) with src's tokenizer and
-    probes.jsonl (the questions live learning's update guard asks, livelm/learn/probes.py; if any)."""
+    whichever of `side_files` (default: the registered SIDE_FILES) src has."""
     out, src = Path(out), Path(src)
     out.mkdir(parents=True, exist_ok=True)
     step = config.get("step", 0)
@@ -143,9 +156,9 @@ def save_tensors(out: str | Path, src: str | Path, tensors: dict[str, torch.Tens
     io.write_json(out / "config.json", config)
     if (src / "tokenizer.json").resolve() != (out / "tokenizer.json").resolve():
         shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
-    probes = src / "probes.jsonl"
-    if probes.is_file() and probes.resolve() != (out / "probes.jsonl").resolve():
-        io.write_bytes(out / "probes.jsonl", probes.read_bytes())
+    for name in SIDE_FILES if side_files is None else side_files:
+        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
+            io.write_bytes(out / name, (src / name).read_bytes())
     return out
 
 

@@ -34,6 +34,12 @@ class SamplingParams:
     # They travel to the engine process with the request, so they must pickle (module-level classes).
     processors: tuple = ()
 
+    @classmethod
+    def greedy(cls, max_tokens: int, **kw) -> "SamplingParams":
+        """The most likely token every step (temperature 0): what evaluations, probes and drafts use, so
+        the same model and prompt always give the same answer. `kw` sets any other field."""
+        return cls(max_tokens=max_tokens, temperature=0, **kw)
+
     def copy(self) -> "SamplingParams":
         return replace(self)
 

@@ -38,3 +38,24 @@ def test_bad_configs_are_explained(tmp_path):
         resolve("--d-model", "30", "--n-head", "4")
     with pytest.raises(ValueError, match="not found"):
         resolve("--config", str(tmp_path / "missing.yaml"))
+
+
+def test_the_other_architectures_fields_are_arch_config_set_the_same_ways(tmp_path):
+    """ArchConfig (the recipes' fields) comes from the same flags, YAML file and saved "train" record as
+    TrainConfig; a record written when both were one dataclass (arch keys in "train") loads into both."""
+    from livelm.cli.train import arch_values, config_flags
+    from livelm.training.recipes.config import ArchConfig, resolve_arch_config
+    p = argparse.ArgumentParser()
+    config_flags(p)
+    y = tmp_path / "c.yaml"
+    y.write_text("n_layer: 3\nmlm_prob: 1\nholdout: 7\n")
+    a = p.parse_args(["--config", str(y), "--holdout", "9", "--nsp", "false", "--lr", "0.5"])
+    cfg = resolve_config(a.config, also=(ArchConfig,), **train_values(a))
+    arch = resolve_arch_config(a.config, **arch_values(a))
+    assert cfg.n_layer == 3 and cfg.lr == 0.5 and not hasattr(cfg, "holdout")
+    assert arch == ArchConfig(mlm_prob=1.0, holdout=9, nsp=False) and isinstance(arch.mlm_prob, float)
+    with pytest.raises(ValueError, match="unknown field"):   # a file with them needs a reader that knows them
+        resolve_config(y)
+    old = {**cfg.to_dict(), **ArchConfig(pooling="mean", carry_chunks=3).to_dict()}   # a saved "train" record
+    assert resolve_config(base=old) == cfg
+    assert resolve_arch_config(base=old) == ArchConfig(pooling="mean", carry_chunks=3)

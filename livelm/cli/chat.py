@@ -75,8 +75,7 @@ class ChatSession:
         while True:
             msgs = self.messages()
             if self.memory is not None:  # relevant remembered facts/corrections go into the system prompt
-                draft = self._draft(msgs) if self.memory_draft and self.memory.wants_draft(self.tenant) else ""
-                msgs, self.notes = self.memory.recall(self.tenant, msgs, draft)
+                msgs, self.notes = self._recall(msgs)
             ids = prompt_ids(msgs, self.tokenizer)
             if len(ids) <= budget:
                 break
@@ -93,14 +92,16 @@ class ChatSession:
                                 f"dropped the oldest {dropped} exchange(s)")
         return ids
 
-    def _draft(self, msgs: list[dict]) -> str:
-        """What the model answers without notes (greedy, short): memory's lookup key besides the question,
-        as in the server (LearnConfig.memory_draft). A rephrased question shares few words with the
-        corrected one, but the draft repeats the answer that was corrected, which the note is indexed by."""
-        from livelm.learn.memory import draft_params
-        ids = prompt_ids(msgs, self.tokenizer)
-        params = draft_params(len(ids), self.engine.max_len, self.memory_draft)
-        return "".join(self.engine.iter_text(self.engine.add(ids, params))) if params else ""
+    def _recall(self, msgs: list[dict]) -> tuple[list[dict], list[str]]:
+        """(msgs with memory's notes, the notes), looked up by the question and a draft answer
+        (greedy, short, without notes) as the server does (livelm/learn/recall.py): a rephrased
+        question shares few words with the corrected one, but the draft repeats the answer that was
+        corrected, which the note is indexed by."""
+        from livelm.learn.recall import recall
+        recalled = recall(self.memory, self.tenant, msgs, prompt=lambda: prompt_ids(msgs, self.tokenizer),
+                          max_len=self.engine.max_len, draft_tokens=self.memory_draft,
+                          generate=lambda ids, params: "".join(self.engine.iter_text(self.engine.add(ids, params))))
+        return recalled.messages, recalled.notes
 
     def ask(self, text: str):
         """Add a user turn and stream the assistant's answer (a generator of text deltas)."""

@@ -1,6 +1,6 @@
 """Command-line flags generated from the config dataclasses, by one generator.
 
-Every config a command takes (TrainConfig, SamplingParams, UpdateConfig, LearnConfig) is a
+Every config a command takes (TrainConfig, ArchConfig, SamplingParams, UpdateConfig, LearnConfig) is a
 dataclass; `add_dataclass_flags` turns its fields into flags (`n_layer` -> `--n-layer`, with an
 optional prefix: `--learn-steps`), and `dataclass_values` reads the ones a user gave back out of
 the parsed namespace. Flags the user did not give are absent from the namespace (SUPPRESS), so
@@ -89,13 +89,16 @@ def dataclass_values(args: argparse.Namespace, cls, prefix: str = "", skip: tupl
 
 
 # ---- the configs every command shares -----------------------------------------------------------
-def add_train_flags(parser, skip: tuple[str, ...] = ()) -> None:
-    """--config FILE.yaml plus one flag per TrainConfig field (absent from the namespace unless given)."""
+def add_train_flags(parser, skip: tuple[str, ...] = (), also: tuple = ()) -> None:
+    """--config FILE.yaml plus one flag per TrainConfig field and per field of the dataclasses in `also`
+    (the other architectures' ArchConfig: livelm/cli/train.py), all absent from the namespace unless given."""
     from livelm.config import ARCHS, PRESETS, TrainConfig
     parser.add_argument("--config", type=Path, help="YAML file with any of the fields below")
     group = parser.add_argument_group("config overrides (each defaults to the preset/YAML value, then the value shown)")
     add_dataclass_flags(group, TrainConfig, skip=("compile", *skip),
                         choices={"preset": sorted(PRESETS), "arch": list(ARCHS)})
+    for cls in also:
+        add_dataclass_flags(group, cls, skip=skip)
     if "compile" not in skip:   # a bare --compile means true, as it did when the field was a bool
         group.add_argument("--compile", dest="compile", nargs="?", const="true", default=argparse.SUPPRESS,
                            choices=["auto", "true", "false"], help="(default: 'auto')")

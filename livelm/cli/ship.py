@@ -41,6 +41,7 @@ def quantize_flags(p) -> None:
 
 def run_quantize(a) -> int:
     from livelm.compress.quantize import quantize_run
+    import livelm.learn.probes   # noqa: F401  (declares probes.jsonl a run side file: the new run keeps it)
     emit(quantize_run(a.run, a.out, a.method, a.group_size, a.eval_data, a.eval_tokens))
     return 0
 
@@ -60,6 +61,7 @@ def prune_flags(p) -> None:
 
 def run_prune(a) -> int:
     from livelm.compress.prune import prune_run
+    import livelm.learn.probes   # noqa: F401  (declares probes.jsonl a run side file: the new run keeps it)
     if a.finetune_iters is not None and not a.finetune_data:
         raise CLIError("--finetune-iters needs --finetune-data DIR (a prepared data directory)")
     emit(prune_run(a.run, a.out, a.method, a.amount, a.finetune_data, a.finetune_iters or 200, a.finetune_lr,

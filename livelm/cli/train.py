@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from livelm.cli import CLIError, emit
-from livelm.cli.flags import add_train_flags, train_values
+from livelm.cli.flags import add_train_flags, dataclass_values, train_values
 
 PARSER_KW = {
     "train": {"description": "Pretrain a GPT (or --arch bert|seq2seq|lstm) on a prepared data directory. Every "
@@ -22,11 +22,24 @@ def emit_result(result, summary: dict) -> None:
 
 
 # ---- train ------------------------------------------------------------------------------------------
+def config_flags(p) -> None:
+    """--config and one flag per TrainConfig field, then per ArchConfig field (the other architectures':
+    --mlm-prob, --holdout, ...). Every training command takes them all, as when they were one dataclass."""
+    from livelm.training.recipes.config import ArchConfig
+    add_train_flags(p, also=(ArchConfig,))
+
+
+def arch_values(a) -> dict:
+    """The ArchConfig fields the user set by flag."""
+    from livelm.training.recipes.config import ArchConfig
+    return dataclass_values(a, ArchConfig)
+
+
 def train_flags(p) -> None:
     p.add_argument("--data", help="prepared data directory (from `livelm prepare`; seq2seq: a source<TAB>target file)")
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    add_train_flags(p)
+    config_flags(p)
 
 
 def run_train(a) -> int:
@@ -39,13 +52,14 @@ def run_train(a) -> int:
         data = data or saved.get("data")
     if not data:
         raise CLIError("--data DIR is required (a folder written by `livelm prepare`)")
-    cfg = resolve_config(a.config, base=base, **train_values(a))
+    from livelm.training.recipes.config import ArchConfig
+    cfg = resolve_config(a.config, base=base, also=(ArchConfig,), **train_values(a))
     if cfg.arch == "gpt":
         from livelm.api import pretrain_gpt
         result = pretrain_gpt(cfg, data, a.out, a.resume)
     else:   # the other architectures share this loop and run layout
-        from livelm.training.recipes import train_arch
-        result = train_arch(cfg, data, a.out, a.resume)
+        from livelm.training.recipes import resolve_arch_config, train_arch
+        result = train_arch(cfg, resolve_arch_config(a.config, base=base, **arch_values(a)), data, a.out, a.resume)
     emit_result(result, {"run": str(a.out), "step": result.step, "val_loss": result.val_loss})
     return 0
 
@@ -69,14 +83,14 @@ def finetune_flags(p) -> None:
     g.add_argument("--lora-alpha", type=float, default=16.0)
     g.add_argument("--lora-dropout", type=float, default=0.0)
     g.add_argument("--lora-targets", default=",".join(DEFAULT_TARGETS), help="comma-separated module names")
-    add_train_flags(p)
+    config_flags(p)
 
 
 def run_finetune(a) -> int:
     if a.task != "chat":
         from livelm.training.recipes.bert import finetune_task
         result, summary = finetune_task(a.run, a.task, a.data, a.out, a.val_data, a.val_fraction, a.skip_bad,
-                                        a.config, **train_values(a))
+                                        a.config, **train_values(a), **arch_values(a))
         emit_result(result, summary)
         return 0
     from livelm.models import lora
@@ -113,7 +127,7 @@ def rl_flags(p) -> None:
     p.add_argument("--lora-targets", default=",".join(DEFAULT_TARGETS), metavar="NAMES",
                    help="comma-separated layers the adapter wraps (PEFT's target_modules); add lm_head for "
                         "small or barely trained models and token-level rewards (default: %(default)s)")
-    add_train_flags(p)
+    config_flags(p)
 
 
 def run_rl(a) -> int:

@@ -10,8 +10,9 @@ weights are stored, so the run layer (livelm/runs.py) rebuilds the model transpa
     "pruning": {...}
         what was pruned (a record only; structurally pruned models just have a smaller config)
 
-Everything else about a run (tokenizer, chat flag, training config, system prompts, the update
-guard's probes.jsonl) is copied unchanged.
+Everything else about a run (tokenizer, chat flag, training config, system prompts, and the side
+files the layers above declare in livelm.runs.SIDE_FILES, such as live learning's probes.jsonl) is
+copied unchanged.
 """
 from __future__ import annotations
 

@@ -146,6 +146,14 @@ class Engine:
         # graph would not see the modules change)
         self.row_adapters = row_adapters
 
+    def use_row_adapters(self) -> None:
+        """From now on each row runs its own adapter (a live-learning server loaded its first one).
+
+        An engine built without adapters keeps its compiled decode until this is called: building
+        every learning server in row mode from the start would give up compiled decode, and a step
+        per token of set_row_adapters, for servers that never load an adapter."""
+        self.row_adapters = True
+
     def warm_up(self) -> None:
         """Run a few tiny batches so a compiled engine compiles before real requests arrive: one row
         (static shapes), then two (batch and lengths become symbolic), then more rows than the few-row
@@ -153,7 +161,7 @@ class Engine:
         if self.decode_model is self.model or self.row_adapters:
             return
         from livelm.models.kernels import Linear
-        params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+        params = SamplingParams.greedy(4, ignore_eos=True)
         for rows in sorted({1, min(2, self.max_batch), min(Linear.few_rows + 1, self.max_batch)}):
             self.generate([[self.tokenizer.pad_id] * 2] * rows, [params.copy() for _ in range(rows)])
 

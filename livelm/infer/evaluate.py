@@ -1,5 +1,5 @@
 """Metrics in one place: a language model's loss, perplexity and bits per byte on held-out tokens;
-accuracy/F1 of labels; BLEU/chrF of translations.
+a chat model's accuracy on held-out answers; accuracy/F1 of labels; BLEU/chrF of translations.
 
 One function for `livelm eval`, the quantize/prune reports and the benchmarks, so they all read
 the same windows: every validation token once, in consecutive windows of the model's context
@@ -8,7 +8,9 @@ the same windows: every validation token once, in consecutive windows of the mod
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,6 +42,49 @@ def perplexity(model: torch.nn.Module, data_dir: str | Path, max_tokens: int = 1
     val_loss = total_loss / total_tokens
     return {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50)),
             "bits_per_byte": val_loss / math.log(2) / data.bytes_per_token("val"), "tokens": total_tokens}
+
+
+def same_text(answer: str, reference: str) -> bool:
+    """Exact match up to case and runs of whitespace."""
+    return " ".join(answer.split()).lower() == " ".join(reference.split()).lower()
+
+
+@dataclass
+class Answer:
+    index: int       # the conversation's position in the list given to heldout_answers
+    text: str        # the model's greedy answer to its final user turn
+    correct: bool
+
+
+def heldout_answers(model, tokenizer, convs: list[list[dict]], correct: Callable[[int, str], bool] | None = None,
+                    limit: int | None = None, max_tokens: int = 96, max_batch: int = 16) -> list[Answer]:
+    """Greedy answers to each conversation's final user turn, checked against it by correct(index, answer)
+    (default: the same text as its final assistant turn, `same_text`). Used by fine-tuning's
+    `answer_accuracy` and the default assistant's per-language held-out accuracy (livelm/demo.py).
+
+    Conversations that do not end with an assistant turn, or whose prompt does not fit the context
+    window (as in training), are skipped; of the rest the first `limit` are answered (None = all).
+    The model is left in train or eval mode as it was (the Engine puts it in eval mode)."""
+    from livelm.chat.template import prompt_ids
+    from livelm.infer.engine import Engine
+    from livelm.sampling import SamplingParams
+    was_training = model.training      # read before the Engine, which puts the model in eval mode
+    engine = Engine(model, tokenizer, max_batch=max_batch)
+    pairs = ((i, prompt_ids(c[:-1], tokenizer)) for i, c in enumerate(convs) if c and c[-1]["role"] == "assistant")
+    pairs = [(i, p) for i, p in pairs if len(p) < engine.max_len][:limit]
+    try:
+        if not pairs:
+            return []
+        outs = engine.generate([p for _, p in pairs], SamplingParams.greedy(max_tokens))
+    finally:
+        model.train(was_training)
+    correct = correct or (lambda i, text: same_text(text, convs[i][-1]["content"]))
+    return [Answer(i, o.text, bool(correct(i, o.text))) for (i, _), o in zip(pairs, outs)]
+
+
+def answer_accuracy(answers: list[Answer]) -> float:
+    """The fraction of `answers` that are correct (nan for none)."""
+    return sum(a.correct for a in answers) / len(answers) if answers else float("nan")
 
 
 def accuracy_f1(gold: list[int], pred: list[int], n_labels: int) -> dict:

@@ -23,7 +23,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from livelm.sampling import SamplingParams
 from livelm.text import HAN, HAN_CHARS, language
 
 _WORD = re.compile(f"[a-z0-9¥$€£%.]+|[{HAN_CHARS}]")
@@ -165,14 +164,6 @@ def related_chats(fixes, pool: list[list[dict]]) -> list[tuple[list[dict], str, 
     return out
 
 
-def draft_params(prompt_len: int, max_len: int, tokens: int) -> SamplingParams | None:
-    """SamplingParams of the draft answer memory and the adapter's scope look up by (greedy, `tokens`
-    long, within the context window), or None when there is no room or no draft is wanted. Shared by
-    the server and the chat REPL, so both look up by the same draft."""
-    room = min(tokens, max_len - prompt_len)
-    return SamplingParams(max_tokens=room, temperature=0) if room > 0 else None
-
-
 def notes_block(notes: list[str], lang: str) -> str:
     """The notes section of a system prompt ("Notes:" and one "- note" line each); "" without notes."""
     return "\n".join([NOTES_HEADER[lang]] + [f"- {n}" for n in notes]) if notes else ""
@@ -255,7 +246,7 @@ class Memory:
 
     def wants_draft(self, tenant: str) -> bool:
         """Does a question of this tenant get a draft answer first, to look notes up by (it has notes)?
-        The server (LiveLearner.wants_draft) and the chat REPL ask the same."""
+        The server (LiveLearner.wants_draft) and the chat REPL ask the same (livelm/learn/recall.py)."""
         return bool(self.index(tenant).items)
 
     def in_scope(self, tenant: str, question: str, draft: str = "") -> bool:
@@ -264,8 +255,9 @@ class Memory:
 
     def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
         """(messages with the relevant notes in the system prompt, those notes), looked up by the last
-        question and, if given, a draft answer to it (LearnConfig.memory_draft). The caller passes the
-        notes on as copy sources (CopyFromNotes), so the answer can copy their values."""
+        question and, if given, a draft answer to it (LearnConfig.memory_draft; livelm/learn/recall.py runs
+        the draft). The caller passes the notes on as copy sources (CopyFromNotes), so the answer can
+        copy their values."""
         question = last_question(messages)
         notes = self.notes(tenant, question, draft)
         return with_notes(messages, notes, self.system_prompts), notes

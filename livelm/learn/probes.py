@@ -23,9 +23,12 @@ import json
 import random
 from pathlib import Path
 
+from livelm import runs
 from livelm.text import LANGS, grade
 
 PROBES_FILE = "probes.jsonl"
+# a quantized or pruned copy of a run is guarded by the same questions (runs.save_tensors copies it)
+runs.register_side_file(PROBES_FILE)
 
 
 class ProbeError(ValueError):
@@ -98,7 +101,7 @@ def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
         return []
     engine = Engine(model, tokenizer, max_batch=min(64, len(probes)))
     outs = engine.generate([prompt_ids(p["messages"], tokenizer) for p in probes],
-                           SamplingParams(max_tokens=48, temperature=0))
+                           SamplingParams.greedy(48))
     return [o.text for o in outs]
 
 

@@ -46,6 +46,7 @@ from livelm.infer.engine import Engine
 from livelm.sampling import SamplingParams
 from livelm.learn.objectives import grpo_loss, token_logprobs
 from livelm.models import lora
+from livelm.training.recipes.config import ArchConfig
 from livelm.training.trainer import log, train
 
 
@@ -201,7 +202,8 @@ def run_rl(run: str | Path, prompts_file, reward: str, out: str | Path, config_f
     check_lengths(prompts, tok, model.cfg.block_size, prompts_file)
     base_train = {**saved.get("train", {}), "max_iters": 30, "lr": 3e-3, "min_lr": 3e-4, "warmup_iters": 0,
                   "eval_interval": 10, "eval_iters": 0, "grad_clip": 1.0, "dropout": 0.0}
-    cfg = resolve_config(config_file, base=base_train, **overrides)
+    # the config file may hold the other architectures' fields too, as `livelm train`'s does (unused here)
+    cfg = resolve_config(config_file, base=base_train, also=(ArchConfig,), **overrides)
     rest, val = heldout_split(prompts, max(1, int(len(prompts) * val_fraction)) if len(prompts) > 4 else 0, cfg.seed)
     val, train_prompts = val or prompts, rest or prompts
     # the answers are sampled with dropout off (the Engine runs the model in eval mode) and the trainer

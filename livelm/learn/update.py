@@ -244,7 +244,7 @@ def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int,
     params = []
     for _, i in picked:
         note = fixes[i].correction.strip()
-        params.append(SamplingParams(max_tokens=64, temperature=0, processors=CopyFromNotes.of([note], tokenizer)))
+        params.append(SamplingParams.greedy(64, processors=CopyFromNotes.of([note], tokenizer)))
     outs = Engine(model, tokenizer, max_batch=64).generate(
         [prompt_ids(with_notes(p, [fixes[i].correction.strip()], system_prompts), tokenizer) for p, i in picked],
         params)

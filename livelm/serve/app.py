@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livelm.learn.copying import CopyFromNotes
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
-from livelm.learn.memory import draft_params
+from livelm.learn.recall import recall_async
 from livelm.serve import completions
 from livelm.serve.completions import APIError, Generation, parse
 from livelm.serve.metrics import CONTENT_TYPE, Metrics
@@ -339,14 +339,11 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         mid, _ = state.resolve(model_id)
         return state.model_card(mid)
 
-    async def draft_answer(request: Request, req) -> str:
+    async def draft_answer(request: Request, ids: list[int], params) -> str:
         """What the base model answers without notes (greedy, short): memory's lookup key besides the
-        question. It runs through the engine like any request, before the real answer starts; its
-        tokens count in /metrics, its latencies do not (they are part of the real request's)."""
-        ids = completions.chat_prompt(req, state.tokenizer)
-        params = draft_params(len(ids), state.max_len, state.learner.cfg.memory_draft)
-        if params is None:
-            return ""   # the real request reports an overflow
+        question (livelm/learn/recall.py). It runs through the engine like any request, before the real
+        answer starts; its tokens count in /metrics, its latencies do not (they are part of the real
+        request's)."""
         gen = Generation(state.engine, completions.ChatFormat(state.tokenizer), "draft", [ids], [params], None,
                          stream=False, include_usage=False, want_logprobs=False, internal=True)
         try:
@@ -371,10 +368,13 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             question, draft = None, ""
             if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in req.messages):
                 question = next((m["content"] for m in reversed(req.messages) if m.get("role") == "user"), "")
-                if await run_in_threadpool(learner.wants_draft, tenant):
-                    draft = await draft_answer(request, req)
+                recalled = await recall_async(
+                    learner, tenant, req.messages, prompt=lambda: completions.chat_prompt(req, state.tokenizer),
+                    max_len=state.max_len, draft_tokens=learner.cfg.memory_draft,
+                    generate=functools.partial(draft_answer, request), in_thread=run_in_threadpool)
+                if recalled.wanted_draft:
                     state.metrics.drafts.inc()
-                req.messages, notes = await run_in_threadpool(learner.recall, tenant, req.messages, draft)
+                req.messages, notes, draft = recalled.messages, recalled.notes, recalled.draft
             adapter = await run_in_threadpool(learner.adapter_for, tenant, question, draft)
             for what, used in (("notes", notes), ("adapter", adapter)):
                 if used:

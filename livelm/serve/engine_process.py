@@ -42,7 +42,7 @@ def load_adapter(engine: Engine, name: str, path: str) -> None:
     if name not in lora.adapter_names(engine.model):
         lora.load_adapter(engine.model, path, name)
         lora.set_active(engine.model, None)
-    engine.row_adapters = True   # from now on rows choose their adapter per step
+    engine.use_row_adapters()
 
 
 def unload_adapters(engine: Engine, keep: set[str]) -> None:

@@ -14,39 +14,18 @@ from pathlib import Path
 from livelm.chat.data import PackedChats, common_system_prompts, encode_examples, read_conversations
 from livelm.chat.template import prompt_ids
 from livelm.data.split import heldout_split
+from livelm.infer.evaluate import answer_accuracy, heldout_answers
 from livelm.config import resolve_config
 from livelm.models import lora
 from livelm import runs
 from livelm.training.objectives import lm_loss
+from livelm.training.recipes.config import ArchConfig
 from livelm.training.trainer import log, train
 
 # Fine-tuning starts from the pretraining config; these are the defaults that differ.
 FINETUNE_DEFAULTS = dict(max_iters=300, lr=5e-4, min_lr=5e-5, warmup_iters=20, eval_interval=100,
                          eval_iters=0, batch_size=8, grad_accum=1, dropout=0.0)
 LORA_LR = 2e-3
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.split()).lower()
-
-
-def answer_accuracy(model, tokenizer, convs: list[list[dict]], limit: int = 64, max_tokens: int = 96) -> float:
-    """Greedy answers to the final user turn vs the reference final assistant turn (normalized exact match)."""
-    from livelm.infer.engine import Engine
-    from livelm.sampling import SamplingParams
-    was_training = model.training      # read before the Engine, which puts the model in eval mode
-    engine = Engine(model, tokenizer, max_batch=16)
-    # conversations whose prompt does not fit the context window are skipped, as in training
-    pairs = ((c, prompt_ids(c[:-1], tokenizer)) for c in convs if c[-1]["role"] == "assistant")
-    pairs = [(c, p) for c, p in pairs if len(p) < engine.max_len][:limit]
-    if not pairs:
-        model.train(was_training)
-        return float("nan")
-    items, prompts = [c for c, _ in pairs], [p for _, p in pairs]
-    outs = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0))
-    model.train(was_training)
-    hits = sum(normalize(o.text) == normalize(c[-1]["content"]) for o, c in zip(outs, items))
-    return hits / len(items)
 
 
 def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_file: str | Path | None = None,
@@ -57,7 +36,8 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
     base_train = {**saved.get("train", {}), **FINETUNE_DEFAULTS}
     if use_lora:
         base_train["lr"], base_train["min_lr"] = LORA_LR, LORA_LR / 10
-    cfg = resolve_config(config_file, base=base_train, **overrides)
+    # the config file may hold the other architectures' fields too, as `livelm train`'s does (unused here)
+    cfg = resolve_config(config_file, base=base_train, also=(ArchConfig,), **overrides)
     if cfg.block_size > model.cfg.block_size:
         raise ValueError(f"--block-size {cfg.block_size} exceeds the base model's context window {model.cfg.block_size}")
     model.set_dropout(cfg.dropout)
@@ -104,7 +84,9 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
                   # the system prompt it was trained with, per language: live learning puts its notes under
                   # it when a conversation has none (livelm/learn/memory.py)
                   "system_prompts": system_prompts}
-    extra_eval = (lambda m: {"answer_accuracy": answer_accuracy(m, tokenizer, val_convs, accuracy_limit)}) \
+    # greedy answers to the held-out chats' final questions vs their reference answers (normalized exact match)
+    extra_eval = (lambda m: {"answer_accuracy": answer_accuracy(heldout_answers(m, tokenizer, val_convs,
+                                                                                limit=accuracy_limit))}) \
         if accuracy_limit else None
     result = train(cfg, out, model, tokenizer, get_batch, lm_loss, run_config, resume=False,
                    extra_eval=extra_eval, trainable=trainable, save_fn=save_fn)

@@ -310,7 +310,8 @@ def _print_sample(model, tokenizer, cfg: TrainConfig, pbar, show: bool = True) -
     model.train()
 
 
-def run_record(arch: str, model, cfg: TrainConfig, data, **extra) -> dict:
-    """What config.json records about a run of the other architectures (livelm/training/recipes/)."""
-    return {"arch": arch, "model": model.cfg.to_dict(), "train": cfg.to_dict(), "data": str(Path(data).resolve()),
-            "n_params": model.num_params(), **extra}
+def run_record(arch: str, model, cfg: TrainConfig, arch_cfg, data, **extra) -> dict:
+    """What config.json records about a run of the other architectures (livelm/training/recipes/): its
+    "train" holds the TrainConfig and the ArchConfig fields (where a resumed run and `eval` read them)."""
+    return {"arch": arch, "model": model.cfg.to_dict(), "train": {**cfg.to_dict(), **arch_cfg.to_dict()},
+            "data": str(Path(data).resolve()), "n_params": model.num_params(), **extra}

@@ -3,7 +3,8 @@ import json
 
 import torch
 
-from livelm.runs import save_tensors as save_run
+import livelm.learn.probes  # noqa: F401  (live learning declares its probes.jsonl a run side file)
+from livelm.runs import SIDE_FILES, save_tensors as save_run
 
 
 def test_save_run_keeps_the_tokenizer_and_the_update_guards_probes(tmp_path):
@@ -19,3 +20,17 @@ def test_save_run_keeps_the_tokenizer_and_the_update_guards_probes(tmp_path):
     assert json.loads((out / "config.json").read_text())["system_prompts"] == {"en": "You help readers."}
     (src / "probes.jsonl").unlink()                       # a run without probes: none appear
     assert "probes.jsonl" not in {p.name for p in save_run(tmp_path / "out2", src, {"w": torch.zeros(2)}, config).iterdir()}
+
+
+def test_only_declared_side_files_are_copied(tmp_path):
+    """The run layer names no side file itself: it copies what the layers above declared (or the caller passes)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.json").write_text('{"kind": "char"}', encoding="utf-8")
+    (src / "notes.txt").write_text("mine", encoding="utf-8")
+    (src / "probes.jsonl").write_text("{}\n", encoding="utf-8")
+    assert "probes.jsonl" in SIDE_FILES and "notes.txt" not in SIDE_FILES
+    out = save_run(tmp_path / "out", src, {"w": torch.zeros(2)}, {"arch": "gpt"})
+    assert not (out / "notes.txt").exists() and (out / "probes.jsonl").is_file()
+    out = save_run(tmp_path / "out2", src, {"w": torch.zeros(2)}, {"arch": "gpt"}, side_files=["notes.txt"])
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine" and not (out / "probes.jsonl").exists()

@@ -25,6 +25,7 @@ from livelm.models.seq2seq import pad_batch
 from livelm.text import has_han, split_words
 from livelm.tokenizer import SPECIAL_TOKENS, Tokenizer
 from livelm.training.objectives import classify_loss, mlm_nsp_loss
+from livelm.training.recipes.config import ArchConfig, resolve_arch_config
 from livelm.training.trainer import log, run_record, train
 
 N_SPECIAL = len(SPECIAL_TOKENS)      # ids below this are special: never masked, never random replacements
@@ -33,11 +34,11 @@ CLASSIFY_DEFAULTS = dict(max_iters=1000, lr=2e-4, min_lr=2e-5, warmup_iters=50, 
                          batch_size=32, grad_accum=1)
 
 
-def bert_config(cfg, vocab_size: int, task: str = "pretrain", labels=()) -> BertConfig:
+def bert_config(cfg, arch_cfg: ArchConfig, vocab_size: int, task: str = "pretrain", labels=()) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                       d_model=cfg.d_model, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, bias=cfg.bias,
                       position=cfg.position, norm=cfg.norm, mlp=cfg.mlp, tie_embeddings=True, task=task,
-                      labels=list(labels), pooling=cfg.pooling)
+                      labels=list(labels), pooling=arch_cfg.pooling)
 
 
 class SentenceData:
@@ -83,21 +84,22 @@ class SentenceData:
         return out
 
 
-def train_bert(cfg, data_dir, out: Path, resume: bool):
+def train_bert(cfg, arch_cfg: ArchConfig, data_dir, out: Path, resume: bool):
     data = TokenData(data_dir)
     tok = Tokenizer.load(Path(data_dir) / "tokenizer.json")
     sets = {s: SentenceData(data, tok, s) for s in ("train", "val")}
     torch.manual_seed(cfg.seed)
-    model = Bert(bert_config(cfg, data.vocab_size))
+    model = Bert(bert_config(cfg, arch_cfg, data.vocab_size))
     if resume:
         runs.restore_weights(model, out)
     log(f"model: BERT encoder, {cfg.n_layer} layers x {cfg.d_model} wide, {model.num_params() / 1e6:.2f}M parameters; "
-        f"{len(sets['train'].spans):,} training sentences; MLM {cfg.mlm_prob:.0%}{' + NSP' if cfg.nsp else ''}")
+        f"{len(sets['train'].spans):,} training sentences; "
+        f"MLM {arch_cfg.mlm_prob:.0%}{' + NSP' if arch_cfg.nsp else ''}")
 
     def get_batch(split, i):
-        return sets[split].batch(i, cfg.batch_size, cfg.block_size, cfg.seed, cfg.mlm_prob, cfg.nsp)
+        return sets[split].batch(i, cfg.batch_size, cfg.block_size, cfg.seed, arch_cfg.mlm_prob, arch_cfg.nsp)
 
-    return train(cfg, out, model, tok, get_batch, mlm_nsp_loss, run_record("bert", model, cfg, data_dir),
+    return train(cfg, out, model, tok, get_batch, mlm_nsp_loss, run_record("bert", model, cfg, arch_cfg, data_dir),
                  resume=resume)
 
 
@@ -176,7 +178,8 @@ def evaluate_labelled(model: Bert, tok: Tokenizer, examples, task: str) -> dict:
 def finetune_task(run: str | Path, task: str, data: str | Path, out: str | Path, val_data: str | Path | None = None,
                   val_fraction: float = 0.05, skip_bad: bool = False, config_file=None, **values):
     """`livelm finetune BERT_RUN --task classify|tag --data FILE --out RUN`: a classifier (or tagger) head
-    on a BERT run. Returns (TrainResult, summary: out, task, labels and the last evaluation)."""
+    on a BERT run. `values`: TrainConfig and ArchConfig fields (--pooling). Returns (TrainResult, summary:
+    out, task, labels and the last evaluation)."""
     base = Path(run)
     base_model, tok, saved = runs.load_model(base, arch=None)
     if saved["arch"] != "bert":
@@ -186,7 +189,9 @@ def finetune_task(run: str | Path, task: str, data: str | Path, out: str | Path,
     examples, bad = reader(data, skip_bad)
     if bad:
         log(f"skipped {bad} bad line(s) in {data}")
-    cfg = resolve_config(config_file, base={**saved["train"], **CLASSIFY_DEFAULTS}, **values)
+    # each config takes its own fields of the saved record, the file and the values
+    cfg = resolve_config(config_file, base={**saved["train"], **CLASSIFY_DEFAULTS}, also=(ArchConfig,), **values)
+    arch_cfg = resolve_arch_config(config_file, base=saved["train"], **values)
     if val_data:
         val, vbad = reader(val_data, skip_bad)
         if vbad:
@@ -202,7 +207,7 @@ def finetune_task(run: str | Path, task: str, data: str | Path, out: str | Path,
         raise DataError(f"{data} has only the label(s) {labels}; classification needs at least two")
 
     mcfg = BertConfig.from_dict({**saved["model"], "task": task, "labels": labels, "dropout": cfg.dropout,
-                                 "pooling": cfg.pooling})
+                                 "pooling": arch_cfg.pooling})
     torch.manual_seed(cfg.seed)
     model = Bert(mcfg)
     tensors, _ = runs.load_weights(base / "model.safetensors")
@@ -241,7 +246,7 @@ def finetune_task(run: str | Path, task: str, data: str | Path, out: str | Path,
 
     log(f"fine-tuning {base} for {task} on {len(examples):,} examples, {len(val):,} held out, "
         f"{len(labels)} labels: {', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}")
-    run_config = run_record("bert", model, cfg, data, base_run=str(base.resolve()))
+    run_config = run_record("bert", model, cfg, arch_cfg, data, base_run=str(base.resolve()))
     result = train(cfg, out, model, tok, get_batch, classify_loss, run_config, extra_eval=extra_eval)
     return result, {"out": str(out), "task": task, "labels": labels, **result.last_eval()}
 

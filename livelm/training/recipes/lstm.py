@@ -21,12 +21,12 @@ from livelm.training.objectives import lstm_loss
 from livelm.training.trainer import log, run_record, train
 
 
-def lstm_config(cfg, vocab_size: int) -> LSTMConfig:
+def lstm_config(cfg, arch_cfg, vocab_size: int) -> LSTMConfig:
     return LSTMConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, d_model=cfg.d_model,
-                      hidden=cfg.lstm_hidden, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings)
+                      hidden=arch_cfg.lstm_hidden, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings)
 
 
-def lstm_batch(data: TokenData, split: str, index: int, cfg) -> dict:
+def lstm_batch(data: TokenData, split: str, index: int, cfg, carry_chunks: int) -> dict:
     """Batch `index` for truncated BPTT, still a pure function of index.
 
     Batches come in windows of carry_chunks consecutive chunks: window w = index // carry_chunks
@@ -39,33 +39,33 @@ def lstm_batch(data: TokenData, split: str, index: int, cfg) -> dict:
     carry_chunks * block_size tokens. The state itself is stored in train_state.pt at every
     save, so a run resumed mid-window continues from the very same state.
     """
-    window, chunk = divmod(index, cfg.carry_chunks)
-    b = data.batch(split, window, cfg.batch_size, cfg.block_size * cfg.carry_chunks, cfg.seed)
+    window, chunk = divmod(index, carry_chunks)
+    b = data.batch(split, window, cfg.batch_size, cfg.block_size * carry_chunks, cfg.seed)
     lo, hi = chunk * cfg.block_size, (chunk + 1) * cfg.block_size
     return {"idx": b["idx"][:, lo:hi], "targets": b["targets"][:, lo:hi], "split": split, "index": index,
             "chunk": chunk}
 
 
-def train_lstm(cfg, data_dir, out: Path, resume: bool):
+def train_lstm(cfg, arch_cfg, data_dir, out: Path, resume: bool):
     data = TokenData(data_dir)
     tok = Tokenizer.load(Path(data_dir) / "tokenizer.json")
     torch.manual_seed(cfg.seed)
-    model = LSTMLM(lstm_config(cfg, data.vocab_size))
+    model = LSTMLM(lstm_config(cfg, arch_cfg, data.vocab_size))
     carry: dict = {}
     if resume:
         runs.restore_weights(model, out)
         saved = checkpoint.load_train_state(out).get("lstm_carry")
         if saved is not None:
             carry["train"] = saved
-    run_config = run_record("lstm", model, cfg, data_dir)
+    run_config = run_record("lstm", model, cfg, arch_cfg, data_dir)
     log(f"model: LSTM, {cfg.n_layer} layers x {model.cfg.hidden} wide (embedding {cfg.d_model}), "
         f"{model.num_params() / 1e6:.2f}M parameters; BPTT {cfg.block_size} tokens, state carried over "
-        f"{cfg.carry_chunks} chunks")
+        f"{arch_cfg.carry_chunks} chunks")
 
     def save_fn(run_dir, m, step, state):   # the trainer's checkpoint plus the carried hidden state
         runs.save_checkpoint(run_dir, m, tok, run_config, step, {**state, "lstm_carry": carry.get("train")})
 
-    return train(cfg, out, model, tok, lambda split, i: lstm_batch(data, split, i, cfg),
+    return train(cfg, out, model, tok, lambda split, i: lstm_batch(data, split, i, cfg, arch_cfg.carry_chunks),
                  functools.partial(lstm_loss, carry=carry), run_config,
                  bytes_per_token=data.bytes_per_token("val"), resume=resume, save_fn=save_fn)
 

@@ -22,11 +22,11 @@ from livelm.training.objectives import seq2seq_loss
 from livelm.training.trainer import log, run_record, train
 
 
-def seq2seq_config(cfg, src_vocab: int, tgt_vocab: int) -> Seq2SeqConfig:
+def seq2seq_config(cfg, arch_cfg, src_vocab: int, tgt_vocab: int) -> Seq2SeqConfig:
     return Seq2SeqConfig(src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab, block_size=cfg.block_size,
-                         n_enc_layer=cfg.n_enc_layer or cfg.n_layer, n_dec_layer=cfg.n_layer, n_head=cfg.n_head,
+                         n_enc_layer=arch_cfg.n_enc_layer or cfg.n_layer, n_dec_layer=cfg.n_layer, n_head=cfg.n_head,
                          d_model=cfg.d_model, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, bias=cfg.bias,
-                         position=cfg.position, norm=cfg.norm, mlp=cfg.mlp, shared_vocab=cfg.shared_vocab,
+                         position=cfg.position, norm=cfg.norm, mlp=cfg.mlp, shared_vocab=arch_cfg.shared_vocab,
                          tie_embeddings=cfg.tie_embeddings)
 
 
@@ -71,18 +71,19 @@ def translate_texts(model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, text
     return out
 
 
-def train_seq2seq(cfg, data_file, out: Path, resume: bool):
+def train_seq2seq(cfg, arch_cfg, data_file, out: Path, resume: bool):
     if Path(data_file).is_dir():
         raise DataError(f"--arch seq2seq reads a source<TAB>target file, not a folder ({data_file})")
-    train_pairs, held = split_pairs(read_pairs(data_file, cfg.reverse), cfg.holdout, cfg.seed)
+    train_pairs, held = split_pairs(read_pairs(data_file, arch_cfg.reverse), arch_cfg.holdout, cfg.seed)
     if resume:   # the run's own tokenizers, never retrained
         tgt_tok = Tokenizer.load(out / "tokenizer.json")
         src_tok = source_tokenizer(out, tgt_tok)
-    elif cfg.shared_vocab:
-        tgt_tok = src_tok = Tokenizer.train_bpe((x for p in train_pairs for x in p), cfg.bpe_vocab, show_progress=False)
+    elif arch_cfg.shared_vocab:
+        tgt_tok = src_tok = Tokenizer.train_bpe((x for p in train_pairs for x in p), arch_cfg.bpe_vocab,
+                                                show_progress=False)
     else:
-        src_tok = Tokenizer.train_bpe((s for s, _ in train_pairs), cfg.bpe_vocab, show_progress=False)
-        tgt_tok = Tokenizer.train_bpe((t for _, t in train_pairs), cfg.bpe_vocab, show_progress=False)
+        src_tok = Tokenizer.train_bpe((s for s, _ in train_pairs), arch_cfg.bpe_vocab, show_progress=False)
+        tgt_tok = Tokenizer.train_bpe((t for _, t in train_pairs), arch_cfg.bpe_vocab, show_progress=False)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         tgt_tok.save(out / "tokenizer.json")
@@ -94,7 +95,7 @@ def train_seq2seq(cfg, data_file, out: Path, resume: bool):
     if not len(sets["val"]):
         raise DataError(f"{data_file}: no pairs held out for validation; set --holdout")
     torch.manual_seed(cfg.seed)
-    model = Seq2Seq(seq2seq_config(cfg, src_tok.vocab_size, tgt_tok.vocab_size))
+    model = Seq2Seq(seq2seq_config(cfg, arch_cfg, src_tok.vocab_size, tgt_tok.vocab_size))
     if resume:
         runs.restore_weights(model, out)
     log(f"model: encoder-decoder, {model.cfg.n_enc_layer}+{model.cfg.n_dec_layer} layers x {cfg.d_model} wide, "
@@ -121,8 +122,8 @@ def train_seq2seq(cfg, data_file, out: Path, resume: bool):
         log(f"no BLEU or chrF at evaluations: {e}")
         extra_eval = None
 
-    objective = functools.partial(seq2seq_loss, label_smoothing=cfg.label_smoothing)
-    return train(cfg, out, model, tgt_tok, get_batch, objective, run_record("seq2seq", model, cfg, data_file),
+    objective = functools.partial(seq2seq_loss, label_smoothing=arch_cfg.label_smoothing)
+    return train(cfg, out, model, tgt_tok, get_batch, objective, run_record("seq2seq", model, cfg, arch_cfg, data_file),
                  resume=resume, extra_eval=extra_eval)
 
 
