@@ -66,6 +66,9 @@ def serve_flags(p) -> None:
                            "(~40 s compiling); rows that use a LoRA adapter decode eagerly")
     p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
                                                               "beyond it requests get 429 (default 256)")
+    p.add_argument("--max-context", type=int, default=None, metavar="N",
+                   help="each sequence's context window in tokens (default: the model's, cut to what a 1 GiB "
+                        "KV cache holds for --max-batch sequences)")
     p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
                    help="largest max_tokens a request may ask for (default: the context window)")
     p.add_argument("--feedback-db", type=Path, default=None, help="SQLite file for feedback (default RUN/feedback.sqlite)")
@@ -167,6 +170,8 @@ def run_serve(a) -> int:
     for name in ("max_batch", "max_queue"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if a.max_context is not None and a.max_context < 2:
+        raise ValueError("--max-context must be at least 2")
     if a.max_tokens_limit is not None and a.max_tokens_limit < 1:
         raise ValueError("--max-tokens-limit must be at least 1")
     keys = read_api_keys(a)
@@ -175,7 +180,7 @@ def run_serve(a) -> int:
     app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
                      max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
                      served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store,
-                     compile=machine.resolve_compile(a.compile, None), dtype=a.dtype)
+                     compile=machine.resolve_compile(a.compile, None), dtype=a.dtype, max_context=a.max_context)
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

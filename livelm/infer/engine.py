@@ -115,10 +115,24 @@ def check_request(prompt_ids: list[int], params: SamplingParams, max_len: int) -
     params.validate()
 
 
+# The KV cache is allocated up front for max_batch sequences of max_len tokens. A real model's
+# window is long (SmolLM2: 8,192 positions, 377 MB of fp32 cache per sequence), so unless the
+# caller names max_len, the window is cut to what fits this budget for the whole batch.
+KV_BUDGET_BYTES = 1 << 30
+
+
+def default_max_len(cfg, max_batch: int, dtype: torch.dtype, budget: int = KV_BUDGET_BYTES) -> int:
+    """The model's window, or less: the longest multiple of 256 whose cache for max_batch rows fits `budget`."""
+    per_token = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.finfo(dtype).bits // 8 * max_batch
+    fits = budget // per_token // 256 * 256
+    return min(cfg.block_size, max(fits, 256))
+
+
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
                  prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False,
                  row_adapters: bool = False):
+        """max_len: the context window of each sequence (default: the model's, within KV_BUDGET_BYTES)."""
         self.model = model.eval()
         # compile=True: decode steps run through torch.compile (compiled_decoder). The first steps compile
         # three graphs (1 row, 2-4 rows, 5+ rows; tens of seconds on a CPU, see warm_up)
@@ -126,10 +140,10 @@ class Engine:
         self.tokenizer = tokenizer
         self.cfg = model.cfg
         self.max_batch = max_batch
-        self.max_len = min(max_len or self.cfg.block_size, self.cfg.block_size)
         self.prefill_chunk = prefill_chunk
         self.device = next(model.parameters()).device
         dtype = cache_dtype or next(model.parameters()).dtype
+        self.max_len = min(max_len or default_max_len(self.cfg, max_batch, dtype), self.cfg.block_size)
         self.cache = KVCache(self.cfg, max_batch, self.max_len, device=self.device, dtype=dtype)
         # a min-heap: new sequences take the lowest free rows, so a busy batch occupies rows 0..B-1 and the
         # attention reads the cache as views instead of gathering it (see GPT.forward)

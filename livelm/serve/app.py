@@ -76,13 +76,15 @@ class ServeState:
     def __init__(self, run, adapters=(), *, api_keys=(), max_batch: int = 16, max_queue: int = 256,
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
-                 learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto"):
+                 learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto",
+                 max_context: int | None = None):
         from livelm.runs import adapter_base as resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
         self.api_keys = {k: tenant_of(k) for k in api_keys}
         self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
         self.device, self.max_body, self.compile, self.dtype = device, max_body_bytes, compile, dtype
+        self.max_context = max_context   # each sequence's window (None: the model's, within the KV budget)
         self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
 
         # Model ids are known before loading: the base run and each adapter (by directory name, as the loader names them).
@@ -139,7 +141,8 @@ class ServeState:
             self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
             # the engine process takes the model (in shared memory); compiled decode compiles there first
             self.engine = EngineClient(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
-                                       metrics=self.metrics, compile=self.compile, row_adapters=bool(names))
+                                       metrics=self.metrics, compile=self.compile, row_adapters=bool(names),
+                                       max_len=self.max_context)
             self.tokenizer, self.max_len = tokenizer, self.engine.max_len
             if self.learn_config is not None and self.learn_config.modes:
                 from livelm.learn.live import LiveLearner

@@ -89,7 +89,7 @@ def _deliver(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
 
 class EngineClient:
     def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int = 256, metrics=None,
-                 compile: bool = False, row_adapters: bool = False):
+                 compile: bool = False, row_adapters: bool = False, max_len: int | None = None):
         """Start the engine process with `model` (its tensors move to shared memory, so the model is
         not copied) and wait until it is ready: compiled decode compiles first (tens of seconds).
         Raises RuntimeError when the engine could not start."""
@@ -106,7 +106,7 @@ class EngineClient:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=engine_process.main, name="livelm-engine", daemon=True,
                                    args=(child, model, tokenizer, max_batch, compile, torch.get_num_threads(),
-                                         row_adapters))
+                                         row_adapters, max_len))
         self.process.start()
         child.close()
         # shared, not copied: CPU tensors now live in shared memory, and CUDA tensors must stay alive in

@@ -148,7 +148,8 @@ class EngineLoop:
             self.conn.send(("fail", sids, message, code))
 
 
-def main(conn, model, tokenizer, max_batch: int, compile: bool, threads: int, row_adapters: bool) -> None:
+def main(conn, model, tokenizer, max_batch: int, compile: bool, threads: int, row_adapters: bool,
+         max_len: int | None = None) -> None:
     """The engine process's entry point (multiprocessing, spawn). `model` arrives in shared memory."""
     # Ctrl-C in a terminal reaches the whole process group: the server decides when the engine stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -157,7 +158,8 @@ def main(conn, model, tokenizer, max_batch: int, compile: bool, threads: int, ro
     torch.set_num_threads(threads)
     try:
         # the adapter is chosen per request, never globally
-        engine = Engine(model, tokenizer, max_batch=max_batch, compile=compile, row_adapters=row_adapters)
+        engine = Engine(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,
+                        row_adapters=row_adapters)
         engine.warm_up()   # compiled decode: compile now, while the server still answers "loading"
     except Exception as e:
         conn.send(("failed", f"{type(e).__name__}: {e}"))
