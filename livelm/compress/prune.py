@@ -122,18 +122,19 @@ def prune_mlp(model: GPT, amount: float) -> tuple[GPT, dict]:
     cfg = model.cfg
     hidden = cfg.mlp_hidden
     keep = round(hidden * (1 - amount))
-    if cfg.mlp == "swiglu":
+    gated = cfg.mlp != "gelu"          # SwiGLU, GeGLU
+    if gated:
         keep = max(32, 32 * round(keep / 32))
     keep = max(1, keep)
     if keep >= hidden:
         raise ValueError(f"--amount {amount} removes no MLP channel of {hidden}"
-                         + (" (SwiGLU widths are multiples of 32)" if cfg.mlp == "swiglu" else ""))
+                         + (" (SwiGLU/GeGLU widths are multiples of 32)" if gated else ""))
     new_cfg = replace(cfg, mlp_ratio=mlp_ratio_for(cfg, keep))
     sd = model.state_dict()
     for i, block in enumerate(model.blocks):
         mlp, p = block.mlp, f"blocks.{i}.mlp."
         score = mlp.down_proj.weight.detach().norm(dim=0) * mlp.up_proj.weight.detach().norm(dim=1)   # (hidden,)
-        if cfg.mlp == "swiglu":
+        if gated:
             score = score * mlp.gate_proj.weight.detach().norm(dim=1)
         idx = score.topk(keep).indices.sort().values
         for name in ("up_proj", "gate_proj"):

@@ -60,6 +60,10 @@ def gguf_arch(cfg, config: dict) -> str:
     if "quantization" in config:
         raise GGUFExportError("this run is quantized with livelm's own int8/int4 layout; export the original run "
                               "and quantize the GGUF with llama.cpp's llama-quantize")
+    if cfg.features():   # Qwen/Mistral/Gemma switches: llama.cpp has other architectures for them
+        raise GGUFExportError(f"GGUF export writes the llama and gpt2 architectures only; this run also has "
+                              f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in cfg.features())} (an imported Mistral, "
+                              f"Qwen or Gemma model?): export it with `livelm export` (Hugging Face) instead")
     for arch, fields in ARCHS.items():
         if all(getattr(cfg, k) == v for k, v in fields.items()):
             if arch == "gpt2" and cfg.n_head * cfg.head_dim != cfg.d_model:

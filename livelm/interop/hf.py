@@ -1,16 +1,22 @@
 """Hugging Face interop: a livelm run <-> a `transformers` model folder.
 
-    livelm export RUN --out DIR [--adapter ADAPTER]    ->  GPT2LMHeadModel or LlamaForCausalLM folder
+    livelm export RUN --out DIR [--adapter ADAPTER]    ->  GPT2LMHeadModel, LlamaForCausalLM, ... folder
     livelm import DIR --out RUN                        <-  such a folder, written by livelm or not
 
-livelm's GPT (livelm/models/gpt.py) is one module with switches; two settings
+livelm's GPT (livelm/models/gpt.py) is one module with switches; these settings
 of those switches are exactly a Hugging Face architecture:
 
     learned positions + LayerNorm + GELU-tanh MLP        = GPT2LMHeadModel
-    RoPE ("rotate half") + RMSNorm + SwiGLU MLP (+ GQA)  = LlamaForCausalLM
+    RoPE ("rotate half") + RMSNorm + SwiGLU MLP (+ GQA)  = LlamaForCausalLM (rope_scaling: Llama 3.1+)
+      + sliding_window on every layer                    = MistralForCausalLM
+      + qkv_bias                                         = Qwen2ForCausalLM
+      + qk_norm                                          = Qwen3ForCausalLM
+    GeGLU + x·(1+w) norms + post_norms + √C embeddings
+      (+ sliding/global layer_types, softcaps)           = Gemma2ForCausalLM
+      + qk_norm (+ a RoPE base of the sliding layers)    = Gemma3ForCausalLM
 
 Anything else (say RoPE with LayerNorm) has no HF class computing the same
-function and is refused. Mapping the weights is renaming, except for GPT-2:
+function and is refused, naming the switch. Mapping the weights is renaming, except for GPT-2:
 its Conv1D layers store weights as (in, out), the transpose of nn.Linear, and
 its attention has one fused c_attn projection = [q; k; v] stacked on the
 output axis. livelm applies RoPE in HF Llama's own "rotate half" layout
@@ -65,8 +71,57 @@ def log(msg: str) -> None:
 
 
 # ---- which HF architecture a livelm GPT is -----------------------------------------------
+# HF model_type -> (the architecture export writes, the switches (GPTConfig.features) it can hold)
+FAMILIES = {
+    "gpt2": ("GPT2LMHeadModel", ()),
+    "llama": ("LlamaForCausalLM", ("rope_scaling",)),
+    "mistral": ("MistralForCausalLM", ("rope_scaling", "sliding_window")),
+    "qwen2": ("Qwen2ForCausalLM", ("rope_scaling", "qkv_bias", "sliding_window", "layer_types")),
+    "qwen3": ("Qwen3ForCausalLM", ("rope_scaling", "qk_norm", "sliding_window", "layer_types")),
+    "gemma2": ("Gemma2ForCausalLM", ("rope_scaling", "sliding_window", "layer_types", "norm_offset", "post_norms",
+                                     "embed_scale", "attn_scalar", "attn_softcap", "final_softcap")),
+    # transformers' Gemma 3 reads attn_logit_softcapping but never applies it: no attn_softcap here
+    "gemma3_text": ("Gemma3ForCausalLM", ("rope_scaling", "rope_local_theta", "sliding_window", "layer_types",
+                                          "qk_norm", "norm_offset", "post_norms", "embed_scale", "attn_scalar",
+                                          "final_softcap")),
+}
+GEMMA = dict(position="rope", norm="rmsnorm", norm_offset=1.0, post_norms=True, embed_scale=True, bias=False,
+             qkv_bias=False)
+
+
 def family(cfg: GPTConfig) -> str:
-    """'gpt2' or 'llama', or InteropError naming the switch that has no HF equivalent."""
+    """The HF model_type (a FAMILIES key) a livelm GPT exports as, or InteropError naming the switch that
+    has no HF equivalent."""
+    fam = _layout(cfg)
+    extra = [f for f in cfg.features() if f not in FAMILIES[fam][1]]
+    if extra:
+        raise InteropError(f"{FAMILIES[fam][0]} has no equivalent of "
+                           f"{', '.join(f'{f}={getattr(cfg, f)!r}' for f in extra)}")
+    if fam != "gpt2" and cfg.d_model % cfg.n_head:
+        raise InteropError(f"transformers' {FAMILIES[fam][0]} requires hidden_size divisible by num_attention_heads "
+                           f"even with an explicit head_dim, here d_model={cfg.d_model}, n_head={cfg.n_head}")
+    return fam
+
+
+def _layout(cfg: GPTConfig) -> str:
+    """Which family the switches that decide the weights' layout pick (the others are checked by family())."""
+    if cfg.mlp == "geglu":
+        wrong = [f"{k}={getattr(cfg, k)!r}" for k, v in GEMMA.items() if getattr(cfg, k) != v]
+        if wrong:
+            raise InteropError(f"a GeGLU MLP exports as Gemma2/Gemma3ForCausalLM only, which have "
+                               f"{', '.join(f'{k}={v!r}' for k, v in GEMMA.items())}; this run has {', '.join(wrong)}")
+        return "gemma3_text" if cfg.qk_norm else "gemma2"
+    if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu") and (cfg.qk_norm or cfg.qkv_bias):
+        if cfg.bias:
+            raise InteropError("Qwen2/Qwen3 have no MLP or o_proj biases (bias=True); only LlamaForCausalLM does")
+        if cfg.qk_norm and cfg.qkv_bias:
+            raise InteropError("no HF architecture has both qk_norm and qkv_bias (Qwen3 has the norm, Qwen2 the "
+                               "biases)")
+        return "qwen3" if cfg.qk_norm else "qwen2"
+    if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu") and cfg.sliding_window:
+        if cfg.bias:
+            raise InteropError("MistralForCausalLM has no biases (bias=True); a sliding window exports as Mistral")
+        return "mistral"
     if (cfg.position, cfg.norm, cfg.mlp) == ("learned", "layernorm", "gelu"):
         if cfg.n_kv_head != cfg.n_head:
             raise InteropError(f"GPT2LMHeadModel has no grouped-query attention (n_kv_head={cfg.n_kv_head}, "
@@ -76,13 +131,10 @@ def family(cfg: GPTConfig) -> str:
                                f"{cfg.head_dim} != {cfg.d_model} (heads pruned?); only the llama layout has head_dim")
         return "gpt2"
     if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu"):
-        if cfg.d_model % cfg.n_head:
-            raise InteropError(f"transformers' LlamaConfig requires hidden_size divisible by num_attention_heads "
-                               f"even with an explicit head_dim, here d_model={cfg.d_model}, n_head={cfg.n_head}")
         return "llama"
     raise InteropError(f"position={cfg.position}, norm={cfg.norm}, mlp={cfg.mlp} has no Hugging Face counterpart: "
-                       f"export supports learned+layernorm+gelu (GPT2LMHeadModel) and rope+rmsnorm+swiglu "
-                       f"(LlamaForCausalLM)")
+                       f"export supports learned+layernorm+gelu (GPT2LMHeadModel), rope+rmsnorm+swiglu "
+                       f"(LlamaForCausalLM, Mistral, Qwen2, Qwen3) and rope+rmsnorm+geglu (Gemma 2, Gemma 3)")
 
 
 def expected_shapes(cfg: GPTConfig) -> dict[str, torch.Size]:
@@ -171,32 +223,43 @@ def from_gpt2(hf: dict[str, torch.Tensor], n_layer: int, bias: bool) -> dict[str
     return sd
 
 
-# Llama is a pure renaming. livelm suffix -> HF suffix, inside block i / layer i:
+# Llama and the families after it are a pure renaming. livelm suffix -> HF suffix, inside block i / layer i:
 _LLAMA_BLOCK = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
                 **{f"attn.{x}_proj.{t}": f"self_attn.{x}_proj.{t}" for x in "qkvo" for t in ("weight", "bias")},
+                **{f"attn.{x}_norm.weight": f"self_attn.{x}_norm.weight" for x in "qk"},      # qk_norm (Qwen3)
                 **{f"mlp.{x}_proj.{t}": f"mlp.{x}_proj.{t}" for x in ("gate", "up", "down") for t in ("weight", "bias")}}
+# Gemma has four norms a layer, and its post_attention_layernorm is the norm *after* attention, where Llama's
+# is the one before the MLP
+_GEMMA_BLOCK = {**_LLAMA_BLOCK, "ln_2.weight": "pre_feedforward_layernorm.weight",
+                "post_attn_norm.weight": "post_attention_layernorm.weight",
+                "post_mlp_norm.weight": "post_feedforward_layernorm.weight"}
 _LLAMA_TOP = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight",
               "lm_head.weight": "lm_head.weight"}
 
 
-def to_llama(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
-    out = {}
+def _block_names(fam: str) -> dict[str, str]:
+    return _GEMMA_BLOCK if fam.startswith("gemma") else _LLAMA_BLOCK
+
+
+def to_llama(sd: dict[str, torch.Tensor], cfg: GPTConfig, fam: str = "llama") -> dict[str, torch.Tensor]:
+    """livelm tensors -> the HF names of a Llama-layout family (all but gpt2)."""
+    block, out = _block_names(fam), {}
     for name, t in sd.items():
         m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-        out[f"model.layers.{m[1]}.{_LLAMA_BLOCK[m[2]]}" if m else _LLAMA_TOP[name]] = t
+        out[f"model.layers.{m[1]}.{block[m[2]]}" if m else _LLAMA_TOP[name]] = t
     return out
 
 
-def from_llama(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """LlamaForCausalLM tensors -> livelm names; unknown names raise InteropError."""
-    block = {v: k for k, v in _LLAMA_BLOCK.items()}
+def from_llama(hf: dict[str, torch.Tensor], fam: str = "llama") -> dict[str, torch.Tensor]:
+    """HF tensors of a Llama-layout family -> livelm names; unknown names raise InteropError."""
+    block = {v: k for k, v in _block_names(fam).items()}
     top = {v: k for k, v in _LLAMA_TOP.items()}
     sd = {}
     for name, t in hf.items():
         m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
         new = f"blocks.{m[1]}.{block.get(m[2], '?')}" if m else top.get(name)
         if new is None or new.endswith("?"):
-            raise InteropError(f"unexpected tensor {name!r} in a Llama checkpoint")
+            raise InteropError(f"unexpected tensor {name!r} in a {fam} checkpoint")
         sd[new] = t
     return sd
 
@@ -214,14 +277,38 @@ def hf_config(cfg: GPTConfig, fam: str, dtype: torch.dtype, tok: Tokenizer) -> d
                 "n_inner": cfg.mlp_hidden, "activation_function": "gelu_new", "layer_norm_epsilon": cfg.norm_eps,
                 "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "initializer_range": 0.02}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+    base = {"architectures": [FAMILIES[fam][0]], "model_type": fam, **common,
             "hidden_size": cfg.d_model, "intermediate_size": cfg.mlp_hidden, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
-            "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
-            # rope_theta for transformers 4.x readers, rope_parameters for 5.x
-            "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-            "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.dropout,
-            "initializer_range": 0.02}
+            "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+            "attention_dropout": cfg.dropout, "initializer_range": 0.02,
+            # rope_theta (and rope_scaling) for transformers 4.x readers, rope_parameters for 5.x
+            "rope_theta": cfg.rope_theta, **({"rope_scaling": dict(cfg.rope_scaling)} if cfg.rope_scaling else {})}
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})}
+    types = cfg.layer_types or ["sliding_attention" if cfg.sliding_window else "full_attention"] * cfg.n_layer
+    window = cfg.sliding_window or None
+    if fam == "llama":
+        return {**base, "hidden_act": "silu", "rope_parameters": rope, "attention_bias": cfg.bias, "mlp_bias": cfg.bias}
+    if fam == "mistral":
+        return {**base, "hidden_act": "silu", "rope_parameters": rope, "sliding_window": window}
+    if fam in ("qwen2", "qwen3"):
+        # transformers 4.x derives the layer types: layers from max_window_layers on slide
+        first_sliding = next((i for i, t in enumerate(types) if t == "sliding_attention"), cfg.n_layer)
+        return {**base, "hidden_act": "silu", "rope_parameters": rope, "use_sliding_window": bool(window),
+                "sliding_window": window, "max_window_layers": first_sliding, "layer_types": types,
+                **({"attention_bias": False} if fam == "qwen3" else {})}
+    scalar = cfg.attn_scalar or cfg.head_dim
+    gemma = {**base, "hidden_activation": "gelu_pytorch_tanh",
+             "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,   # an int field in HF
+             # HF builds the sliding mask even when no layer slides, so it needs some window
+             "sliding_window": window or cfg.block_size, "layer_types": types,
+             "final_logit_softcapping": cfg.final_softcap or None, "attn_logit_softcapping": cfg.attn_softcap or None,
+             "attention_bias": False, "use_bidirectional_attention": False}
+    if fam == "gemma2":
+        return {**gemma, "rope_parameters": rope}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta} if cfg.rope_local_theta else rope
+    return {**gemma, "rope_parameters": {"full_attention": rope, "sliding_attention": local},
+            "rope_local_base_freq": cfg.rope_local_theta or cfg.rope_theta}
 
 
 def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, dict]:
@@ -299,7 +386,7 @@ def export_hf(run_dir, out_dir, adapter_dir=None) -> dict:
         base = read_adapter_config(adapter_dir)[1].get("base_model_name_or_path")
         if base and Path(base).resolve() != run_dir.resolve():
             log(f"note: {adapter_dir} was trained on {base}, not {run_dir}; its shapes fit, so it is exported anyway")
-    hf = to_gpt2(sd, cfg) if fam == "gpt2" else to_llama(sd, cfg)
+    hf = to_gpt2(sd, cfg) if fam == "gpt2" else to_llama(sd, cfg, fam)
     dtype = sd["wte.weight"].dtype
     io.write_bytes(out / "model.safetensors", save(hf, metadata={"format": "pt"}))
     io.write_bytes(out / "tokenizer.json", (run_dir / "tokenizer.json").read_bytes())  # unchanged
@@ -308,7 +395,7 @@ def export_hf(run_dir, out_dir, adapter_dir=None) -> dict:
     if adapter is not None:
         io.write_bytes(out / "adapter" / "adapter_model.safetensors", save(adapter[1], metadata={"format": "pt"}))
         io.write_json(out / "adapter" / "adapter_config.json", adapter[0])
-    arch_name = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[fam]
+    arch_name = FAMILIES[fam][0]
     io.write_json(out / "config.json", hf_config(cfg, fam, dtype, tok))  # last: the folder is complete
     log(f"exported {run_dir} as {arch_name} ({sum(t.numel() for t in hf.values()) / 1e6:.2f}M parameters) to {out}")
     return {"format": "hf", "out": str(out), "architecture": arch_name, "run": str(run_dir),
@@ -320,7 +407,7 @@ def export_hf(run_dir, out_dir, adapter_dir=None) -> dict:
 def adapter_to_hf(adapter_dir, cfg: GPTConfig, fam: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """A livelm LoRA adapter -> (PEFT adapter_config, tensors) for the exported HF module names.
 
-    Llama: a renaming. GPT-2: q/k/v live in one fused c_attn, y = x·W_attn + b
+    Llama-layout families: a renaming. GPT-2: q/k/v live in one fused c_attn, y = x·W_attn + b
     with W_attn = [Wq; Wk; Wv]; the three updates B_q A_q x, B_k A_k x, B_v A_v x
     stacked on the output axis are exactly one LoRA of rank n·r (n = how many of
     q/k/v were adapted):
@@ -363,7 +450,7 @@ def adapter_to_hf(adapter_dir, cfg: GPTConfig, fam: str, out: Path) -> tuple[dic
         out_t[f"{PREFIX}{hf_mod}.lora_A.weight"] = A.contiguous()
         out_t[f"{PREFIX}{hf_mod}.lora_B.weight"] = B.contiguous()
 
-    if fam == "llama":
+    if fam != "gpt2":     # the Llama layout: a renaming
         for mod, ab in parts.items():
             m = re.fullmatch(r"blocks\.(\d+)\.(attn|mlp)\.(\w+)", mod)
             hf_mod = f"model.layers.{m[1]}.{'self_attn' if m[2] == 'attn' else 'mlp'}.{m[3]}" if m else mod

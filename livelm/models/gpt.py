@@ -1,12 +1,22 @@
-"""A decoder-only Transformer covering the GPT-2 and Llama families.
+"""A decoder-only Transformer covering the GPT-2, Llama, Mistral, Qwen2/3 and Gemma 2/3 families.
 
 One readable module: token embedding, positions (learned or rotary), pre-norm
-blocks of causal self-attention (optionally grouped-query) and an MLP (GELU or
-SwiGLU), a final norm and a (tied or untied) head. The two presets differ only
-in configuration:
+blocks of causal self-attention (optionally grouped-query) and an MLP (GELU,
+SwiGLU or GeGLU), a final norm and a (tied or untied) head. The families differ
+only in configuration (GPTConfig's fields, no subclasses):
 
-    gpt2:  learned positions, LayerNorm, GELU MLP, all heads have their own K/V
-    llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases
+    gpt2:    learned positions, LayerNorm, GELU MLP, all heads have their own K/V
+    llama:   RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases
+             (Llama 3.1+: rope_scaling "llama3" stretches the slow RoPE frequencies)
+    mistral: llama + sliding_window (each token sees only the last W positions)
+    qwen2:   llama + qkv_bias (biases on q/k/v only)
+    qwen3:   llama + qk_norm (RMSNorm over each head of q and k before RoPE), explicit head_size
+    gemma3:  llama with a GeGLU MLP, norms computing x·(1 + w) (norm_offset), a second norm after
+             attention and after the MLP (post_norms), embeddings times √d_model (embed_scale),
+             scores scaled by attn_scalar^-1/2, and sliding-window layers (own RoPE base
+             rope_local_theta) interleaved with global ones (layer_types)
+    gemma2:  gemma3 without qk_norm and rope_local_theta; soft-capped scores and logits
+             (attn_softcap, final_softcap)
 
 Shapes: B batch, S new tokens, T attended positions, H query heads, Hkv K/V
 heads, D head size, C = d_model.
@@ -14,6 +24,8 @@ heads, D head size, C = d_model.
 Incremental decoding uses a KVCache with one row ("slot") per sequence. Every
 slot keeps its own length, so sequences at different positions can decode in
 one batched forward pass — the basis of continuous batching in livelm.infer.
+Sliding-window layers keep every position in the cache too; their mask hides
+the keys older than the window (in prefill and decode alike).
 """
 from __future__ import annotations
 
@@ -24,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from livelm.models.kernels import STREAMING_BYTES, Linear, causal_attention, decode_attention, gelu_tanh
+from livelm.models.kernels import STREAMING_BYTES, Linear, attention, causal_attention, decode_attention, gelu_tanh
+from livelm.models.layers import apply_rope, check_rope_scaling, make_norm, rope_tables   # bert, seq2seq import these here
 
 
 @dataclass
@@ -36,15 +49,30 @@ class GPTConfig:
     n_kv_head: int = 0             # 0 means n_head (plain multi-head attention)
     d_model: int = 256
     head_size: int = 0             # 0 means d_model // n_head; set when `livelm prune` removed heads (head_dim stays)
-    mlp_ratio: float = 4.0         # hidden = mlp_ratio * d_model (SwiGLU: 2/3 of it, rounded)
+    mlp_ratio: float = 4.0         # hidden = mlp_ratio * d_model (SwiGLU/GeGLU: 2/3 of it, rounded)
     dropout: float = 0.0
     bias: bool = True
     position: str = "learned"      # learned | rope
     norm: str = "layernorm"        # layernorm | rmsnorm
-    mlp: str = "gelu"              # gelu | swiglu
+    mlp: str = "gelu"              # gelu | swiglu | geglu (gated, tanh GELU: Gemma)
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # ---- the other families' switches (imported checkpoints, livelm/interop/hf_import.py); the
+    # defaults are GPT-2 / Llama as above, so older config.json files load unchanged
+    rope_scaling: dict | None = None   # {"rope_type": "llama3" | "linear", "factor": ..., ...} as in HF; full layers
+    rope_local_theta: float = 0.0      # RoPE base of the sliding layers, unscaled (Gemma); 0 = as the full layers
+    sliding_window: int = 0            # sliding layers see the last W positions, their own included; 0 = none
+    layer_types: list | None = None    # per layer "full_attention" | "sliding_attention"; None = all sliding
+                                       # when sliding_window is set (Mistral), else all full
+    qkv_bias: bool = False             # biases on q/k/v_proj even when `bias` is off (Qwen2)
+    qk_norm: bool = False              # a norm over each head of q and of k, before RoPE (Qwen3, Gemma 3)
+    norm_offset: float = 0.0           # RMSNorm scales by (norm_offset + weight): Gemma stores weight - 1
+    post_norms: bool = False           # a norm on the attention and the MLP outputs too, before the residual add
+    embed_scale: bool = False          # embeddings times sqrt(d_model), rounded to their dtype (Gemma)
+    attn_scalar: float = 0.0           # attention scores scaled by attn_scalar^-1/2; 0 = head_dim (the usual)
+    attn_softcap: float = 0.0          # scores -> c·tanh(scores/c) (Gemma 2); 0 = off
+    final_softcap: float = 0.0         # logits -> c·tanh(logits/c) (Gemma 2); 0 = off
 
     def __post_init__(self):
         if self.n_kv_head == 0:
@@ -54,9 +82,16 @@ class GPTConfig:
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
         for name, allowed in (("position", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
-                              ("mlp", ("gelu", "swiglu"))):
+                              ("mlp", ("gelu", "swiglu", "geglu"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+        check_rope_scaling(self.rope_scaling)
+        if self.layer_types is not None:
+            kinds = ("full_attention", "sliding_attention")
+            if len(self.layer_types) != self.n_layer or any(t not in kinds for t in self.layer_types):
+                raise ValueError(f"layer_types must list one of {kinds} for each of the {self.n_layer} layers")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window={self.sliding_window} must be >= 0")
 
     @property
     def head_dim(self) -> int:
@@ -65,9 +100,19 @@ class GPTConfig:
     @property
     def mlp_hidden(self) -> int:
         hidden = int(self.mlp_ratio * self.d_model)
-        if self.mlp == "swiglu":  # keep parameter count equal to a GELU MLP of the same ratio
+        if self.mlp != "gelu":  # gated: keep parameter count equal to a GELU MLP of the same ratio
             hidden = 32 * math.ceil(2 * hidden / 3 / 32)
         return hidden
+
+    def sliding(self, layer: int) -> bool:
+        """Whether `layer` attends over a sliding window of the last sliding_window positions."""
+        return bool(self.sliding_window) and (self.layer_types is None or
+                                              self.layer_types[layer] == "sliding_attention")
+
+    def features(self) -> list[str]:
+        """The family switches set away from their defaults (interop refuses what a format cannot hold)."""
+        defaults = GPTConfig.__dataclass_fields__
+        return [name for name in FAMILY_FIELDS if getattr(self, name) != defaults[name].default]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,48 +123,15 @@ class GPTConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+FAMILY_FIELDS = ("rope_scaling", "rope_local_theta", "sliding_window", "layer_types", "qkv_bias", "qk_norm",
+                 "norm_offset", "post_norms", "embed_scale", "attn_scalar", "attn_softcap", "final_softcap")
+
+
 PRESETS = {
     "gpt2": dict(position="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True),
     "llama": dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False,
                   n_kv_head=2, norm_eps=1e-6),
 }
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        # normalise in fp32: under bf16 autocast the mean of squares loses too much precision
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).type_as(x)
-
-
-def make_norm(cfg: GPTConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
-
-
-def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (length, head_dim/2) for rotary embeddings."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, S, D) by per-position angles; cos/sin are (B, 1, S, D/2).
-
-    Uses the "rotate half" layout (first half pairs with second half), the same
-    as Hugging Face's Llama, so exported weights need no permutation.
-    """
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.type_as(x)
 
 
 class KVCache:
@@ -154,10 +166,16 @@ class CausalSelfAttention(nn.Module):
         self.cfg = cfg
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         # separate projections (not one fused qkv) keep GQA shapes obvious and map 1:1 to Llama's q/k/v_proj
-        self.q_proj = Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
-        self.k_proj = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.v_proj = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.q_proj = Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
         self.o_proj = Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        # qk_norm: each head's q and k normalised over D (one weight of D shared by the heads), which keeps
+        # the scores bounded (Qwen3, Gemma 3)
+        self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+        self.scale = cfg.attn_scalar ** -0.5 if cfg.attn_scalar else None     # None: 1/sqrt(D)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, attn_mask, layer: int, cache: KVCache | None, slots: torch.Tensor | None,
@@ -166,6 +184,8 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)      # (B, H, S, D)
         k = self.k_proj(x).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)   # (B, Hkv, S, D)
         v = self.v_proj(x).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
@@ -184,25 +204,22 @@ class CausalSelfAttention(nn.Module):
             cache.k[at_layer, rows, :, pos] = kt
             cache.v[at_layer, rows, :, pos] = vt
             if packing is not None:
-                y = packed_attention(q, cache, layer, T, attn_mask, packing, self.n_kv_head != self.n_head)
+                y = packed_attention(q, cache, layer, T, attn_mask, packing, self.scale, self.cfg.attn_softcap)
                 return self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)))
             # consecutive rows (the usual case in a full batch) come as a slice: views of the cache, not copies
             k, v = cache.read(layer, slots, T, q.dtype)                               # (B, Hkv, T, D)
             is_causal = False
         dropout = self.cfg.dropout if self.training else 0.0
-        gqa = self.n_kv_head != self.n_head   # each K/V head serves n_head/n_kv_head query heads
+        softcap = self.cfg.attn_softcap
         if cache is not None and S == 1 and torch.compiler.is_compiling() and x.device.type == "cpu":
-            y = decode_attention(q, k, v, attn_mask)
+            y = decode_attention(q, k, v, attn_mask, self.scale, softcap)
         elif is_causal and x.device.type == "cpu":
-            if gqa:
+            if self.n_kv_head != self.n_head:   # each K/V head serves n_head/n_kv_head query heads
                 rep = self.n_head // self.n_kv_head
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            y = causal_attention(q, k, v, dropout)
+            y = causal_attention(q, k, v, dropout, self.scale, softcap)
         else:
-            # enable_gqa broadcasts K/V heads inside the kernel: repeating them would copy the whole
-            # cached prefix every decode step (measured: 4x slower attention at batch 16 on CPU)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal,
-                                               enable_gqa=gqa)
+            y = attention(q, k, v, attn_mask, dropout, is_causal, self.scale, softcap)
         y = y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)
         return self.resid_dropout(self.o_proj(y))
 
@@ -230,52 +247,63 @@ class Packing:
 
 
 def packed_attention(q: torch.Tensor, cache: KVCache, layer: int, T: int, attn_mask: torch.Tensor,
-                     packing: Packing, gqa: bool) -> torch.Tensor:
+                     packing: Packing, scale: float | None = None, softcap: float = 0.0) -> torch.Tensor:
     """q: (B, H, 1, D), one row per token, their keys already in the cache -> (B, H, 1, D).
-    attn_mask: (B, 1, 1, T), row i may see key j iff j <= its position (causal within a segment too)."""
+    attn_mask: (B, 1, 1, T), row i may see key j iff j <= its position (causal within a segment too;
+    in a sliding-window layer also j > its position - W)."""
     parts = []
     n1 = packing.segments[0][0] if packing.segments else q.size(0)
     if n1:
         k, v = cache.read(layer, packing.singles, T, q.dtype)
-        parts.append(F.scaled_dot_product_attention(q[:n1], k, v, attn_mask=attn_mask[:n1], enable_gqa=gqa))
+        parts.append(attention(q[:n1], k, v, attn_mask[:n1], scale=scale, softcap=softcap))
     for lo, hi, slot in packing.segments:
         k, v = cache.read(layer, slice(slot, slot + 1), T, q.dtype)                        # (1, Hkv, T, D), views
-        y = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 2), k, v,                # as (1, H, n, D)
-                                           attn_mask=attn_mask[lo:hi, 0, 0][None, None], enable_gqa=gqa)
+        y = attention(q[lo:hi].transpose(0, 2), k, v, attn_mask[lo:hi, 0, 0][None, None],  # as (1, H, n, D)
+                      scale=scale, softcap=softcap)
         parts.append(y.transpose(0, 2))                                                   # back to (n, H, 1, D)
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 class MLP(nn.Module):
+    """gelu: down(gelu(up(x))); gated: down(act(gate(x)) * up(x)), act = SiLU (SwiGLU) or tanh GELU (GeGLU)."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        self.gated = cfg.mlp != "gelu"
         hidden = cfg.mlp_hidden
         self.up_proj = Linear(cfg.d_model, hidden, bias=cfg.bias)
-        if self.swiglu:
+        if self.gated:
             self.gate_proj = Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.down_proj = Linear(hidden, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        if self.swiglu:
-            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        if self.gated:
+            h = (F.silu if self.swiglu else gelu_tanh)(self.gate_proj(x)) * self.up_proj(x)
         else:
             h = gelu_tanh(self.up_proj(x))
         return self.dropout(self.down_proj(h))
 
 
 class Block(nn.Module):
+    """x + attn(ln_1(x)), then + mlp(ln_2(x)); with post_norms (Gemma) each output is normalised again
+    (post_attn_norm, post_mlp_norm) before it joins the residual stream."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
+        self.post_attn_norm = make_norm(cfg) if cfg.post_norms else None
+        self.post_mlp_norm = make_norm(cfg) if cfg.post_norms else None
 
     def forward(self, x, rope, attn_mask, layer, cache, slots, positions=None, packing=None):
-        x = x + self.attn(self.ln_1(x), rope, attn_mask, layer, cache, slots, positions, packing)
-        return x + self.mlp(self.ln_2(x))
+        h = self.attn(self.ln_1(x), rope, attn_mask, layer, cache, slots, positions, packing)
+        x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
+        h = self.mlp(self.ln_2(x))
+        return x + (h if self.post_mlp_norm is None else self.post_mlp_norm(h))
 
 
 @dataclass
@@ -326,9 +354,13 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         if cfg.position == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+            if cfg.rope_local_theta:   # Gemma's sliding layers rotate with a base of their own, unscaled
+                cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_local_theta)
+                self.register_buffer("rope_local_cos", cos, persistent=False)
+                self.register_buffer("rope_local_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # decode reads every weight once per step: from DRAM, unless the model fits in the last-level cache
         # (32 MiB here); only then is Linear's few-row detour faster (bench/gemv.py, bench/hf_decode.py)
@@ -385,18 +417,26 @@ class GPT(nn.Module):
             attn_mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]   # (B, 1, S, T)
         elif S > self.cfg.block_size:
             raise ValueError(f"sequence of {S} tokens exceeds the context window of {self.cfg.block_size}")
+        window_mask = self._window_mask(attn_mask, positions if cache is not None else None, S, idx.device)
         if positions is None:
             positions = torch.arange(S, device=idx.device)[None].expand(B, S)
 
         x = self.wte(idx)
+        if self.cfg.embed_scale:   # Gemma: times sqrt(C) rounded to the embedding's dtype first, as HF does
+            x = x * torch.tensor(self.cfg.d_model ** 0.5, dtype=x.dtype)
         if self.wpe is not None:
             x = x + self.wpe(positions)
         x = self.drop(x)
-        rope = None
+        rope = rope_local = None
         if self.cfg.position == "rope":
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, S, D/2)
+            rope_local = rope
+            if self.cfg.rope_local_theta:
+                rope_local = (self.rope_local_cos[positions][:, None], self.rope_local_sin[positions][:, None])
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, attn_mask, layer, cache, slots, positions if cache is not None else None, packing)
+            sliding = self.cfg.sliding(layer)
+            x = block(x, rope_local if sliding else rope, window_mask if sliding else attn_mask, layer, cache, slots,
+                      positions if cache is not None else None, packing)
         if packing is not None:
             cache.lengths.index_add_(0, slots, torch.ones_like(slots))   # a slot may take several rows
         elif cache is not None:
@@ -407,10 +447,29 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(x)
+        if self.cfg.final_softcap:
+            logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _window_mask(self, attn_mask: torch.Tensor | None, positions: torch.Tensor | None, S: int,
+                     device) -> torch.Tensor | None:
+        """The mask of the sliding-window layers: attn_mask, and key j visible to query i only if j > i - W.
+
+        With a cache, i is the query's position (B, S) and j the key's cache position (attn_mask (B, 1, S, T));
+        without, both are row indices (attn_mask (B, 1, S, S), or None = causal). None if no layer slides."""
+        W = self.cfg.sliding_window
+        if not any(self.cfg.sliding(i) for i in range(self.cfg.n_layer)):
+            return None
+        if positions is None:
+            pos = torch.arange(S, device=device)
+            recent = pos[None, :] > pos[:, None] - W                                     # (S, S)
+            causal = pos[None, :] <= pos[:, None]
+            return recent & (causal if attn_mask is None else attn_mask)
+        key_pos = torch.arange(attn_mask.size(-1), device=device)
+        return attn_mask & (key_pos[None, None, None, :] > positions[:, None, :, None] - W)   # (B, 1, S, T)
 
     @staticmethod
     def _packing(slots: torch.Tensor, segments: list[tuple[int, int]], S: int) -> Packing:
