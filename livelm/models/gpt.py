@@ -351,6 +351,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False    # training: recompute blocks in backward (set by the trainer)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         if cfg.position == "rope":
@@ -386,9 +387,28 @@ class GPT(nn.Module):
         """idx: (B, S) token ids; targets (B, S) for a loss; plan: how the rows are laid out (BatchPlan:
         packed conversations in training, KV-cache rows in the engine; None = plain causal rows).
 
-        Returns logits (B, S, V) (or (B, 1, V) with plan.last_only, (B', S, V) with plan.out_rows),
-        and the mean loss if targets given (targets == -1 are ignored).
+        Returns logits (B, S, V) (or (B, 1, V) with plan.last_only, (B', S, V) with plan.out_rows).
+        With targets: (logits of the positions that have a target (N, V), their mean loss); targets == -1
+        take no loss and get no logits — in chat fine-tuning most positions are the user's, and a real
+        vocabulary is large (49,152 x every position is most of the memory of a step).
         """
+        x = self.hidden(idx, plan)
+        if targets is None:
+            return self.head(x)
+        keep = targets != -1
+        logits = self.head(x[keep])                                                    # (N, V)
+        return logits, F.cross_entropy(logits.float(), targets[keep])
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., C) -> logits (..., V)."""
+        logits = self.lm_head(x)
+        if self.cfg.final_softcap:
+            logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
+        return logits
+
+    def hidden(self, idx: torch.Tensor, plan: "BatchPlan | None" = None) -> torch.Tensor:
+        """The final normed hidden states (B, S, C) that the head turns into logits (see forward for `plan`);
+        a classifier reads them too (livelm/training/recipes)."""
         plan = plan or BatchPlan()
         positions, attn_mask, cache, slots = plan.positions, plan.attn_mask, plan.cache, plan.slots
         last_only, kv_len, segments, out_rows = plan.last_only, plan.kv_len, plan.segments, plan.out_rows
@@ -435,24 +455,23 @@ class GPT(nn.Module):
                 rope_local = (self.rope_local_cos[positions][:, None], self.rope_local_sin[positions][:, None])
         for layer, block in enumerate(self.blocks):
             sliding = self.cfg.sliding(layer)
-            x = block(x, rope_local if sliding else rope, window_mask if sliding else attn_mask, layer, cache, slots,
-                      positions if cache is not None else None, packing)
+            args = (x, rope_local if sliding else rope, window_mask if sliding else attn_mask, layer, cache, slots,
+                    positions if cache is not None else None, packing)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only each block's input; its insides are recomputed in backward (~1.3x the compute,
+                # a fraction of the memory: what lets a real model's LoRA step fit in a laptop's RAM)
+                x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                x = block(*args)
         if packing is not None:
             cache.lengths.index_add_(0, slots, torch.ones_like(slots))   # a slot may take several rows
         elif cache is not None:
             cache.lengths[slots] += S
         if out_rows is not None:
             x = x[out_rows]
-        x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)
-        if self.cfg.final_softcap:
-            logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.ln_f(x)
 
     def _window_mask(self, attn_mask: torch.Tensor | None, positions: torch.Tensor | None, S: int,
                      device) -> torch.Tensor | None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 
 from livelm.chat.data import PackedChats, common_system_prompts, encode_examples, read_conversations
-from livelm.chat.template import prompt_ids
 from livelm.data.split import heldout_split
 from livelm.infer.evaluate import answer_accuracy, heldout_answers
 from livelm.config import resolve_config

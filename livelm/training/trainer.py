@@ -148,6 +148,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     elif ddp.is_main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
 
+    if hasattr(model, "activation_checkpointing"):
+        model.activation_checkpointing = cfg.activation_checkpointing
     step_model = model
     if ddp.world > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP

