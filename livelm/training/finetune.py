@@ -25,6 +25,18 @@ from livelm.training.trainer import log, train
 FINETUNE_DEFAULTS = dict(max_iters=300, lr=5e-4, min_lr=5e-5, warmup_iters=20, eval_interval=100,
                          eval_iters=0, batch_size=8, grad_accum=1, dropout=0.0)
 LORA_LR = 2e-3
+# Models from this size up (a real imported model) recompute each block in backward: SmolLM2-135M's LoRA
+# step at block 512 then fits in well under 2 GB (bench/real_model.py) instead of many GB
+CHECKPOINT_PARAMS = 50_000_000
+MIN_ROW = 512   # packed rows hold several short chats: no shorter than this
+
+
+def data_block_size(convs: list[list[dict]], tokenizer, window: int) -> int:
+    """The packing row length: the longest rendered conversation rounded up to 64 (at least MIN_ROW),
+    within the model's window. Real models say 8,192+ positions; a row that long costs memory for nothing."""
+    from livelm.chat.template import render
+    longest = max((len(render(c, tokenizer, with_mask=False)[0]) for c in convs), default=1)
+    return min(window, max(MIN_ROW, -(-longest // 64) * 64))
 
 
 def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_file: str | Path | None = None,
@@ -40,8 +52,13 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
     if cfg.block_size > model.cfg.block_size:
         raise ValueError(f"--block-size {cfg.block_size} exceeds the base model's context window {model.cfg.block_size}")
     model.set_dropout(cfg.dropout)
+    n_total = sum(p.numel() for p in model.parameters())
+    if "activation_checkpointing" not in overrides and n_total >= CHECKPOINT_PARAMS:
+        cfg.activation_checkpointing = True
 
     convs, bad = read_conversations(data, skip_bad=skip_bad)
+    if "block_size" not in overrides:   # rows as long as the data needs, not the model's whole window
+        cfg.block_size = data_block_size(convs, tokenizer, model.cfg.block_size)
     if bad:
         log(f"skipped {bad} bad line(s) in {data}")
     system_prompts = common_system_prompts(convs)
@@ -65,7 +82,6 @@ def finetune(base_run: str | Path, data: str | Path, out: str | Path, config_fil
     def get_batch(split, i):
         return packed_train.batch(i, cfg.batch_size) if split == "train" else val_batches[i % len(val_batches)]
 
-    n_total = sum(p.numel() for p in model.parameters())
     save_fn, trainable = None, None
     if use_lora:
         lcfg = lora_cfg or lora.LoRAConfig()
