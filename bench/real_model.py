@@ -58,6 +58,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages (the model's weights, in shared memory between the server and
+    its engine process) are counted once across the processes, not once in each as RSS counts them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -121,7 +130,9 @@ def bench_serve(run: Path) -> dict:
                    for q in PROMPTS[:4]]
         pids = [proc.pid] + children(proc.pid)
         mb = {str(p): round(rss_mb(p)) for p in pids}
-        return {"section": "serve", "rss_mb_total": sum(mb.values()), "rss_mb_by_process": mb,
+        pss = {str(p): round(pss_mb(p)) for p in pids}
+        return {"section": "serve", "pss_mb_total": sum(pss.values()), "rss_mb_by_process": mb,
+                "pss_mb_by_process": pss,
                 "first_answer": r.choices[0].message.content, "answers": answers}
     finally:
         proc.terminate()

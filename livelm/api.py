@@ -61,15 +61,18 @@ class Model:
 
 def load(path: str | Path, adapters: list[str | Path] | None = None, device: str = "auto",
          dtype: str = "auto") -> Model:
-    """Load a livelm run, an adapter directory (with its base run), or a Hugging Face GPT-2/Llama folder.
-    dtype: the weights' dtype (auto: livelm.machine's choice for this hardware at batch 1)."""
+    """Load a livelm run, an adapter directory (with its base run), a Hugging Face folder or a GGUF file
+    (Llama, Mistral, Qwen, Gemma, GPT-2). dtype: the weights' dtype (auto: livelm.machine's choice for
+    this hardware at batch 1)."""
     from livelm.runs import load as load_run
     path, keep = Path(path), None
-    if (path / "config.json").is_file() and "architectures" in (path / "config.json").read_text(encoding="utf-8"):
-        # a Hugging Face folder: convert it once into a temporary run (the same code as `livelm import`)
-        from livelm.interop.hf_import import import_hf
-        keep = tempfile.TemporaryDirectory(prefix="livelm-hf-")
-        import_hf(path, Path(keep.name) / "run")
+    foreign = path.is_file() and path.suffix.lower() == ".gguf" or (path / "config.json").is_file() and \
+        "architectures" in (path / "config.json").read_text(encoding="utf-8")
+    if foreign:
+        # convert it once into a temporary run (the same code as `livelm import`)
+        from livelm.interop.hf_import import import_model
+        keep = tempfile.TemporaryDirectory(prefix="livelm-import-")
+        import_model(path, Path(keep.name) / "run")
         run = Path(keep.name) / "run"
     else:
         run = path

@@ -4,11 +4,15 @@ A run directory holds
     config.json         {"arch": "gpt" | "bert" | "seq2seq" | "lstm", "model": {...its config}, "step": N, ...}
     model.safetensors   the weights (never pickled); a tied weight is stored once, under its first name
     tokenizer.json      the tokenizer (seq2seq runs with two vocabularies add src_tokenizer.json)
+    tokenizer_config.json  an imported model's bos/eos, end-of-turn tokens and chat template (livelm/tokenizer.py)
     train_state.pt      optimizer state for --resume (livelm/training/checkpoint.py reads it)
 
 How the weights are stored is said in config.json, and decoded here for every caller:
     "quantization": {...}   int8/int4 Linear layers (livelm/models/quantized.py; written by `livelm quantize`)
     "sparse": [names]       these weights as a bitmask + the non-zeros (written by `livelm prune --method magnitude`)
+
+A GPT run whose config.json says "task": "classify" (with its "labels") is a decoder classifier: the
+weights hold a head beside the GPT's (score.weight, score.bias; livelm/training/recipes/classify.py).
 
 A LoRA adapter folder (PEFT layout: adapter_config.json + adapter_model.safetensors, no
 model.safetensors) is a run too: `load` loads its base run and activates it. (Hugging Face
@@ -145,6 +149,9 @@ def register_side_file(name: str) -> None:
         SIDE_FILES.append(name)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def save_tensors(out: str | Path, src: str | Path, tensors: dict[str, torch.Tensor], config: dict,
                  side_files: list[str] | None = None) -> Path:
     """A run from stored tensors (quantized, sparse: see the module docstring) with src's tokenizer and
@@ -154,8 +161,9 @@ def save_tensors(out: str | Path, src: str | Path, tensors: dict[str, torch.Tens
     step = config.get("step", 0)
     io.write_bytes(out / "model.safetensors", save(tensors, metadata={"step": str(step), "format": "pt"}))
     io.write_json(out / "config.json", config)
-    if (src / "tokenizer.json").resolve() != (out / "tokenizer.json").resolve():
-        shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
+    for name in TOKENIZER_FILES:   # the tokenizer, and an imported model's bos/eos, stop tokens and chat template
+        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
+            io.write_bytes(out / name, (src / name).read_bytes())
     for name in SIDE_FILES if side_files is None else side_files:
         if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
             io.write_bytes(out / name, (src / name).read_bytes())
@@ -210,6 +218,9 @@ def build_model(config: dict, where) -> torch.nn.Module:
         raise CheckpointError(f"{where} holds a model of unknown kind {arch!r} (known: {', '.join(ARCHS)})")
     cls, cfg_cls = ARCHS[arch]
     try:
+        if arch == "gpt" and config.get("task") == "classify":   # a decoder with a classifier head
+            from livelm.training.recipes.classify import GPTClassifier
+            return GPTClassifier(cfg_cls.from_dict(config["model"]), config["labels"])
         return cls(cfg_cls.from_dict(config["model"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}/config.json has an invalid model section: {e}") from None

@@ -27,7 +27,7 @@ import uuid
 
 from pydantic import ValidationError
 
-from livelm.chat.template import ChatFormatError, prompt_ids, validate
+from livelm.chat.template import ChatFormatError, prompt_ids, render, validate
 from livelm.sampling import SamplingParams
 from livelm.serve.openai_schema import (MAX_N, SEED_MAX, SEED_MIN, ChatCompletionRequest, CompletionRequest,
                                         FeedbackRequest, unsupported)
@@ -137,6 +137,10 @@ def chat_prompt(req: ChatCompletionRequest, tokenizer) -> list[int]:
     msgs = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
             for m in req.messages]
     try:
+        if req.continue_final_message or not req.add_generation_prompt:
+            return render(validate(msgs), tokenizer, add_generation_prompt=req.add_generation_prompt and not
+                          req.continue_final_message, continue_final_message=req.continue_final_message,
+                          with_mask=False)[0]
         return prompt_ids(validate(msgs), tokenizer)
     except ChatFormatError as e:
         raise APIError(400, str(e), param="messages", code="invalid_parameter") from None

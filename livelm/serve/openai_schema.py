@@ -81,6 +81,10 @@ class _Sampling(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[dict[str, Any]]
     max_completion_tokens: int | None = Field(None, ge=1)
+    # vLLM's extensions, as transformers' apply_chat_template defines them: continue the final
+    # assistant message instead of opening a new turn (prefilling the answer's start)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 

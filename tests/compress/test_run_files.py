@@ -18,6 +18,11 @@ def test_save_run_keeps_the_tokenizer_and_the_update_guards_probes(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "probes.jsonl", "tokenizer.json"]
     assert (out / "probes.jsonl").read_bytes() == (src / "probes.jsonl").read_bytes()
     assert json.loads((out / "config.json").read_text())["system_prompts"] == {"en": "You help readers."}
+    # an imported model's tokenizer_config.json (its chat template, stop tokens) goes along
+    (src / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}", "eos_token": "<|im_end|>"}')
+    out = save_run(tmp_path / "out3", src, {"w": torch.zeros(2)}, config)
+    assert (out / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
+    (src / "tokenizer_config.json").unlink()
     (src / "probes.jsonl").unlink()                       # a run without probes: none appear
     assert "probes.jsonl" not in {p.name for p in save_run(tmp_path / "out2", src, {"w": torch.zeros(2)}, config).iterdir()}
 

@@ -156,3 +156,19 @@ def test_errors_are_sdk_exceptions(sdk):
     assert e.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         sdk.completions.create(model="nope", prompt="x")
+
+
+def test_continue_final_message(sdk, serve_dirs):
+    """vLLM's extension: the final assistant message is the start of the answer, continued in place."""
+    from livelm.chat.template import render
+    from livelm.tokenizer import Tokenizer
+    tok = Tokenizer.load(serve_dirs["run"])
+    prefill = CHAT + [{"role": "assistant", "content": "长城 is"}]
+    r = sdk.chat.completions.create(model="chat", messages=prefill, max_tokens=4, seed=1, extra_body={
+        "continue_final_message": True, "add_generation_prompt": False, **LONG})
+    assert r.usage.prompt_tokens == len(render(prefill, tok, continue_final_message=True)[0])
+    plain = sdk.chat.completions.create(model="chat", messages=CHAT, max_tokens=4, seed=1, extra_body=LONG)
+    assert r.usage.prompt_tokens > plain.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="final assistant"):
+        sdk.chat.completions.create(model="chat", messages=CHAT, max_tokens=4,
+                                    extra_body={"continue_final_message": True})
