@@ -148,7 +148,8 @@ def bench_lora(run: Path, work: Path, chats: int, steps: int) -> dict:
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in english[:chats]), encoding="utf-8")
     out = work / "lora"
     cmd = [sys.executable, "-m", "livelm.cli", "finetune", str(run), "--data", str(data), "--out", str(out), "--lora",
-           "--max-iters", str(steps), "--eval-interval", str(steps), "--batch-size", "8", "--progress", "false"]
+           "--max-iters", str(steps), "--eval-interval", str(steps), "--batch-size", "8", "--progress", "false",
+           "--log-interval", "1"]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -156,12 +157,12 @@ def bench_lora(run: Path, work: Path, chats: int, steps: int) -> dict:
         raise RuntimeError(proc.stderr[-3000:])
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [m for m in metrics if "tokens_per_s" in m or "tok_s" in m]
-    cfg = json.loads((out / "config.json").read_text())
+    train = [m for m in metrics if "tokens_per_s" in m]
+    log = [line for line in proc.stderr.splitlines() if "packed rows" in line or "training in" in line]
     return {"section": "lora", "chats": len(english[:chats]), "steps": steps, "wall_s": round(wall, 1),
-            "block_size": cfg["train"]["block_size"], "batch_size": cfg["train"]["batch_size"],
-            "activation_checkpointing": cfg["train"].get("activation_checkpointing"),
-            "peak_rss_mb": round(peak), "last_metrics": train[-1] if train else metrics[-1]}
+            "peak_rss_mb": round(peak), "tokens_per_s": train[-1]["tokens_per_s"] if train else None,
+            "first_loss": train[0]["loss"] if train else None, "last_loss": train[-1]["loss"] if train else None,
+            "log": log}
 
 
 def main() -> None:

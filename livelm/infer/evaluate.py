@@ -69,12 +69,16 @@ def heldout_answers(model, tokenizer, convs: list[list[dict]], correct: Callable
     from livelm.infer.engine import Engine
     from livelm.sampling import SamplingParams
     was_training = model.training      # read before the Engine, which puts the model in eval mode
-    engine = Engine(model, tokenizer, max_batch=max_batch)
+    window = model.cfg.block_size
     pairs = ((i, prompt_ids(c[:-1], tokenizer)) for i, c in enumerate(convs) if c and c[-1]["role"] == "assistant")
-    pairs = [(i, p) for i, p in pairs if len(p) < engine.max_len][:limit]
+    pairs = [(i, p) for i, p in pairs if len(p) < window][:limit]
+    if not pairs:
+        return []
+    # a KV cache as long as these prompts and answers need, not the model's whole window (a real model's
+    # 8,192 positions x max_batch rows would be gigabytes)
+    engine = Engine(model, tokenizer, max_batch=min(max_batch, len(pairs)),
+                    max_len=min(window, max(len(p) for _, p in pairs) + max_tokens))
     try:
-        if not pairs:
-            return []
         outs = engine.generate([p for _, p in pairs], SamplingParams.greedy(max_tokens))
     finally:
         model.train(was_training)

@@ -99,9 +99,10 @@ def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
     from livelm.sampling import SamplingParams
     if not probes:
         return []
-    engine = Engine(model, tokenizer, max_batch=min(64, len(probes)))
-    outs = engine.generate([prompt_ids(p["messages"], tokenizer) for p in probes],
-                           SamplingParams.greedy(48))
+    prompts = [prompt_ids(p["messages"], tokenizer) for p in probes]
+    engine = Engine(model, tokenizer, max_batch=min(64, len(probes)),   # a cache as long as the probes need
+                    max_len=min(model.cfg.block_size, max(map(len, prompts)) + 48))
+    outs = engine.generate(prompts, SamplingParams.greedy(48))
     return [o.text for o in outs]
 
 

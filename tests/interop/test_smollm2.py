@@ -46,12 +46,28 @@ def test_import_keeps_the_models_tokenizer_and_template(run):
     assert tok.end_id not in ids and tok.decode(ids) == "hi <|im_end|> 你好 👍"
 
 
-def test_greedy_chat_equals_transformers(run, gguf):
+@pytest.fixture(scope="module")
+def hf_smol(gguf):
+    """transformers' own reading of the same GGUF file (about 12 s on 2 cores): the reference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    return (AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name),
+            AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval())
+
+
+def test_gguf_tensors_equal_transformers(gguf, hf_smol):
+    """Every dequantized, un-permuted tensor equals transformers' GGUF loading."""
+    from livelm.interop.gguf_import import read_gguf
+    ck, sd = read_gguf(gguf), hf_smol[1].state_dict()
+    assert set(sd) - set(ck.tensors) == {"lm_head.weight"}          # tied
+    assert all(torch.equal(t, sd[k]) for k, t in ck.tensors.items())
+    for key in ("hidden_size", "num_key_value_heads", "rms_norm_eps", "vocab_size", "max_position_embeddings"):
+        assert getattr(hf_smol[1].config, key) == pytest.approx(ck.config[key]), key
+
+
+def test_greedy_chat_equals_transformers(run, hf_smol):
     import livelm
     ours = livelm.load(run, dtype="float32")
-    hf_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    hf_tok, hf = hf_smol
     for q in QUESTIONS:
         msgs = [{"role": "user", "content": q}]
         ids = hf_tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -129,3 +145,13 @@ def test_gguf_export_reads_back_in_transformers(run, tmp_path):
     run_cli("import", path, "--out", tmp_path / "again")
     a, b = load_file(run / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_and_terminal_chat(run):
+    """The commands a user runs first: a plain completion and the REPL (piped), on the model's own format."""
+    out = run_cli("generate", run, "--prompt", "The capital of France is", "--max-tokens", "6", "--temperature", "0")
+    assert "Paris" in out.stdout
+    res = run_cli("chat", run, "--temperature", "0", "--max-tokens", "16",
+                  input="What is the capital of France?\n你好 👋\n")
+    lines = res.stdout.split("\n")[:-1]
+    assert len(lines) == 2 and "Paris" in lines[0], res.stdout
