@@ -40,6 +40,9 @@ from livelm.models.kernels import STREAMING_BYTES, Linear, attention, causal_att
 from livelm.models.layers import apply_rope, check_rope_scaling, make_norm, rope_tables   # bert, seq2seq import these here
 
 
+LOSS_CHUNK = 512   # positions per chunk of the checkpointed loss (512 x 49,152 fp32 logits = 100 MB)
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 4096
@@ -390,14 +393,27 @@ class GPT(nn.Module):
         Returns logits (B, S, V) (or (B, 1, V) with plan.last_only, (B', S, V) with plan.out_rows).
         With targets: (logits of the positions that have a target (N, V), their mean loss); targets == -1
         take no loss and get no logits — in chat fine-tuning most positions are the user's, and a real
-        vocabulary is large (49,152 x every position is most of the memory of a step).
+        vocabulary is large (49,152 x every position is most of the memory of a step). With activation
+        checkpointing the loss is taken LOSS_CHUNK positions at a time and the logits are None.
         """
         x = self.hidden(idx, plan)
         if targets is None:
             return self.head(x)
         keep = targets != -1
-        logits = self.head(x[keep])                                                    # (N, V)
-        return logits, F.cross_entropy(logits.float(), targets[keep])
+        x, targets = x[keep], targets[keep]                                            # (N, C), (N,)
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # a chunk of logits at a time, recomputed in backward: a real vocabulary's (N, V) fp32 logits,
+            # their softmax and gradient are otherwise the largest tensors of a fine-tuning step
+            total = x.new_zeros((), dtype=torch.float32)
+            for i in range(0, len(x), LOSS_CHUNK):
+                total = total + torch.utils.checkpoint.checkpoint(
+                    self._loss_sum, x[i:i + LOSS_CHUNK], targets[i:i + LOSS_CHUNK], use_reentrant=False)
+            return None, total / max(len(x), 1)
+        logits = self.head(x)                                                          # (N, V)
+        return logits, F.cross_entropy(logits.float(), targets)
+
+    def _loss_sum(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.head(x).float(), targets, reduction="sum")
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final hidden states (..., C) -> logits (..., V)."""

@@ -191,3 +191,24 @@ def test_few_rows_linear_equals_linear_and_decode_takes_it(monkeypatch):
     monkeypatch.setattr(kernels.Linear, "few_rows", 4)
     model(idx)[0].sum().backward()
     assert len(calls) == n, "with autograd on, the usual F.linear runs"
+
+
+def test_activation_checkpointing_and_chunked_loss_give_the_same_gradients(monkeypatch):
+    """The memory-saving path (blocks recomputed in backward, the loss a chunk of logits at a time)
+    computes the same loss and gradients as the plain one."""
+    import livelm.models.gpt as gpt
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=300, n_layer=2, d_model=64, n_head=4, block_size=64)).train()
+    x, y = torch.randint(0, 300, (3, 60)), torch.randint(0, 300, (3, 60))
+    y[:, :10] = -1                                          # the user's turns: no loss
+    logits, plain = m(x, y)
+    assert logits.shape == (3 * 50, 300)
+    plain.backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.activation_checkpointing = True
+    monkeypatch.setattr(gpt, "LOSS_CHUNK", 7)                # several chunks, the last one short
+    logits, saved = m(x, y)
+    assert logits is None and torch.allclose(saved, plain)
+    saved.backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, m.parameters()))
