@@ -431,3 +431,25 @@ def apply_threads() -> int:
     if torch.get_num_threads() > n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+# glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after which big
+# tensors come from the heap and freed ones stay in the process: a LoRA step of SmolLM2-135M then peaked
+# at 4.1 GB resident where its live tensors never exceeded ~1.4 GB. A fixed threshold keeps blocks of
+# 1 MiB and up in their own mappings, returned to the system when freed (measured: 1.9 GB peak).
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3   # mallopt's parameter number (malloc.h)
+_malloc_tamed = False
+
+
+def tame_malloc() -> bool:
+    """Fix glibc's mmap threshold (once per process; a no-op elsewhere). Returns whether it applied."""
+    global _malloc_tamed
+    if _malloc_tamed or not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return _malloc_tamed
+    try:
+        import ctypes
+        _malloc_tamed = bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):   # not glibc (musl, ...)
+        pass
+    return _malloc_tamed

@@ -184,3 +184,23 @@ def test_trainer_logs_its_choice(char_data, tmp_path, capsys):
     err = capsys.readouterr().err
     expected = str(machine.resolve_dtype("auto", CPU, warn=False)).removeprefix("torch.")
     assert f"training in {expected} (--dtype auto), eager (--compile auto)" in err
+
+
+def test_tame_malloc_keeps_big_freed_tensors_out_of_the_process():
+    """After a big tensor is freed, resident memory goes back down (glibc's fixed mmap threshold)."""
+    import sys
+    from livelm import machine
+    if not sys.platform.startswith("linux"):
+        return
+    assert machine.tame_malloc() and machine.tame_malloc()           # applies, once
+
+    def rss_mb():
+        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+    before = rss_mb()
+    for _ in range(3):   # freed blocks of 8 MB used to stay in the heap once the threshold had risen
+        t = torch.ones(64, 1 << 15)   # 8 MiB
+        del t
+    blocks = [torch.ones(1 << 20) for _ in range(50)]   # 200 MB live
+    assert rss_mb() - before > 150
+    del blocks
+    assert rss_mb() - before < 50

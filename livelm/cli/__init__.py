@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in TORCH_FREE:
         from livelm import machine
         machine.apply_threads()   # no more torch threads than this process may use (containers, taskset)
+        machine.tame_malloc()     # freed tensors go back to the system (peak memory of fine-tuning)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

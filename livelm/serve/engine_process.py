@@ -156,6 +156,8 @@ def main(conn, model, tokenizer, max_batch: int, compile: bool, threads: int, ro
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
+    from livelm import machine
+    machine.tame_malloc()    # a spawned process: the server's setting does not carry over
     try:
         # the adapter is chosen per request, never globally
         engine = Engine(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,

@@ -148,6 +148,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
     elif ddp.is_main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
 
+    machine.tame_malloc()   # also when called from Python, or in a learner's own process
     if hasattr(model, "activation_checkpointing"):
         model.activation_checkpointing = cfg.activation_checkpointing
     step_model = model
