@@ -11,7 +11,8 @@ PARSER_KW = {
     "eval": {"description": "Evaluate a run on the validation split of a prepared data directory: loss, perplexity "
                             "and bits per byte (BERT: masked-LM or classification metrics; seq2seq: BLEU/chrF)."},
     "predict": {"description": "Classify texts (label<TAB>probability<TAB>text per line) or tag their words "
-                               "(word/TAG ...) with a run from `livelm finetune --task classify|tag`."},
+                               "(word/TAG ...) with a run from `livelm finetune --task classify|tag` (BERT "
+                               "runs; GPT runs and their --lora classifiers: classify)."},
     "translate": {"description": "Translate texts (one output line per input) with a run from "
                                  "`livelm train --arch seq2seq`: greedy by default, or beam search."},
 }
@@ -68,14 +69,20 @@ def run_generate(a) -> int:
 # ---- eval ------------------------------------------------------------------------------------------------
 def eval_flags(p) -> None:
     p.add_argument("run", help="run directory")
-    p.add_argument("--data", required=True, help="prepared data directory (same tokenizer as the run)")
+    p.add_argument("--data", required=True, help="prepared data directory (same tokenizer as the run); for a "
+                                                  "classifier, a labelled file (label<TAB>text, CSV or JSONL)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--max-tokens", type=int, default=1_000_000, help="evaluate at most this many tokens")
     p.add_argument("--device", default="auto")
 
 
 def run_eval(a) -> int:
-    if run_arch(a.run) != "gpt":
+    from livelm.runs import read_config
+    if read_config(a.run).get("task") == "classify":   # a decoder classifier: accuracy/F1 on a labelled file
+        from livelm.training.recipes.classify import evaluate, load_for_inference
+        model, tok, config = load_for_inference(a.run, a.device, n_texts=64)
+        result = evaluate(model, tok, config, a.data)
+    elif run_arch(a.run) != "gpt":
         from livelm.training.recipes import evaluate_arch
         result = evaluate_arch(a.run, a.data, a.device, a.max_tokens)
     else:
@@ -119,13 +126,20 @@ def predict_flags(p) -> None:
 
 def run_predict(a) -> int:
     from livelm.machine import pick_device
-    from livelm.runs import load_model
-    from livelm.training.recipes.bert import predict_labels
-    model, tok, config = load_model(a.run, pick_device(a.device), arch=None)
-    if config["arch"] != "bert" or model.cfg.task == "pretrain":
-        raise CLIError(f"{a.run} is not a fine-tuned classifier; make one with "
-                       f"`livelm finetune {a.run} --task classify --data FILE --out RUN`")
-    for item in predict_labels(model, tok, read_texts(a)):
+    from livelm.runs import load_model, read_config
+    texts = read_texts(a)
+    if read_config(a.run).get("task") == "classify" and run_arch(a.run) == "gpt":   # a decoder classifier
+        from livelm.training.recipes.classify import load_for_inference, predict
+        model, tok, config = load_for_inference(a.run, a.device, n_texts=len(texts))
+        items = predict(model, tok, config, texts)
+    else:
+        from livelm.training.recipes.bert import predict_labels
+        model, tok, config = load_model(a.run, pick_device(a.device), arch=None)
+        if config["arch"] != "bert" or model.cfg.task == "pretrain":
+            raise CLIError(f"{a.run} is not a fine-tuned classifier; make one with "
+                           f"`livelm finetune {a.run} --task classify --data FILE --out RUN`")
+        items = predict_labels(model, tok, texts)
+    for item in items:
         if a.json:
             emit(item)
         elif isinstance(item, dict):

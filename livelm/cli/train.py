@@ -12,7 +12,8 @@ PARSER_KW = {
                              "config field can be set by --config FILE.yaml or by its own flag."},
     "finetune": {"description": "Supervised fine-tuning on OpenAI-style {\"messages\":[...]} or Alpaca-style "
                                 "{\"instruction\",\"input\",\"output\"} JSON/JSONL. Loss on assistant tokens only. "
-                                "BERT runs: --task classify|tag."},
+                                "--task classify: a classifier head on a GPT run (full or --lora) or a BERT run; "
+                                "--task tag: BERT runs."},
 }
 
 
@@ -69,7 +70,9 @@ def finetune_flags(p) -> None:
     from livelm.models.lora import DEFAULT_TARGETS
     p.add_argument("run", help="pretrained run directory")
     p.add_argument("--task", choices=["chat", "classify", "tag"], default="chat",
-                   help="chat SFT (GPT runs), or sequence/token classification (BERT runs)")
+                   help="chat SFT (GPT runs); classify: labelled texts, on a GPT run (a head on the last "
+                        "token, full or --lora: livelm/training/recipes/classify.py) or a BERT run; tag: "
+                        "token classification (BERT runs)")
     p.add_argument("--data", required=True, help="training data: conversations (.jsonl/.json) for chat; "
                                                   "label<TAB>text, CSV or JSONL for classify")
     p.add_argument("--out", required=True, type=Path, help="output: a run directory, or an adapter directory with --lora")
@@ -87,16 +90,31 @@ def finetune_flags(p) -> None:
 
 
 def run_finetune(a) -> int:
+    from livelm.models import lora
+    lcfg = lora.LoRAConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                           target_modules=a.lora_targets.split(",")) if a.lora else None
     if a.task != "chat":
+        from livelm import runs
+        arch = "gpt" if runs.is_adapter(a.run) else runs.read_config(a.run).get("arch", "gpt")
+        if arch == "gpt" and a.task == "classify":   # a decoder: a head on the last token (full or LoRA)
+            from livelm.training.recipes.classify import finetune_classify
+            result, summary = finetune_classify(a.run, a.data, a.out, a.val_data, a.val_fraction, a.skip_bad,
+                                                a.config, use_lora=a.lora, lora_cfg=lcfg, **train_values(a),
+                                                **arch_values(a))
+            emit_result(result, summary)
+            return 0
+        if arch != "bert":
+            raise CLIError(f"--task {a.task} fine-tunes a BERT run{' or a GPT run' if a.task == 'classify' else ''}; "
+                           f"{a.run} is a {arch!r} run")
+        if a.lora:
+            raise CLIError(f"--lora trains adapters on a decoder (GPT-family) run; {a.run} is a BERT run, whose "
+                           f"--task {a.task} fine-tunes all its weights (drop --lora)")
         from livelm.training.recipes.bert import finetune_task
         result, summary = finetune_task(a.run, a.task, a.data, a.out, a.val_data, a.val_fraction, a.skip_bad,
                                         a.config, **train_values(a), **arch_values(a))
         emit_result(result, summary)
         return 0
-    from livelm.models import lora
     from livelm.training.finetune import finetune
-    lcfg = lora.LoRAConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                           target_modules=a.lora_targets.split(",")) if a.lora else None
     result, _, n_train = finetune(a.run, a.data, a.out, a.config, val_data=a.val_data, val_fraction=a.val_fraction,
                                   use_lora=a.lora, lora_cfg=lcfg, skip_bad=a.skip_bad, accuracy_limit=a.accuracy_limit,
                                   **train_values(a))

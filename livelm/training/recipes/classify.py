@@ -19,8 +19,9 @@ on labelled text (livelm/data/labelled.py), full or with --lora, on the one trai
                head; the frozen projections are kept in bf16 when training runs in bf16 (autocast
                would compute with bf16 copies of them anyway), which halves the weights' memory
     memory     models over ACTIVATION_CHECKPOINT_PARAMS train with activation checkpointing unless
-               --activation-checkpointing is given; a batch is as long as its longest row, and
-               training batches group rows of similar length (LengthBatches)
+               --activation-checkpointing is given; training batches group rows of similar length
+               (LengthBatches) and a batch is as wide as its longest row, rounded up to one of a few
+               widths (bucket_width); weights are read into the model slice by slice (load_base_weights)
 
 A classifier run is a GPT run whose config.json also says "task": "classify", its "labels" and
 "classifier" (how rows were built); its model.safetensors holds the head (score.weight, score.bias)
@@ -30,7 +31,7 @@ in both JSON files. `livelm predict` and `livelm eval` read either (load_classif
 """
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,10 @@ class GPTClassifier(GPT):
         nn.init.normal_(self.score.weight, std=HEAD_STD)
         nn.init.zeros_(self.score.bias)
 
-    def forward(self, idx: torch.Tensor, pad_mask: torch.Tensor) -> dict:
+    def forward(self, idx: torch.Tensor, pad_mask: torch.Tensor | None = None, *lm_args, **lm_kwargs) -> dict:
+        if not isinstance(pad_mask, torch.Tensor) or pad_mask.dtype != torch.bool or lm_args or lm_kwargs:
+            raise ValueError("this run is a classifier (`livelm predict`, `livelm eval`), not a language model; "
+                             "generate with the run it was fine-tuned from (config.json's base_run)")
         h = self.hidden(idx)                                                   # (B, S, C)
         last = pad_mask.sum(1) - 1                                             # each row's last real token
         pooled = h[torch.arange(idx.size(0), device=idx.device), last]        # (B, C)
@@ -96,9 +100,19 @@ def encode_texts(tok: Tokenizer, texts: list[str], max_len: int, eos: bool = Tru
     return [[*tok.prefix_ids, *ids[:room], *tail] for ids in tok.encode_batch(texts)]
 
 
-def pad_rows(rows: list[list[int]], labels: list[int] | None, pad_id: int) -> dict:
-    """Right-padded idx (B, S) as long as the longest row, pad_mask (True = real) and labels (B,)."""
-    width = max(len(r) for r in rows)
+def bucket_width(n: int, cap: int | None = None) -> int:
+    """n rounded up to one of a few widths, at most 4 per doubling (4, 8, 12, 16, 20, 24, 28, 32, 40, 48, ...),
+    so at most a quarter of a batch is padding past its longest row. Every new (rows, width) shape costs
+    oneDNN a new cached kernel: with a width per length, a SmolLM2 LoRA run grew from 0.9 to 2 GB resident
+    over its first 150 steps (and to 3.5 GB for Gemma 3 270M on reviews up to 128 tokens)."""
+    g = max(4, 1 << max(0, n.bit_length() - 3))
+    return min(-(-n // g) * g, max(n, cap or 1 << 30))
+
+
+def pad_rows(rows: list[list[int]], labels: list[int] | None, pad_id: int, cap: int | None = None) -> dict:
+    """Right-padded idx (B, S) as wide as bucket_width of the longest row (at most `cap`, the model's
+    window), pad_mask (True = real) and labels (B,)."""
+    width = bucket_width(max(len(r) for r in rows), cap)
     idx = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
         idx[i, :len(r)] = torch.tensor(r, dtype=torch.long)
@@ -129,13 +143,14 @@ class LengthBatches:
         if p != self._pass:
             rng = np.random.default_rng([self.seed, 0, p])
             order = np.argsort(self.lengths + rng.uniform(0, self.jitter, len(self.rows)), kind="stable")
-            chunks = order[:self.per_pass * self.bs].reshape(self.per_pass, self.bs)
+            start = rng.integers(len(self.rows) - self.per_pass * self.bs + 1)   # the rows left over: either end
+            chunks = order[start:start + self.per_pass * self.bs].reshape(self.per_pass, self.bs)
             self._order, self._pass = chunks[rng.permutation(self.per_pass)], p
         return self._order[k].tolist()
 
-    def batch(self, index: int, pad_id: int) -> dict:
+    def batch(self, index: int, pad_id: int, cap: int | None = None) -> dict:
         pick = self.pick(index)
-        return pad_rows([self.rows[j] for j in pick], [self.labels[j] for j in pick], pad_id)
+        return pad_rows([self.rows[j] for j in pick], [self.labels[j] for j in pick], pad_id, cap)
 
 
 @torch.no_grad()
@@ -145,14 +160,16 @@ def classify_rows(model: GPTClassifier, rows: list[list[int]], pad_id: int, dtyp
     max_tokens padded tokens each) under autocast `dtype`; the model is left in eval mode."""
     model.eval()
     device = next(model.parameters()).device
+    cap = model.cfg.block_size
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     probs = torch.zeros(len(rows), len(model.labels))
     i = 0
-    while i < len(order):
-        width = len(rows[order[min(len(order) - 1, i + max(1, max_tokens // max(1, len(rows[order[i]]))) - 1)]])
-        n = max(1, min(256, max_tokens // width))
+    while i < len(order):   # rows sorted by length: a batch's width is its last row's, bucketed
+        n = 1
+        while i + n < len(order) and n < 256 and (n + 1) * bucket_width(len(rows[order[i + n]]), cap) <= max_tokens:
+            n += 1
         chunk = order[i:i + n]
-        b = pad_rows([rows[j] for j in chunk], None, pad_id)
+        b = pad_rows([rows[j] for j in chunk], None, pad_id, cap)
         with autocast(device, dtype):
             logits = model(b["idx"].to(device), b["pad_mask"].to(device))["logits"]
         probs[chunk] = torch.softmax(logits.float(), -1).cpu()
@@ -169,12 +186,20 @@ def metrics(probs: torch.Tensor, gold: list[int]) -> dict:
 
 
 # ---- loading -------------------------------------------------------------------------------------------
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
 def load_base_weights(model: nn.Module, run: Path, config: dict, allow_new: tuple[str, ...] = ("score",),
-                      keep_head: bool = True) -> None:
+                      keep_head: bool = True, chunk_bytes: int = 64 << 20) -> None:
     """A run's weights into `model` (a GPTClassifier built from its config), checked like runs.load_state.
-    Plain runs are copied one tensor at a time (peak memory: the model plus its largest tensor, not two
-    models), into whatever dtype the model's parameters already have; quantized or sparse runs go
-    through runs.decode_stored. keep_head=False leaves the model's own (fresh) head."""
+
+    Plain runs are read from the file a slice of rows at a time into the model's parameters, in whatever
+    dtype those already have: the peak is the model plus one slice, where loading the file whole
+    (runs.load_weights) holds a second copy of every weight — and mapping it (safetensors' safe_open)
+    counts the whole file in the process's resident memory. Quantized or sparse runs go through
+    runs.decode_stored. keep_head=False leaves the model's own (fresh) head."""
     path = run / "model.safetensors"
     if "quantization" in config or config.get("sparse"):
         tensors, _ = runs.load_weights(path)
@@ -182,25 +207,41 @@ def load_base_weights(model: nn.Module, run: Path, config: dict, allow_new: tupl
         tensors = {k: v for k, v in tensors.items() if keep_head or not k.startswith("score.")}
         runs.load_state(model, tensors, path, allow_new=allow_new)
         return
-    from safetensors import safe_open
     if not path.is_file():
         raise runs.CheckpointError(f"missing weights file {path}")
     state, tied = model.state_dict(), runs.tied_names(model)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            names = [k for k in f.keys() if keep_head or not k.startswith("score.")]
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+            header.pop("__metadata__", None)
+            names = [k for k in header if keep_head or not k.startswith("score.")]
             missing = [k for k in state if k not in names and k not in tied and not k.startswith(allow_new)]
             unexpected = [k for k in names if k not in state]
-            bad_shape = [k for k in names if k in state and tuple(f.get_slice(k).get_shape()) != tuple(state[k].shape)]
-            if missing or unexpected or bad_shape:
+            bad = [k for k in names if k in state and (tuple(header[k]["shape"]) != tuple(state[k].shape)
+                                                       or header[k]["dtype"] not in SAFETENSORS_DTYPES)]
+            if missing or unexpected or bad:
                 raise runs.CheckpointError(f"{path} does not match its config.json: missing {missing[:3]}, "
-                                           f"unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}")
+                                           f"unexpected {unexpected[:3]}, wrong shape or type {bad[:3]}")
             with torch.no_grad():
                 for k in names:
-                    state[k].copy_(f.get_tensor(k))
+                    info, t = header[k], state[k].view(-1, *state[k].shape[1:]) if state[k].dim() else state[k].view(1)
+                    start, end = info["data_offsets"]
+                    if not t.numel():
+                        continue
+                    row_bytes = (end - start) // t.shape[0]
+                    step = max(1, chunk_bytes // max(1, row_bytes))
+                    for lo in range(0, t.shape[0], step):
+                        rows = min(step, t.shape[0] - lo)
+                        buf = bytearray(rows * row_bytes)
+                        fh.seek(8 + n + start + lo * row_bytes)
+                        if fh.readinto(buf) != len(buf):
+                            raise EOFError(f"{k} is cut off")
+                        t[lo:lo + rows].copy_(torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[info["dtype"]])
+                                              .view(rows, *t.shape[1:]))
     except runs.CheckpointError:
         raise
-    except Exception as e:   # noqa: BLE001 - safetensors' errors: a damaged file
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError) as e:   # a damaged file
         raise runs.CheckpointError(f"{path} is corrupt or truncated ({e}); restore it from a backup or retrain") from None
 
 
@@ -218,8 +259,10 @@ def load_classifier(run: str | Path, device="cpu"):
     model = runs.build_model(config, run)
     load_base_weights(model, base, runs.read_config(base))
     head, _ = runs.load_weights(run / HEAD_FILE)
-    runs.load_state(model, {**{k: v for k, v in model.state_dict().items() if not k.startswith("score.")}, **head},
-                    run / HEAD_FILE)
+    try:
+        model.score.load_state_dict({k.removeprefix("score."): v for k, v in head.items()})
+    except RuntimeError as e:
+        raise runs.CheckpointError(f"{run / HEAD_FILE} does not match {run / 'config.json'}: {e}") from None
     lora.load_adapter(model, run, "classify")
     lora.merge(model, "classify")            # inference only: one matmul per projection, as in the base
     lora.set_active(model, "classify")
@@ -293,9 +336,10 @@ def finetune_classify(run: str | Path, data: str | Path, out: str | Path, val_da
 
     def get_batch(split, i):
         if split == "train":
-            return batches.batch(i, tok.pad_id)
+            return batches.batch(i, tok.pad_id, mcfg.block_size)
         lo = (i * cfg.batch_size) % len(val_rows)
-        return pad_rows(val_rows[lo:lo + cfg.batch_size], val_labels[lo:lo + cfg.batch_size], tok.pad_id)
+        return pad_rows(val_rows[lo:lo + cfg.batch_size], val_labels[lo:lo + cfg.batch_size], tok.pad_id,
+                        mcfg.block_size)
 
     def extra_eval(m):
         return metrics(classify_rows(m, val_rows, tok.pad_id, dtype), val_labels)
@@ -333,8 +377,6 @@ def finetune_classify(run: str | Path, data: str | Path, out: str | Path, val_da
         f"{'; activation checkpointing' if cfg.activation_checkpointing else ''}")
     result = train(cfg, out, model, tok, get_batch, classify_loss, run_config, extra_eval=extra_eval,
                    trainable=trainable, save_fn=save_fn)
-    if use_lora:
-        tok.save(out / "tokenizer.json")   # predict reads the base's; a copy keeps the folder self-describing
     return result, {"out": str(out), "task": "classify", "labels": labels, "lora": use_lora,
                     "trainable_params": n_train, **result.last_eval()}
 
