@@ -219,7 +219,7 @@ def build_model(config: dict, where) -> torch.nn.Module:
     cls, cfg_cls = ARCHS[arch]
     try:
         if arch == "gpt" and config.get("task") == "classify":   # a decoder with a classifier head
-            from livelm.training.recipes.classify import GPTClassifier
+            from livelm.models.classifier import GPTClassifier
             return GPTClassifier(cfg_cls.from_dict(config["model"]), config["labels"])
         return cls(cfg_cls.from_dict(config["model"]))
     except (KeyError, TypeError, ValueError) as e:

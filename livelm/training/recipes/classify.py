@@ -46,7 +46,8 @@ from livelm.data.shards import DataError
 from livelm.data.split import heldout_split
 from livelm.infer.evaluate import accuracy_f1
 from livelm.models import lora
-from livelm.models.gpt import GPT, GPTConfig
+from livelm.models.classifier import GPTClassifier
+from livelm.models.gpt import GPTConfig
 from livelm.runtime import autocast
 from livelm.tokenizer import Tokenizer
 from livelm.training.objectives import classify_loss
@@ -61,30 +62,6 @@ LORA_LR = 1e-3                       # --lora: the adapters and the head
 MAX_LEN = 512                        # default --block-size cap: a real model's window is far longer than texts
 ACTIVATION_CHECKPOINT_PARAMS = 50e6  # models larger than this recompute their blocks in backward by default
 HEAD_FILE = "classifier_head.safetensors"   # a --lora classifier's head, beside its adapter
-HEAD_STD = 1e-3
-
-
-class GPTClassifier(GPT):
-    """A GPT with a classification head on the last real token: forward(idx, pad_mask) -> {"logits": (B, L)},
-    the interface of livelm's BERT classifier (objectives.classify_loss). idx is right-padded; pad_mask
-    (B, S) is True on real tokens. The state dict is the GPT's plus score.weight and score.bias, so a
-    pretrained run's weights and LoRA adapters keep their names."""
-
-    def __init__(self, cfg: GPTConfig, labels: list[str]):
-        super().__init__(cfg)
-        self.labels = list(labels)
-        self.score = nn.Linear(cfg.d_model, len(self.labels))
-        nn.init.normal_(self.score.weight, std=HEAD_STD)
-        nn.init.zeros_(self.score.bias)
-
-    def forward(self, idx: torch.Tensor, pad_mask: torch.Tensor | None = None, *lm_args, **lm_kwargs) -> dict:
-        if not isinstance(pad_mask, torch.Tensor) or pad_mask.dtype != torch.bool or lm_args or lm_kwargs:
-            raise ValueError("this run is a classifier (`livelm predict`, `livelm eval`), not a language model; "
-                             "generate with the run it was fine-tuned from (config.json's base_run)")
-        h = self.hidden(idx)                                                   # (B, S, C)
-        last = pad_mask.sum(1) - 1                                             # each row's last real token
-        pooled = h[torch.arange(idx.size(0), device=idx.device), last]        # (B, C)
-        return {"logits": self.score(pooled.to(self.score.weight.dtype))}
 
 
 # ---- rows and batches ----------------------------------------------------------------------------------
