@@ -187,8 +187,8 @@ def test_trainer_logs_its_choice(char_data, tmp_path, capsys):
 
 
 def test_tame_malloc_keeps_big_freed_tensors_out_of_the_process():
-    """After big tensors are freed, resident memory goes back down (glibc's fixed mmap threshold); without
-    it, it stays up. Each case in a fresh process: this one's heap already holds whatever earlier tests freed."""
+    """After big tensors are freed, resident memory goes back down (glibc's fixed mmap threshold). In a fresh
+    process: this one's heap already holds whatever earlier tests freed."""
     import subprocess
     import sys
     if not sys.platform.startswith("linux"):
@@ -209,9 +209,8 @@ grown = rss_mb() - before
 del blocks
 print(grown, rss_mb() - before)
 """
-    kept = {}
-    for case in ("tame", "plain"):
-        out = subprocess.run([sys.executable, "-c", script, case], capture_output=True, text=True, check=True)
-        grown, kept[case] = map(float, out.stdout.split())
-        assert grown > 150
-    assert kept["tame"] < 50 < kept["plain"]
+    # without it the freed 200 MB stayed resident in one measurement (205 MB) and not in another (14 MB):
+    # glibc's heap trimming depends on layout, so only the tamed case is asserted
+    out = subprocess.run([sys.executable, "-c", script, "tame"], capture_output=True, text=True, check=True)
+    grown, kept = map(float, out.stdout.split())
+    assert grown > 150 and kept < 50
