@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("chat", "talk to a model in the terminal"),
     "serve": ("serve", "OpenAI-compatible HTTP API and web chat"),
     "finetune": ("train", "chat fine-tuning (full or LoRA) on top of a run"),
-    "predict": ("infer", "labels with probabilities from a fine-tuned BERT classifier/tagger"),
+    "predict": ("infer", "labels with probabilities from a fine-tuned classifier (BERT or decoder) or tagger"),
     "translate": ("infer", "translate with an encoder-decoder run"),
     "rl": ("train", "reinforcement learning from a reward function (GRPO-style, LoRA)"),
     "feedback": ("learn", "list or export collected feedback"),
