@@ -67,3 +67,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_json_object(path: str | Path, error=ValueError) -> dict:
+    """A JSON file holding one object; anything else raises `error` with a message naming the file."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path} does not hold a JSON object")
+    return obj

@@ -396,12 +396,7 @@ def read_config(path: Path) -> dict:
     """The livelm-relevant keys of a tokenizer_config.json ({} when there is none)."""
     if not path.is_file():
         return {}
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{path} is corrupt (not valid JSON: {e})") from None
-    if not isinstance(obj, dict):
-        raise TokenizerError(f"{path} does not hold a JSON object")
+    obj = io.read_json_object(path, TokenizerError)
     return {k: obj[k] for k in CONFIG_KEYS if k in obj}
 
 

@@ -126,3 +126,19 @@ def split_pairs(pairs: list, holdout: int, seed: int) -> tuple[list, list]:
     """A fixed held-out set, chosen by seed: (train, heldout), each in the file's order."""
     n_hold = holdout if holdout < len(pairs) else max(1, len(pairs) // 10)
     return heldout_split(pairs, n_hold, [seed, 7], keep_order=True)
+
+
+def read_train_val(reader, data, val_data, val_fraction: float, skip_bad: bool, seed, log) -> tuple[list, list]:
+    """(training examples, held-out examples) for fine-tuning: `reader` (read_labelled, read_tagged) on
+    `data`, and on `val_data` if given, else a fixed slice of `data` chosen by `seed`. Skipped bad
+    lines are reported through `log`."""
+    examples, bad = reader(data, skip_bad)
+    if bad:
+        log(f"skipped {bad} bad line(s) in {data}")
+    if val_data:
+        val, vbad = reader(val_data, skip_bad)
+        if vbad:
+            log(f"skipped {vbad} bad line(s) in {val_data}")
+        return examples, val
+    rest, val = heldout_split(examples, max(1, int(len(examples) * val_fraction)), seed)
+    return rest or examples, val

@@ -11,7 +11,6 @@ Weights are read from safetensors only: pickled checkpoints are refused; files a
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,13 +31,7 @@ if TYPE_CHECKING:
 
 # ---- import ---------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InteropError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise InteropError(f"{path} does not hold a JSON object")
-    return obj
+    return io.read_json_object(path, InteropError)
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:

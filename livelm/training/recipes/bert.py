@@ -16,9 +16,8 @@ import torch
 
 from livelm import runs
 from livelm.config import resolve_config
-from livelm.data.labelled import read_labelled, read_tagged
+from livelm.data.labelled import read_labelled, read_tagged, read_train_val
 from livelm.data.shards import DataError, TokenData
-from livelm.data.split import heldout_split
 from livelm.infer.evaluate import accuracy_f1
 from livelm.models.bert import Bert, BertConfig, mask_tokens, nsp_pair, sentence_spans
 from livelm.models.seq2seq import pad_batch
@@ -186,19 +185,10 @@ def finetune_task(run: str | Path, task: str, data: str | Path, out: str | Path,
         raise ValueError(f"--task {task} fine-tunes a BERT run (`livelm train --arch bert`); {base} is a "
                          f"{saved['arch']!r} run")
     reader = read_labelled if task == "classify" else read_tagged
-    examples, bad = reader(data, skip_bad)
-    if bad:
-        log(f"skipped {bad} bad line(s) in {data}")
     # each config takes its own fields of the saved record, the file and the values
     cfg = resolve_config(config_file, base={**saved["train"], **CLASSIFY_DEFAULTS}, also=(ArchConfig,), **values)
     arch_cfg = resolve_arch_config(config_file, base=saved["train"], **values)
-    if val_data:
-        val, vbad = reader(val_data, skip_bad)
-        if vbad:
-            log(f"skipped {vbad} bad line(s) in {val_data}")
-    else:  # a fixed held-out slice, chosen by seed
-        rest, val = heldout_split(examples, max(1, int(len(examples) * val_fraction)), cfg.seed)
-        examples = rest or examples
+    examples, val = read_train_val(reader, data, val_data, val_fraction, skip_bad, cfg.seed, log)
     if task == "classify":
         labels = sorted({l for l, _ in examples})
     else:

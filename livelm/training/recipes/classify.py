@@ -41,9 +41,8 @@ import torch.nn.functional as F
 
 from livelm import io, machine, runs
 from livelm.config import resolve_config
-from livelm.data.labelled import read_labelled
+from livelm.data.labelled import read_labelled, read_train_val
 from livelm.data.shards import DataError
-from livelm.data.split import heldout_split
 from livelm.infer.evaluate import accuracy_f1
 from livelm.models import lora
 from livelm.models.classifier import GPTClassifier
@@ -272,16 +271,7 @@ def finetune_classify(run: str | Path, data: str | Path, out: str | Path, val_da
     if cfg.block_size > mcfg.block_size:
         raise ValueError(f"--block-size {cfg.block_size} exceeds the base model's context window {mcfg.block_size}")
 
-    examples, bad = read_labelled(data, skip_bad)
-    if bad:
-        log(f"skipped {bad} bad line(s) in {data}")
-    if val_data:
-        val, vbad = read_labelled(val_data, skip_bad)
-        if vbad:
-            log(f"skipped {vbad} bad line(s) in {val_data}")
-    else:  # a fixed held-out slice, chosen by seed
-        rest, val = heldout_split(examples, max(1, int(len(examples) * val_fraction)), cfg.seed)
-        examples = rest or examples
+    examples, val = read_train_val(read_labelled, data, val_data, val_fraction, skip_bad, cfg.seed, log)
     labels = sorted({l for l, _ in examples})
     if len(labels) < 2:
         raise DataError(f"{data} has only the label(s) {labels}; classification needs at least two")
