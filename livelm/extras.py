@@ -3,7 +3,7 @@
 `pip install livelm` is the core: tokenize, train, fine-tune, chat, evaluate, quantize, export to
 Hugging Face. The rest needs packages that most uses never touch, so they come as extras:
 
-    serve  `livelm serve` (FastAPI, uvicorn, pydantic, prometheus_client)
+    serve  `livelm serve` (FastAPI, uvicorn, pydantic, prometheus_client; llguidance for structured output)
     plot   the loss curve (loss.png) beside a run's metrics (matplotlib)
     gguf   GGUF export for llama.cpp / Ollama (gguf)
     bleu   BLEU and chrF of translation runs (sacrebleu)
@@ -19,7 +19,7 @@ import importlib
 # extra -> the top-level modules it provides (import names; pyproject.toml lists the distributions,
 # tests/test_extras.py checks that the two agree)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "serve": ("fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client"),
+    "serve": ("fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client", "llguidance"),
     "plot": ("matplotlib",),
     "gguf": ("gguf",),
     "bleu": ("sacrebleu",),

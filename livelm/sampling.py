@@ -33,6 +33,10 @@ class SamplingParams:
     # drawn from no distribution (e.g. live learning's copying from memory notes, livelm/learn/copying.py).
     # They travel to the engine process with the request, so they must pickle (module-level classes).
     processors: tuple = ()
+    # Constrained decoding (livelm/infer/grammar.py): an llguidance grammar the output must match; with a
+    # trigger, the row is free until its output ends with that text and the grammar constrains the rest
+    grammar: str | None = None
+    grammar_trigger: str | None = None
 
     @classmethod
     def greedy(cls, max_tokens: int, **kw) -> "SamplingParams":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,9 +34,12 @@ from typing import Iterator
 import torch
 
 from livelm.sampling import SamplingParams, is_plain, sample_next, sample_plain, top_logprobs
+from livelm.infer.grammar import Constraints, GrammarError
 from livelm.infer.textstream import TextStream
 from livelm.models import lora
 from livelm.models.gpt import BatchPlan, KVCache
+
+log = logging.getLogger("livelm.engine")
 
 
 def compiled_decoder(model):
@@ -73,6 +77,8 @@ class Sequence:
     stream: TextStream | None = None
     generator: torch.Generator | None = None
     next_logits: torch.Tensor | None = None   # logits for the next token, after prefill
+    raw_logits: torch.Tensor | None = None    # the same before a grammar's mask (for logprobs)
+    matcher: object | None = None             # the grammar's state, when the row is constrained (and triggered)
     cancelled: bool = False
 
     @property
@@ -159,6 +165,7 @@ class Engine:
         # of a step then run their adapters through lora.set_row_adapters, and decode stays eager (a compiled
         # graph would not see the modules change)
         self.row_adapters = row_adapters
+        self.constraints = None   # grammar.Constraints, made when the first constrained request arrives
 
     def use_row_adapters(self) -> None:
         """From now on each row runs its own adapter (a live-learning server loaded its first one).
@@ -183,6 +190,11 @@ class Engine:
     def add(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Sequence:
         check_request(prompt_ids, params, self.max_len)
         seq = Sequence(next(self._ids), list(prompt_ids), params, adapter=adapter)
+        if params.grammar is not None:
+            if self.constraints is None:
+                self.constraints = Constraints(self.tokenizer, self.vocab)
+            if params.grammar_trigger is None:
+                seq.matcher = self.constraints.matcher(params.grammar)   # GrammarError (a ValueError) if unusable
         seq.stream = TextStream(self.tokenizer, params.stop)
         seq.generator = torch.Generator(device="cpu")
         if params.seed is not None:
@@ -224,10 +236,16 @@ class Engine:
         decode = sorted((s for s in self.running if s.prefilled == len(s.prompt_ids) and s.next_logits is None),
                         key=lambda s: s.slot)
         fills = [s for s in self.running if s.prefilled < len(s.prompt_ids)]
+        # constrained rows that get logits in this pass: their masks are computed while it runs
+        masked = [s for s in decode + [f for f in fills if f.prefilled + self.prefill_chunk >= len(f.prompt_ids)]
+                  if s.matcher is not None]
+        masks = self.constraints.start(masked) if masked else None
         if fills:
             self._forward_packed(decode, fills)
         elif decode:
             self._forward_decode(decode)
+        if masks is not None:
+            self.constraints.apply(masked, masks)
         ready = [s for s in self.running if s.next_logits is not None]
         # rows that only use a temperature are sampled together; penalties and filters go row by row
         plain = [s for s in ready if is_plain(s.params)]
@@ -296,13 +314,16 @@ class Engine:
             for proc in seq.params.processors:
                 out = proc(seq.prompt_ids, seq.out_ids, processed)
                 if isinstance(out, int):
-                    token = out
-                    break
+                    if processed[out] > -float("inf"):   # a token the grammar (if any) allows
+                        token = out
+                        break
+                    continue
                 processed = out
             if token is None:
                 token = sample_next(processed, seq.params, seq.prompt_ids, seq.out_ids, seq.generator)
         if seq.params.logprobs is not None:
-            seq.logprobs.append(top_logprobs(logits, token, seq.params.logprobs, self.tokenizer))
+            raw, seq.raw_logits = (seq.raw_logits if seq.raw_logits is not None else logits), None
+            seq.logprobs.append(top_logprobs(raw, token, seq.params.logprobs, self.tokenizer))
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
         stop_ids = self.default_stop_ids if seq.params.stop_token_ids is None else set(seq.params.stop_token_ids)
@@ -313,10 +334,12 @@ class Engine:
             return Event(seq, delta, True)
         seq.out_ids.append(token)
         delta, stopped = seq.stream.push(token)
-        if not stopped and (len(seq.out_ids) >= seq.params.max_tokens
-                            or len(seq.prompt_ids) + len(seq.out_ids) >= self.max_len):
+        # a complete grammar leaves nothing to say: the row ends now, without a step for its end token
+        complete = not stopped and seq.params.grammar is not None and self._advance_grammar(seq, token)
+        if complete or not stopped and (len(seq.out_ids) >= seq.params.max_tokens
+                                        or len(seq.prompt_ids) + len(seq.out_ids) >= self.max_len):
             delta += seq.stream.finish()
-            stopped = seq.stream.stopped
+            stopped = seq.stream.stopped or complete
             seq.text += delta
             self._retire(seq, "stop" if stopped else "length")
             return Event(seq, delta, True)
@@ -324,6 +347,19 @@ class Engine:
         if stopped:
             self._retire(seq, "stop")
         return Event(seq, delta, stopped)
+
+    def _advance_grammar(self, seq: Sequence, token: int) -> bool:
+        """Move a constrained row's matcher past `token` (or start it, if this token completed its trigger);
+        True when the grammar is complete, so the row ends here without waiting for its end token."""
+        if seq.matcher is None:
+            if self.constraints.triggered(seq):
+                seq.matcher = self.constraints.matcher(seq.params.grammar)
+            return False
+        try:
+            return self.constraints.advance(seq, token)
+        except GrammarError as e:   # cannot happen through the mask; end this row, not the whole step
+            log.warning("sequence %d: %s", seq.id, e)
+            return True
 
     def abort(self, seq: Sequence) -> None:
         """Retire a sequence now, without waiting for a step (the server gives up on it); frees its slot."""

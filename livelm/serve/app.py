@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from livelm.learn.copying import CopyFromNotes
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
 from livelm.learn.recall import recall_async
-from livelm.serve import completions
+from livelm.serve import completions, structured
 from livelm.serve.completions import APIError, Generation, parse
 from livelm.serve.metrics import CONTENT_TYPE, Metrics
 from livelm.serve.openai_schema import ChatCompletionRequest, CompletionRequest, FeedbackRequest
@@ -362,6 +362,8 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         req = parse(ChatCompletionRequest if chat else CompletionRequest, body)
         completions.check_stream_options(req)
         model, adapter = state.resolve(req.model)
+        # response_format, guided_* and tools -> a grammar (compiling a schema may take milliseconds: off the loop)
+        plan = await run_in_threadpool(structured.plan, req, state.tokenizer, chat)
         learner = state.learner
         notes: list[str] = []
         if learner is not None and chat and adapter is None:
@@ -384,7 +386,9 @@ def create_app(run, adapters=(), **options) -> FastAPI:
                     state.metrics.learned.labels(what).inc()
         tok = state.tokenizer
         if chat:
-            prompts, fmt, field = [completions.chat_prompt(req, tok)], completions.ChatFormat(tok), "messages"
+            prompts, field = [completions.chat_prompt(req, tok, plan.tools)], "messages"
+            fmt = (structured.ToolChatFormat(tok, plan.tool_format, plan.tool_names) if plan.tools
+                   else completions.ChatFormat(tok))
         else:
             prompts, fmt, field = completions.completion_prompts(req, tok), completions.CompletionFormat(tok), "prompt"
         if len(prompts) * req.n > completions.MAX_SEQUENCES:
@@ -394,6 +398,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         for ids in prompts:
             p = completions.sampling_params(req, len(ids), state.max_len, state.max_tokens_limit, field)
             p.processors = CopyFromNotes.of(notes, tok)   # the answer may copy the notes' values
+            p.grammar, p.grammar_trigger = plan.grammar, plan.trigger
             params += completions.per_choice(p, req.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         gen = Generation(state.engine, fmt, model, prompts, params, adapter, req.stream, include_usage,

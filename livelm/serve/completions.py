@@ -132,7 +132,8 @@ def check_stream_options(req) -> None:
                        code="invalid_parameter")
 
 
-def chat_prompt(req: ChatCompletionRequest, tokenizer) -> list[int]:
+def chat_prompt(req: ChatCompletionRequest, tokenizer, tools: list[dict] | None = None) -> list[int]:
+    """The request's messages (and the tools offered, if any) through the model's own chat template."""
     # "developer" is OpenAI's newer name for the system role
     msgs = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
             for m in req.messages]
@@ -140,8 +141,8 @@ def chat_prompt(req: ChatCompletionRequest, tokenizer) -> list[int]:
         if req.continue_final_message or not req.add_generation_prompt:
             return render(validate(msgs), tokenizer, add_generation_prompt=req.add_generation_prompt and not
                           req.continue_final_message, continue_final_message=req.continue_final_message,
-                          with_mask=False)[0]
-        return prompt_ids(validate(msgs), tokenizer)
+                          with_mask=False, tools=tools)[0]
+        return prompt_ids(validate(msgs), tokenizer, tools=tools)
     except ChatFormatError as e:
         raise APIError(400, str(e), param="messages", code="invalid_parameter") from None
 
@@ -192,11 +193,13 @@ class ChatFormat:
     def first(self, index: int) -> dict | None:
         return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
 
-    def delta(self, index: int, text: str, logprobs) -> dict:
+    def delta(self, index: int, text: str, logprobs) -> dict | None:
+        """A stream chunk's choice for new text, or None when there is nothing to send yet."""
         return {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
 
-    def final(self, index: int, reason: str) -> dict:
-        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+    def final(self, index: int, reason: str) -> list[dict]:
+        """The choices of a finished choice's last stream chunks (a tool-call format sends its calls here)."""
+        return [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]
 
 
 class CompletionFormat(ChatFormat):
@@ -227,8 +230,8 @@ class CompletionFormat(ChatFormat):
     def delta(self, index: int, text: str, logprobs) -> dict:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
 
-    def final(self, index: int, reason: str) -> dict:
-        return {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
+    def final(self, index: int, reason: str) -> list[dict]:
+        return [{"index": index, "text": "", "logprobs": None, "finish_reason": reason}]
 
 
 def _chunk_error(c: Chunk) -> APIError:
@@ -330,9 +333,10 @@ class Generation:
                         return
                     if c.delta or (c.logprobs and self.want_logprobs):
                         lp = self.fmt.logprobs(c.index, c.logprobs) if self.want_logprobs else None
-                        out.append(sse(self._envelope(obj, [self.fmt.delta(c.index, c.delta, lp)], **extra)))
+                        if (choice := self.fmt.delta(c.index, c.delta, lp)) is not None:
+                            out.append(sse(self._envelope(obj, [choice], **extra)))
                     if c.finish_reason:
-                        out.append(sse(self._envelope(obj, [self.fmt.final(c.index, c.finish_reason)], **extra)))
+                        out += [sse(self._envelope(obj, [f], **extra)) for f in self.fmt.final(c.index, c.finish_reason)]
                         tokens += c.completion_tokens
                         done += 1
                     if queue.empty():

@@ -20,8 +20,7 @@ SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 63 - 1
 
 # Fields that change what the answer means: silently ignoring them would mislead, so they are a 400.
 # (Fields that only describe the caller, like `user`, are accepted and ignored.)
-UNSUPPORTED = ("logit_bias", "tools", "tool_choice", "functions", "function_call", "suffix", "best_of",
-               "prompt_logprobs", "guided_json", "guided_regex", "guided_choice")
+UNSUPPORTED = ("logit_bias", "functions", "function_call", "suffix", "best_of", "prompt_logprobs")
 
 
 def unsupported(body: dict) -> str | None:
@@ -30,12 +29,53 @@ def unsupported(body: dict) -> str | None:
         value = body.get(name)
         if value not in (None, [], {}, "none") and not (name == "best_of" and value == body.get("n", 1)):
             return name
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-        return "response_format"
     if body.get("echo") is True:
         return "echo"
     return None
+
+
+# ---- structured output and tools (livelm/serve/structured.py turns them into grammars) ----------
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"     # OpenAI's rule for function names
+MAX_TOOLS = 128
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -64,6 +104,11 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None     # vLLM's extras: one constraint per request
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -87,6 +132,9 @@ class ChatCompletionRequest(_Sampling):
     continue_final_message: bool = False
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @property
     def token_limit(self) -> int | None:

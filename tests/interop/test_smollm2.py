@@ -80,20 +80,55 @@ def test_greedy_chat_equals_transformers(run, hf_smol):
     assert "Paris" in ours.chat([{"role": "user", "content": QUESTIONS[0]}], max_tokens=24, temperature=0)
 
 
-def test_serve_and_chat_through_openai(run, tmp_path):
+@pytest.fixture(scope="module")
+def server(run, tmp_path_factory):
+    server = ServerProcess(run, "--learn", "off", "--max-batch", "4", log_dir=tmp_path_factory.mktemp("serve"))
+    yield server
+    assert server.stop() == 0, server.stderr()
+
+
+def test_serve_and_chat_through_openai(server):
     from openai import OpenAI
-    server = ServerProcess(run, "--learn", "off", "--max-batch", "4", log_dir=tmp_path)
-    try:
-        client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
-        model = client.models.list().data[0].id
-        r = client.chat.completions.create(model=model, temperature=0, max_tokens=16,
-                                           messages=[{"role": "user", "content": QUESTIONS[0]}])
-        assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
-        chunks = client.chat.completions.create(model=model, temperature=0, max_tokens=12, stream=True,
-                                                messages=[{"role": "user", "content": "你好 👍"}])
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finally:
-        assert server.stop() == 0, server.stderr()
+    client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    r = client.chat.completions.create(model=model, temperature=0, max_tokens=16,
+                                       messages=[{"role": "user", "content": QUESTIONS[0]}])
+    assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+    chunks = client.chat.completions.create(model=model, temperature=0, max_tokens=12, stream=True,
+                                            messages=[{"role": "user", "content": "你好 👍"}])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_langchain_structured_output_and_a_tool_round_trip(server):
+    """What agent code does with a real model: a pydantic answer, then call a tool -> result -> final answer.
+    SmolLM2's template has no tools, so they are offered in its system prompt (livelm/chat/tools.py)."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        city: str
+        country: str
+
+    llm = ChatOpenAI(base_url=server.url + "/v1", api_key="x", model="run", temperature=0, max_tokens=60,
+                     max_retries=0, timeout=120)
+    answer = llm.with_structured_output(City, method="json_schema", strict=True).invoke(
+        "Which city is the Eiffel Tower in? Answer with the city and its country.")
+    assert isinstance(answer, City) and answer.city == "Paris" and answer.country == "France"
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        return {"Paris": "18°C, sunny ☀️", "北京": "25°C, 多云"}.get(city, "unknown")
+
+    messages = [HumanMessage("What's the weather in Paris?")]
+    ai = llm.bind_tools([get_weather], tool_choice="get_weather", strict=True).invoke(messages)
+    (call,) = ai.tool_calls
+    assert call["name"] == "get_weather" and call["args"] == {"city": "Paris"}
+    messages += [ai, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
+    final = llm.bind_tools([get_weather]).invoke(messages)
+    assert not final.tool_calls and "18" in final.content
 
 
 def test_one_lora_step_then_export_and_reimport(run, tmp_path):

@@ -47,8 +47,10 @@ def assert_error(r: httpx.Response, status: int, code: str | None = None, param:
     ({"messages": MSG, "max_tokens": 500}, "max_tokens"),            # prompt + 500 > 128-token window
     ({"messages": [{"role": "user", "content": "长城 " * 300}]}, "messages"),   # prompt alone too long
     ({"messages": MSG, "logit_bias": {"5": 100}}, "logit_bias"),      # would change the answer: never ignored
-    ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": MSG, "functions": [{"name": "f"}]}, "functions"),    # the deprecated form: use tools
+    ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
+    ({"messages": MSG, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "strin"}}}},
+     "response_format"),
 ])
 def test_400_invalid_parameters(server, body, param):
     assert_error(post(server, "/v1/chat/completions", body), 400, param=param)

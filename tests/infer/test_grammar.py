@@ -1,0 +1,134 @@
+"""Constrained decoding in the engine (livelm/infer/grammar.py): the output matches its grammar, always.
+
+An untrained model is the hardest case: left alone it emits noise, so every valid answer
+below is the mask's doing. Schemas bound their strings (maxLength) so that even noise
+completes within max_tokens.
+"""
+import json
+import re
+
+import jsonschema
+import pytest
+import torch
+
+from livelm.infer import grammar
+from livelm.infer.engine import Engine
+from livelm.models.gpt import GPT, GPTConfig, PRESETS
+from livelm.sampling import SamplingParams
+from livelm.tokenizer import Tokenizer
+
+TEXT = ['{"name": "李雷", "city": "北京", "ok": true, "n": 12} 你好，世界！🙂 Hello world. Mixed 中英 text 👍🏽',
+        "yes no 是 否 <tool_call> [1, 2.5, -3]"]
+
+SCHEMA = {"type": "object",
+          "properties": {"name": {"type": "string", "maxLength": 6},
+                         "city": {"enum": ["北京", "Paris", "東京 🗼"]},
+                         "n": {"type": "integer", "minimum": 0, "maximum": 999},
+                         "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3}},
+          "required": ["name", "city", "n"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train_bpe(TEXT * 30, vocab_size=400, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def engine(tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=2, n_head=2, d_model=32,
+                          **PRESETS["llama"])).eval()
+    return Engine(model, tok, max_batch=8)
+
+
+def test_json_schema_rows_always_validate_even_from_noise(engine, tok):
+    g = grammar.json_schema(SCHEMA)
+    prompts = [tok.encode(t) for t in ("用JSON回答", "answer in JSON 🙂", "x")] * 4
+    params = [SamplingParams(max_tokens=200, temperature=1.5, seed=i, grammar=g) for i in range(len(prompts))]
+    outs = engine.generate(prompts, params)
+    for o in outs:
+        assert o.finish_reason == "stop", o.text
+        jsonschema.validate(json.loads(o.text), SCHEMA)
+    assert len({o.text for o in outs}) > 6     # sampled, not one forced string
+
+
+def test_free_rows_in_a_mixed_batch_are_untouched(engine, tok):
+    """A constrained row beside free rows changes nothing for them (same seeds, same tokens)."""
+    free = [SamplingParams(max_tokens=24, temperature=1.0, seed=s, ignore_eos=True) for s in (1, 2)]
+    prompts = [tok.encode("你好 world"), tok.encode("Mixed 中英")]
+    alone = engine.generate(prompts, [p.copy() for p in free])
+    mixed = engine.generate(prompts + [tok.encode("JSON")],
+                            [p.copy() for p in free] + [SamplingParams.greedy(200, grammar=grammar.json_schema(SCHEMA))])
+    assert [o.token_ids for o in mixed[:2]] == [o.token_ids for o in alone]
+    jsonschema.validate(json.loads(mixed[2].text), SCHEMA)
+    assert mixed[2].finish_reason == "stop"
+
+
+def test_regex_and_choice(engine, tok):
+    out = engine.generate([tok.encode("phone?")] * 3,
+                          [SamplingParams(max_tokens=30, temperature=1.0, seed=s, grammar=grammar.regex(r"\d{3}-[a-z]{2}"))
+                           for s in range(3)])
+    assert all(re.fullmatch(r"\d{3}-[a-z]{2}", o.text) and o.finish_reason == "stop" for o in out)
+    picks = engine.generate([tok.encode("?")] * 6, [SamplingParams(max_tokens=10, temperature=2.0, seed=s,
+                                                                   grammar=grammar.choice(["是", "否", "maybe 🤔"]))
+                                                    for s in range(6)])
+    assert all(o.text in ("是", "否", "maybe 🤔") for o in picks)
+
+
+def test_a_grammar_waits_for_its_trigger(engine, tok):
+    """tool_choice "auto": free until the output opens a call, then the call is constrained."""
+    g = grammar.lark('start: %json {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, '
+                     '"maximum": 9}}, "required": ["a"], "additionalProperties": false} "</tool_call>"')
+    seq = engine.add(tok.encode("<tool_call>"), SamplingParams.greedy(40, grammar=g, grammar_trigger="<tool_call>"))
+    # force the trigger as the row's first output, as a model that opens a call would
+    forced = tok.encode("<tool_call>")
+
+    class Force:
+        def __call__(self, prompt_ids, out_ids, logits):
+            return forced[len(out_ids)] if len(out_ids) < len(forced) else logits
+    seq.params.processors = (Force(),)
+    while not seq.finished:
+        engine.step()
+    assert seq.text.startswith("<tool_call>")
+    body = seq.text[len("<tool_call>"):]
+    assert re.fullmatch(r'\{"a": ?\d\}</tool_call>', body), body
+    assert seq.finish_reason == "stop"
+
+
+def test_logprobs_report_the_models_own_distribution(engine, tok):
+    out = engine.generate([tok.encode("x")], SamplingParams.greedy(3, grammar=grammar.regex("[0-9]+"),
+                                                                   logprobs=3))[0]
+    # the alternatives are the model's top tokens, mostly not digits: the mask did not hide them
+    tops = [t["token"] for e in out.logprobs for t in e["top"]]
+    assert any(not t.strip().isdigit() for t in tops)
+    assert out.text.isdigit()
+
+
+def test_compiled_grammars_are_cached_per_engine(engine, tok):
+    g = grammar.json_schema({"type": "object", "properties": {"q": {"const": 1}}, "required": ["q"]})
+    engine.generate([tok.encode("a")] * 2, SamplingParams.greedy(20, grammar=g))
+    before = len(engine.constraints.prototypes)
+    engine.generate([tok.encode("b")], SamplingParams.greedy(20, grammar=g))
+    assert len(engine.constraints.prototypes) == before and g in engine.constraints.prototypes
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"type": "object", "properties": {"a": {"type": "strin"}}}, "strin"),
+    ('{"type": "object"', "not valid JSON"),
+    ([1, 2], "must be an object"),
+    ({"type": "string", "pattern": "[a-"}, "regex"),
+])
+def test_bad_schemas_say_what_is_wrong(bad, says):
+    with pytest.raises(grammar.GrammarError, match=re.escape(says)):
+        grammar.json_schema(bad)
+
+
+def test_oversized_and_malformed_grammars_are_refused():
+    with pytest.raises(grammar.GrammarError, match="at most"):
+        grammar.json_schema({"enum": ["x" * 50] * 3000})
+    with pytest.raises(grammar.GrammarError):
+        grammar.regex("(unclosed")
+    with pytest.raises(grammar.GrammarError):
+        grammar.lark("start: undefined_rule")
+    with pytest.raises(grammar.GrammarError):
+        grammar.choice([])
