@@ -50,9 +50,10 @@ class Result:
         return (self.e2e - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else None
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int) -> Result:
+async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int,
+                      extra: dict | None = None) -> Result:
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     r = Result()
     t0 = time.perf_counter()
     last = None
@@ -87,7 +88,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: l
 
 
 async def run_level(url: str, model: str, prompts: list[list[int]], concurrency: int, max_tokens: int,
-                    time_limit: float) -> tuple[list[Result], float, int]:
+                    time_limit: float, extra: dict | None = None) -> tuple[list[Result], float, int]:
     """Run len(prompts) requests, at most `concurrency` at a time; stop starting new ones after time_limit."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     sem = asyncio.Semaphore(concurrency)
@@ -101,7 +102,7 @@ async def run_level(url: str, model: str, prompts: list[list[int]], concurrency:
                 if time.perf_counter() > deadline:
                     skipped += 1
                     return None
-                return await one_request(client, url, model, p, max_tokens)
+                return await one_request(client, url, model, p, max_tokens, extra)
 
         t0 = time.perf_counter()
         results = await asyncio.gather(*(worker(p) for p in prompts))
@@ -174,6 +175,9 @@ def main() -> int:
                    help="run all levels this many times, interleaved; rows pool every round (default 1)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-body", type=json.loads, default=None,
+                   help='JSON fields added to every request, e.g. \'{"guided_json": {...}}\' for constrained decoding '
+                        '(a schema that cannot end before --max-tokens, so every request does the same work)')
     a = p.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
 
@@ -202,7 +206,7 @@ def main() -> int:
               f"{a.max_tokens} output tokens, server --max-batch {a.max_batch}, {os.cpu_count()} CPU cores",
               file=sys.stderr)
         asyncio.run(run_level(url, model, [[rng.randrange(low, vocab) for _ in range(a.prompt_tokens)]], 1,
-                              a.max_tokens, 60))   # warm-up
+                              a.max_tokens, 60, a.extra_body))   # warm-up
         # Levels run in rounds (1, 16, 1, 16, ...): on a shared VM the speed drifts by +-10% from minute to
         # minute, and interleaving spreads that drift over every level instead of loading it onto one.
         per_level: dict[int, list] = {c: [] for c in levels}   # concurrency -> [(results, duration, skipped)]
@@ -211,7 +215,7 @@ def main() -> int:
                 n = a.requests or max(8, 2 * c)
                 prompts = [[rng.randrange(low, vocab) for _ in range(a.prompt_tokens)] for _ in range(n)]
                 results, duration, skipped = asyncio.run(run_level(url, model, prompts, c, a.max_tokens,
-                                                                   a.time_limit))
+                                                                   a.time_limit, a.extra_body))
                 per_level[c].append((results, duration, skipped))
                 row = summarize(c, results, duration, skipped)
                 print(f"  round {rnd + 1}, {c:>3} clients: {row['req_per_s']:.2f} req/s, "

@@ -4,6 +4,7 @@
     model = livelm.load("runs/assistant/chat")            # a livelm run, an adapter, or a Hugging Face folder
     model.generate("Once upon a time", max_tokens=40)      # -> str
     model.chat([{"role": "user", "content": "营业时间？"}])  # -> str
+    model.chat(messages, json_schema={"type": "object", ...})   # -> JSON text valid under the schema
     for delta in model.chat(messages, stream=True):        # -> text pieces as they are decoded
         print(delta, end="", flush=True)
     livelm.train({"preset": "llama", "max_iters": 500}, data="data/mine", out="runs/mine")
@@ -35,20 +36,24 @@ class Model:
                 f"{self.model.num_params() / 1e6:.2f}M parameters, adapters={self.adapters})")
 
     @staticmethod
-    def _params(max_tokens, temperature, seed, **sampling) -> SamplingParams:
+    def _params(max_tokens, temperature, seed, json_schema=None, **sampling) -> SamplingParams:
+        if json_schema is not None:   # the answer is JSON valid under this schema (livelm/infer/grammar.py)
+            from livelm.infer import grammar
+            sampling["grammar"] = grammar.json_schema(json_schema)
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, **sampling)
         params.validate()
         return params
 
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, seed: int | None = None,
                  stream: bool = False, **sampling) -> str | Iterator[str]:
-        """Continue `prompt` (plain text, no chat template). `sampling`: top_k, top_p, min_p, stop, ..."""
+        """Continue `prompt` (plain text, no chat template). `sampling`: top_k, top_p, min_p, stop, json_schema, ..."""
         ids = self.tokenizer.prompt(prompt)
         return self._run(ids, self._params(max_tokens, temperature, seed, **sampling), stream)
 
     def chat(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.8, seed: int | None = None,
              stream: bool = False, **sampling) -> str | Iterator[str]:
-        """Answer the conversation `messages` ([{"role", "content"}, ...]) as the assistant."""
+        """Answer the conversation `messages` ([{"role", "content"}, ...]) as the assistant.
+        json_schema=SCHEMA: the answer is JSON valid under it (constrained decoding)."""
         from livelm.chat.template import prompt_ids, validate
         ids = prompt_ids(validate(messages), self.tokenizer)
         return self._run(ids, self._params(max_tokens, temperature, seed, **sampling), stream)

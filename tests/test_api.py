@@ -40,6 +40,19 @@ def test_generate_is_the_engine_and_stream_matches(tiny_chat_run):
         model.chat([{"role": "user", "content": "hi"}], max_tokens=8, temperature=0)
 
 
+def test_chat_with_a_json_schema_answers_valid_json(tiny_chat_run):
+    import json
+    model = livelm.load(tiny_chat_run / "chat")
+    schema = {"type": "object", "properties": {"hours": {"type": "string", "maxLength": 12},
+                                               "open": {"type": "boolean"}}, "required": ["hours", "open"],
+              "additionalProperties": False}
+    answer = json.loads(model.chat([{"role": "user", "content": "营业时间？🙂"}], json_schema=schema, max_tokens=60))
+    assert set(answer) == {"hours", "open"} and isinstance(answer["open"], bool)
+    from livelm.infer.grammar import GrammarError
+    with pytest.raises(GrammarError, match="strin"):
+        model.chat([{"role": "user", "content": "x"}], json_schema={"type": "strin"})
+
+
 def test_api_errors_are_clear(tmp_path, tiny_chat_run):
     with pytest.raises(Exception, match="not found|no config.json"):
         livelm.load(tmp_path / "nope")

@@ -79,6 +79,7 @@ class Sequence:
     next_logits: torch.Tensor | None = None   # logits for the next token, after prefill
     raw_logits: torch.Tensor | None = None    # the same before a grammar's mask (for logprobs)
     matcher: object | None = None             # the grammar's state, when the row is constrained (and triggered)
+    closed_early: bool = False                # near its token budget, the grammar was steered to close
     cancelled: bool = False
 
     @property
@@ -245,7 +246,7 @@ class Engine:
         elif decode:
             self._forward_decode(decode)
         if masks is not None:
-            self.constraints.apply(masked, masks)
+            self.constraints.apply(masked, masks, [self._budget(s) - len(s.out_ids) for s in masked])
         ready = [s for s in self.running if s.next_logits is not None]
         # rows that only use a temperature are sampled together; penalties and filters go row by row
         plain = [s for s in ready if is_plain(s.params)]
@@ -336,10 +337,10 @@ class Engine:
         delta, stopped = seq.stream.push(token)
         # a complete grammar leaves nothing to say: the row ends now, without a step for its end token
         complete = not stopped and seq.params.grammar is not None and self._advance_grammar(seq, token)
-        if complete or not stopped and (len(seq.out_ids) >= seq.params.max_tokens
-                                        or len(seq.prompt_ids) + len(seq.out_ids) >= self.max_len):
+        if complete or not stopped and len(seq.out_ids) >= self._budget(seq):
             delta += seq.stream.finish()
-            stopped = seq.stream.stopped or complete
+            # a grammar closed early to fit the budget still ends as "length": the answer was cut
+            stopped = seq.stream.stopped or complete and not seq.closed_early
             seq.text += delta
             self._retire(seq, "stop" if stopped else "length")
             return Event(seq, delta, True)
@@ -347,6 +348,10 @@ class Engine:
         if stopped:
             self._retire(seq, "stop")
         return Event(seq, delta, stopped)
+
+    def _budget(self, seq: Sequence) -> int:
+        """How many tokens the sequence may produce in all: max_tokens, or what the window leaves."""
+        return min(seq.params.max_tokens, self.max_len - len(seq.prompt_ids))
 
     def _advance_grammar(self, seq: Sequence, token: int) -> bool:
         """Move a constrained row's matcher past `token` (or start it, if this token completed its trigger);

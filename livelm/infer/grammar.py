@@ -24,6 +24,17 @@ They are plain strings, so they travel to the engine process inside SamplingPara
 A grammar may also wait for a trigger (SamplingParams.grammar_trigger): the row
 is free until its output ends with that text, then the grammar constrains what
 follows (a tool call opened by "<tool_call>" in tool_choice "auto").
+
+A grammar says what may come next, not when to stop: a weak model inside an
+unbounded string or number can go on until max_tokens, and a cut JSON text does
+not parse. So a constrained row that nears the end of its token budget closes:
+among the tokens the grammar allows, those that end things (a quote, a closing
+bracket, the end token; then a comma, colon or quote, the way on to a key that is
+still required) are preferred, and the answer ends as valid JSON; its
+finish_reason is "length" when the closing changed what the model would have
+said (it was cut to fit), "stop" when the model closed by itself. How near is "near": the
+length of the grammar's shortest answer found the same way from its start (a dry
+run with no model, once per grammar), plus a margin.
 """
 from __future__ import annotations
 
@@ -39,6 +50,7 @@ from livelm.extras import need
 
 MAX_GRAMMAR_CHARS = 100_000     # a schema or grammar text larger than this is refused (400), not compiled
 _PROTOTYPES = 64                # compiled grammars kept per engine (LRU), copied for each new row
+MAX_RESERVE = 64                # a grammar whose shortest answer is longer is not closed early
 
 
 class GrammarError(ValueError):
@@ -120,6 +132,20 @@ def ll_tokenizer(tokenizer):
     return _TOKENIZERS[key]
 
 
+def _in_string(text: str) -> bool:
+    """Whether JSON text ends inside a string (an odd number of unescaped quotes so far)."""
+    inside = escaped = False
+    for c in text:
+        if escaped:
+            escaped = False
+        elif c == "\\" and inside:
+            escaped = True
+        elif c == '"':
+            inside = not inside
+    return inside
+
+
+
 class Constraints:
     """The matchers of one engine's constrained rows, and the masks they give.
 
@@ -137,6 +163,49 @@ class Constraints:
         self.executor = self.llg.LLExecutor(num_threads=1)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="livelm-grammar")
         self.shifts = torch.arange(32, dtype=torch.int32)
+        self._closers = None
+        self.reserves: dict[str, int] = {}            # grammar -> tokens kept for closing it
+
+    def closers(self, in_string: bool) -> torch.Tensor:
+        """(V,) a bonus per token for a closing row, added to its logits (x1e4: it outranks the model's
+        preferences but keeps their order within a tier). Inside a JSON string the tokens that start
+        with a quote end it; outside one, the end tokens, then closing brackets, then a comma, colon
+        or quote (the way on to a key that is still required)."""
+        if self._closers is None:
+            inside, outside = torch.zeros(self.vocab), torch.zeros(self.vocab)
+            for i in range(self.vocab):
+                text = self.tokenizer.token_bytes(i).decode("utf-8", "replace").strip()
+                if text.startswith('"'):   # '"' or '"}' first; '",' would open one more key
+                    inside[i] = 2 if set(text) <= set('"}]') else 1
+                if text and set(text) <= set("}]"):
+                    outside[i] = 2
+                elif text in (",", ":", '"'):
+                    outside[i] = 1
+            outside[[i for i in self.tokenizer.stop_ids if i < self.vocab]] = 3
+            self._closers = (inside * 1e4, outside * 1e4)
+        return self._closers[0 if in_string else 1]
+
+    def reserve(self, grammar: str) -> int:
+        """How many of a row's last tokens go to closing its grammar: the dry run's length + a margin."""
+        if grammar not in self.reserves:
+            m, text, mask = self.matcher(grammar), "", torch.zeros(1, self.words, dtype=torch.int32)
+            shortest = -torch.tensor([len(self.tokenizer.token_bytes(i)) for i in range(self.vocab)], dtype=torch.float32)
+            steps = 0
+            while not m.is_accepting() and steps < MAX_RESERVE:
+                m.unsafe_compute_mask_ptr(mask.data_ptr(), self.words * 4)
+                ok = ((mask[0].unsqueeze(-1) >> self.shifts) & 1).view(-1)[:self.vocab].bool()
+                if not ok.any():
+                    break
+                # closing tokens first; among equals the shortest text (no "{\"" that opens one more key):
+                # spelling a required key byte by byte overestimates the reserve, which is the safe side
+                token = int((self.closers(_in_string(text)) + shortest).masked_fill(~ok, float("-inf")).argmax())
+                if not m.consume_token(token):
+                    break
+                text += self.tokenizer.token_bytes(token).decode("utf-8", "replace")
+                steps += 1
+            # a grammar the heuristic cannot close (no JSON in it: a regex, a choice) is not closed at all
+            self.reserves[grammar] = steps + 6 if m.is_accepting() else 0
+        return self.reserves[grammar]
 
     def matcher(self, grammar: str):
         """A fresh matcher for `grammar`, copied from a cached compiled one."""
@@ -169,15 +238,24 @@ class Constraints:
             return mask
         return self.pool.submit(fill)
 
-    def apply(self, seqs, future: Future) -> None:
-        """Set every disallowed token's logit to -inf, for the rows of `seqs` that have logits now."""
+    def apply(self, seqs, future: Future, remaining: list[int]) -> None:
+        """Set every disallowed token's logit to -inf, for the rows of `seqs` that have logits now;
+        rows with no more tokens `remaining` than their grammar's reserve lean to closing tokens."""
         mask = future.result()
         allowed = ((mask.unsqueeze(-1) >> self.shifts) & 1).view(len(seqs), -1)[:, :self.vocab].bool()  # (B, V)
-        for s, ok in zip(seqs, allowed):
+        for s, ok, left in zip(seqs, allowed, remaining):
             if s.next_logits is not None:
                 if s.params.logprobs is not None:
                     s.raw_logits = s.next_logits      # logprobs report the model's own distribution
-                s.next_logits = s.next_logits.masked_fill(~ok.to(s.next_logits.device), float("-inf"))
+                ok = ok.to(s.next_logits.device)
+                own = s.next_logits.masked_fill(~ok, float("-inf"))
+                if left <= self.reserve(s.params.grammar):
+                    closing = (s.next_logits.float() + self.closers(_in_string(s.stream.text)).to(ok.device))
+                    closing = closing.masked_fill(~ok, float("-inf"))
+                    # the answer was cut short if closing changed the most likely token at least once
+                    s.closed_early = s.closed_early or int(closing.argmax()) != int(own.argmax())
+                    own = closing
+                s.next_logits = own
 
     def advance(self, seq, token: int) -> bool:
         """Feed the sampled token to the row's matcher; True when the grammar is complete (only the end may follow)."""

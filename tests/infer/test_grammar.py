@@ -52,6 +52,26 @@ def test_json_schema_rows_always_validate_even_from_noise(engine, tok):
     assert len({o.text for o in outs}) > 6     # sampled, not one forced string
 
 
+LOOSE = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "array", "items": {"type": "number"}},
+                                          "c": {"type": "object"}}, "required": ["a", "b", "c"]}
+
+
+@pytest.mark.parametrize("schema, max_tokens", [(None, 12), (None, 50), (LOOSE, 30), (LOOSE, 90)])
+def test_unbounded_json_closes_within_the_budget(engine, tok, schema, max_tokens):
+    """Noise never ends a string by itself: near the budget the row closes, so even a cut answer parses."""
+    g = grammar.json_schema(schema) if schema else grammar.json_object()
+    outs = engine.generate([tok.encode("JSON 🙂")] * 4, [SamplingParams(max_tokens=max_tokens, temperature=1.0,
+                                                                        seed=s, grammar=g) for s in range(4)])
+    for o in outs:
+        value = json.loads(o.text)
+        assert len(o.token_ids) <= max_tokens and isinstance(value, dict), o.text
+        if schema:
+            jsonschema.validate(value, schema)
+    assert any(o.finish_reason == "length" for o in outs)     # cut to fit, and said so
+    # the reserve is the grammar's shortest answer (a dry run) plus a margin; a regex has none
+    assert 8 <= engine.constraints.reserve(g) < 40 and engine.constraints.reserve(grammar.regex("[a-z]+x")) == 0
+
+
 def test_free_rows_in_a_mixed_batch_are_untouched(engine, tok):
     """A constrained row beside free rows changes nothing for them (same seeds, same tokens)."""
     free = [SamplingParams(max_tokens=24, temperature=1.0, seed=s, ignore_eos=True) for s in (1, 2)]

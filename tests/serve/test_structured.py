@@ -88,19 +88,19 @@ def test_fifty_json_schema_answers_all_parse_and_validate(sdk):
         answers = list(pool.map(lambda i: _ask(sdk, i), range(50)))
         free = [f.result() for f in free]
     for text, reason in answers:
-        assert reason == "stop", text
+        assert reason in ("stop", "length"), text      # "length": closed early to fit max_tokens, still valid
         jsonschema.validate(json.loads(text), PERSON)
     assert len({t for t, _ in answers}) > 25             # sampled answers, not one forced string
     assert sum(t.lstrip().startswith("{") for t in free) < len(free)   # the free rows were not constrained
 
 
 def test_json_object_and_vllm_guided_fields(sdk):
-    r = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "JSON please 🙂"}],
-                                    response_format={"type": "json_object"}, max_tokens=80, temperature=0)
-    if r.choices[0].finish_reason == "stop":     # a model that never closes its strings runs out of tokens
+    # unbounded strings: a model that never closes them is closed near max_tokens, so the text parses
+    for max_tokens in (12, 40, 80):
+        r = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "JSON please 🙂"}],
+                                        response_format={"type": "json_object"}, max_tokens=max_tokens, temperature=0)
         assert isinstance(json.loads(r.choices[0].message.content), dict)
-    else:
-        assert r.choices[0].message.content.startswith("{")
+        assert r.usage.completion_tokens <= max_tokens
     for extra, check in [({"guided_choice": ["是", "否", "maybe 🤔"]}, lambda t: t in ("是", "否", "maybe 🤔")),
                          ({"guided_regex": r"[0-9]{4}-[0-9]{2}"}, lambda t: len(t) == 7 and t[4] == "-"),
                          ({"guided_json": PERSON}, lambda t: jsonschema.validate(json.loads(t), PERSON) is None),
