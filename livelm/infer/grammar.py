@@ -121,14 +121,35 @@ def check(grammar: str) -> str:
 _TOKENIZERS: dict[int, object] = {}
 
 
+class _TokenTable:
+    """A tokenizer as llguidance's TokenizerWrapper reads one: every token's bytes (special tokens behind
+    a 0xFF byte, so no text can ever match them) and an encode function."""
+
+    def __init__(self, tokenizer):
+        self.eos_token_id, self.bos_token_id = tokenizer.eos_id, tokenizer.bos_id
+        self.special_token_ids = sorted(tokenizer.special_ids)
+        self.tokens = [(b"\xff" if i in tokenizer.special_ids else b"") + tokenizer.token_bytes(i)
+                       for i in range(tokenizer.vocab_size)]
+        self._encode = tokenizer.encode
+
+    def __call__(self, text):
+        return self._encode(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
+
+
 def ll_tokenizer(tokenizer):
-    """llguidance's view of a livelm tokenizer (built from its tokenizer.json; ~0.2 s for a 49k vocabulary,
-    so kept per tokenizer). The tokenizer's stop ids are the end of sequence: the grammar allows them
-    exactly where the output may end."""
+    """llguidance's view of a livelm tokenizer (~0.2 s for a 49k vocabulary, so kept per tokenizer): from its
+    tokenizer.json where llguidance reads the format, else from its token table (livelm's character
+    tokenizer). The tokenizer's stop ids are the end of sequence: the grammar allows them exactly where
+    the output may end."""
     key = id(tokenizer)
     if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = _llg().LLTokenizer(tokenizer._hf.to_str(), n_vocab=tokenizer.vocab_size,
-                                              eos_token=sorted(tokenizer.stop_ids))
+        llg, eos = _llg(), sorted(tokenizer.stop_ids)
+        try:
+            made = llg.LLTokenizer(tokenizer._hf.to_str(), n_vocab=tokenizer.vocab_size, eos_token=eos)
+        except ValueError:    # "can't determine decoder type": not a byte-level or SentencePiece vocabulary
+            made = llg.LLTokenizer(llg.TokenizerWrapper(_TokenTable(tokenizer)), n_vocab=tokenizer.vocab_size,
+                                   eos_token=eos)
+        _TOKENIZERS[key] = made
     return _TOKENIZERS[key]
 
 

@@ -152,3 +152,15 @@ def test_oversized_and_malformed_grammars_are_refused():
         grammar.lark("start: undefined_rule")
     with pytest.raises(grammar.GrammarError):
         grammar.choice([])
+
+
+def test_character_tokenizers_are_constrained_too():
+    """livelm's char tokenizer is no format llguidance reads from tokenizer.json: its token table is used."""
+    tok = Tokenizer.train_char(TEXT)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1, n_head=2, d_model=16)).eval()
+    outs = Engine(model, tok, max_batch=4).generate(
+        [tok.encode("你好")] * 4, [SamplingParams(max_tokens=60, temperature=1.0, seed=s, grammar=grammar.json_schema(SCHEMA))
+                                  for s in range(4)])
+    for o in outs:
+        jsonschema.validate(json.loads(o.text), SCHEMA)
