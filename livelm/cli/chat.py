@@ -5,6 +5,11 @@ the current answer (not the program), Ctrl-D or /quit leaves. With stdin not a
 TTY it reads one message per line and prints one answer per line, so it can be
 scripted: `printf 'hi\\n/reset\\n你好\\n' | livelm chat RUN`.
 Notices (dropped turns, errors) go to stderr; answers go to stdout.
+
+Voice (livelm[voice]): `--listen FILE` asks the question spoken in an audio file (repeatable; then the
+conversation goes on as usual), `/listen FILE` does it mid-conversation, `/correct @FILE` takes a spoken
+correction, and `--speak` speaks every answer on the sound device, or `--speak DIR` writes each answer
+to DIR/answer-NNN.wav.
 """
 from __future__ import annotations
 
@@ -35,7 +40,62 @@ HELP = """commands:
   /correct TEXT    what the last answer should have been (used as memory at once)
   /remember TEXT   a fact to keep in mind ("delivery is free above ¥99")
   /forget N        forget feedback item N (ids are printed when stored)
+  /listen FILE     ask the question spoken in an audio file (livelm[voice])
+  /correct @FILE   a spoken correction: the words in an audio file
   /quit            leave (Ctrl-D works too)"""
+
+
+class Voice:
+    """The REPL's ears and mouth: questions from audio files, answers spoken on the sound device or to files."""
+
+    def __init__(self, speak: str | None = None, stt_model: str = "whisper-base", tts_engine: str = "espeak"):
+        self.stt_model, self.tts_engine, self._stt, self._tts = stt_model, tts_engine, None, None
+        self.device = speak == "device"
+        self.folder = None if speak in (None, "device") else Path(speak)
+        self.player = None
+        if self.device:
+            import shutil
+            self.player = next((p for p in ("paplay", "aplay", "ffplay") if shutil.which(p)), None)
+            if self.player is None or not (Path("/dev/snd").exists() or os.environ.get("PULSE_SERVER")):
+                raise ValueError("--speak: no sound device here (no aplay/paplay, or no /dev/snd); "
+                                 "pass --speak DIR to write each answer to DIR/answer-NNN.wav")
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.spoken = len(list(self.folder.glob("answer-*.wav"))) if self.folder else 0
+
+    def hear(self, path: str) -> str:
+        """The words spoken in an audio file (any format), or ValueError saying what is wrong with it."""
+        from livelm.voice import load_stt
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        if self._stt is None:
+            self._stt = load_stt(self.stt_model)
+        text = self._stt.transcribe(data).text.strip()
+        if not text:
+            raise ValueError(f"no speech was heard in {path}")
+        return text
+
+    def say(self, text: str) -> str | None:
+        """Speak an answer; returns the file written, if any."""
+        if not text.strip() or not (self.device or self.folder):
+            return None
+        from livelm.voice import encode, load_tts
+        if self._tts is None:
+            self._tts = load_tts(self.tts_engine)
+        wav = encode(self._tts.synthesize(text), self._tts.rate, "wav")
+        if self.device:
+            import subprocess
+            args = {"ffplay": ["ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet", "-"]}.get(self.player,
+                                                                                                 [self.player])
+            subprocess.run(args, input=wav, check=False)
+            return None
+        from livelm.io import write_bytes
+        self.spoken += 1
+        out = self.folder / f"answer-{self.spoken:03d}.wav"
+        write_bytes(out, wav)      # atomic: a killed chat leaves no half-written file
+        return str(out)
 
 
 class ChatSession:
@@ -62,6 +122,7 @@ class ChatSession:
         self.memory = Memory(feedback, system_prompts=system_prompts) if (feedback is not None and memory) else None
         self.notes: list[str] = []   # the memory notes in the current prompt (the answer may copy from them)
         self.memory_draft = memory_draft   # tokens of the draft answer memory also looks notes up by (0 = none)
+        self.voice: Voice | None = None    # --listen / --speak / /listen (livelm[voice])
 
     def messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -207,13 +268,19 @@ def command(session: ChatSession, line: str, out) -> bool | None:
             session.load(arg)
             session.notices.append(f"loaded {len(session.history)} turn(s) from {arg}")
         elif name == "/retry":
-            stream_answer(session, session.retry(), out)
+            answer(session, session.retry(), out)
+        elif name == "/listen":
+            if not arg:
+                raise ValueError("usage: /listen FILE (an audio file with the question)")
+            ask_spoken(session, arg, out)
         elif name in ("/good", "/bad"):
             n = session.give_feedback("up" if name == "/good" else "down")
             session.notices.append(f"feedback #{n} stored")
         elif name in ("/correct", "/remember"):
             if not arg:
                 raise ValueError(f"usage: {name} TEXT")
+            if arg.startswith("@"):   # spoken: the words in an audio file
+                arg = heard(session, arg[1:])
             n = session.give_feedback("correction" if name == "/correct" else "fact", arg)
             session.notices.append(f"feedback #{n} stored; it is used from the next question on")
         elif name == "/forget":
@@ -249,15 +316,43 @@ def stream_answer(session: ChatSession, deltas, out) -> None:
     out.flush()
 
 
+def answer(session: ChatSession, deltas, out) -> None:
+    """Stream an answer to `out`, then speak it when the chat speaks (--speak)."""
+    stream_answer(session, deltas, out)
+    if session.voice is not None and session.history and session.history[-1]["role"] == "assistant":
+        if written := session.voice.say(session.history[-1]["content"]):
+            session.notices.append(f"spoken to {written}")
+
+
+def heard(session: ChatSession, path: str) -> str:
+    """The words in an audio file (the chat's speech-to-text model is loaded on first use)."""
+    if session.voice is None:
+        session.voice = Voice()
+    text = session.voice.hear(path)
+    print(f"[heard: {text}]", file=sys.stderr, flush=True)
+    return text
+
+
+def ask_spoken(session: ChatSession, path: str, out) -> None:
+    answer(session, session.ask(heard(session, path)), out)
+
+
 def flush_notices(session: ChatSession) -> None:
     for n in session.notices:
         print(f"[{n}]", file=sys.stderr, flush=True)
     session.notices.clear()
 
 
-def repl(session: ChatSession, stdin=None, out=None) -> int:
+def repl(session: ChatSession, stdin=None, out=None, spoken: list[str] = ()) -> int:
+    """The conversation: first the questions spoken in the `spoken` audio files, then stdin's lines."""
     stdin = stdin or sys.stdin
     out = out or sys.stdout
+    for path in spoken:
+        try:
+            ask_spoken(session, path, out)
+        except ValueError as e:   # a bad audio file: say so and go on
+            session.notices.append(f"error: {e}")
+        flush_notices(session)
     interactive = stdin.isatty()
     if interactive:
         # Ctrl-C must stop an answer even when we were started with SIGINT ignored (a shell's background job,
@@ -288,7 +383,7 @@ def repl(session: ChatSession, stdin=None, out=None) -> int:
         if handled is None:
             if interactive:
                 out.write("bot> ")
-            stream_answer(session, session.ask(line), out)
+            answer(session, session.ask(line), out)
         flush_notices(session)
     flush_notices(session)
     return 0
@@ -333,6 +428,14 @@ def chat_flags(p) -> None:
     g.add_argument("--memory-draft", type=int, default=32, metavar="N",
                    help="memory looks notes up by the question and a greedy draft answer of N tokens, once the "
                         "tenant has notes (0 = by the question alone; default 32, as `livelm serve`)")
+    g = p.add_argument_group("voice (livelm[voice])")
+    g.add_argument("--listen", action="append", default=[], metavar="FILE",
+                   help="ask the question spoken in this audio file first (repeatable; any format)")
+    g.add_argument("--speak", nargs="?", const="device", default=None, metavar="DIR",
+                   help="speak every answer: on the sound device, or with DIR written to DIR/answer-NNN.wav")
+    g.add_argument("--stt", default="whisper-base", metavar="MODEL",
+                   help="speech-to-text model for --listen and /listen (default whisper-base)")
+    g.add_argument("--tts", default="espeak", metavar="ENGINE", help="text-to-speech engine for --speak (default espeak)")
     g = p.add_argument_group("prompt engineering")
     g.add_argument("--system", help="system prompt text")
     g.add_argument("--system-file", help="read the system prompt from a file")
@@ -359,4 +462,6 @@ def run_chat(a) -> int:
     session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user,
                           feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name,
                           memory_draft=a.memory_draft, system_prompts=config.get("system_prompts"))
-    return repl(session)
+    if a.listen or a.speak:
+        session.voice = Voice(a.speak, stt_model=a.stt, tts_engine=a.tts)
+    return repl(session, spoken=a.listen)

@@ -92,6 +92,15 @@ def serve_flags(p) -> None:
     add_dataclass_flags(g, LearnConfig, prefix="learn-", skip=LEARN_CONFIG_SKIP, names=LEARN_NAMES, helps=LEARN_HELP)
     add_dataclass_flags(g, UpdateConfig, prefix="learn-", skip=LEARN_UPDATE_SKIP, names=LEARN_NAMES, helps=LEARN_HELP,
                         choices={"replay_loss": ["kl", "sft"]})
+    v = p.add_argument_group("voice: /v1/audio/transcriptions and /v1/audio/speech (livelm[voice]; loaded on first use)")
+    v.add_argument("--stt", default="whisper-base", metavar="MODEL",
+                   help="speech-to-text model: whisper-base (from PyPI) or a faster-whisper model folder; off "
+                        "disables (default whisper-base)")
+    v.add_argument("--tts", default="espeak", metavar="ENGINE",
+                   help="text-to-speech engine: espeak (Chinese and English), piper (English); off disables "
+                        "(default espeak)")
+    v.add_argument("--voice-threads", type=int, default=0, metavar="N",
+                   help="CPU threads for speech to text (default 0: all)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
 
@@ -177,10 +186,13 @@ def run_serve(a) -> int:
     keys = read_api_keys(a)
     set_threads(a.threads)
     from livelm.serve.app import ServeState, create_app
+    from livelm.serve.audio import Voice
     app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
                      max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
                      served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store,
-                     compile=machine.resolve_compile(a.compile, None), dtype=a.dtype, max_context=a.max_context)
+                     compile=machine.resolve_compile(a.compile, None), dtype=a.dtype, max_context=a.max_context,
+                     voice=Voice.available(None if a.stt == "off" else a.stt, None if a.tts == "off" else a.tts,
+                                           a.voice_threads))
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

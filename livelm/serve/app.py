@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from livelm.learn.copying import CopyFromNotes
 from livelm.learn.feedback import Feedback, FeedbackError, FeedbackStore
 from livelm.learn.recall import recall_async
-from livelm.serve import completions, structured
+from livelm.serve import audio, completions, structured
 from livelm.serve.completions import APIError, Generation, parse
 from livelm.serve.metrics import CONTENT_TYPE, Metrics
 from livelm.serve.openai_schema import ChatCompletionRequest, CompletionRequest, FeedbackRequest
@@ -50,7 +50,7 @@ from livelm.serve.engine_client import EngineClient
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback",
-          "/v1/adapters", "/v1/adapters/rollback")
+          "/v1/adapters", "/v1/adapters/rollback", *audio.ROUTES)
 log = logging.getLogger("livelm.serve")
 
 
@@ -77,7 +77,7 @@ class ServeState:
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
                  learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto",
-                 max_context: int | None = None):
+                 max_context: int | None = None, voice: "audio.Voice | None" = None):
         from livelm.runs import adapter_base as resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
@@ -85,6 +85,7 @@ class ServeState:
         self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
         self.device, self.max_body, self.compile, self.dtype = device, max_body_bytes, compile, dtype
         self.max_context = max_context   # each sequence's window (None: the model's, within the KV budget)
+        self.voice = voice               # speech to text and text to speech (serve/audio.py), or None
         self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
 
         # Model ids are known before loading: the base run and each adapter (by directory name, as the loader names them).
@@ -334,13 +335,33 @@ def create_app(run, adapters=(), **options) -> FastAPI:
     @app.get("/v1/models")
     async def list_models(request: Request):
         state.authenticate(request)
-        return {"object": "list", "data": [state.model_card(m) for m in state.models]}
+        speech = state.voice.cards(state.created) if state.voice else []
+        return {"object": "list", "data": [state.model_card(m) for m in state.models] + speech}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request):
         state.authenticate(request)
+        if state.voice and state.voice.has(model_id):
+            return next(c for c in state.voice.cards(state.created) if c["id"] == model_id)
         mid, _ = state.resolve(model_id)
         return state.model_card(mid)
+
+    # ---- speech: off the event loop and off the engine's process (serve/audio.py) -----------------
+    def voice() -> audio.Voice:
+        if state.voice is None:
+            raise APIError(404, "speech is off on this server (start it without --stt off / --tts off, "
+                                "and install livelm[voice])", code="speech_off")
+        return state.voice
+
+    @app.post("/v1/audio/transcriptions")
+    async def audio_transcriptions(request: Request):
+        state.authenticate(request)
+        return await audio.transcribe(voice(), request)
+
+    @app.post("/v1/audio/speech")
+    async def audio_speech(request: Request):
+        state.authenticate(request)
+        return await audio.speech(voice(), await read_json(request, state.max_body))
 
     async def draft_answer(request: Request, ids: list[int], params) -> str:
         """What the base model answers without notes (greedy, short): memory's lookup key besides the

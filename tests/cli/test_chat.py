@@ -172,3 +172,31 @@ def test_memory_notes_go_under_the_system_prompt_of_the_run_being_chatted_with(t
         session.feedback.add(Feedback(kind="fact", conversation=[], correction="Delivery costs ¥12.", tenant="default"))
         msgs, notes = session.memory.recall("default", question)
         assert msgs[0] == {"role": "system", "content": f"{prompt}\nNotes:\n- Delivery costs ¥12."} and notes
+
+
+def test_spoken_questions_spoken_answers_and_a_spoken_correction(tiny_chat_run, tmp_path):
+    """--listen asks what an audio file says, --speak DIR writes every answer as a WAV, /correct @FILE stores
+    the words of a spoken correction (Whisper base and espeak-ng: make test installs them)."""
+    import sqlite3
+    import wave
+    from livelm.voice import encode, load_tts
+    from livelm.voice.stt import error_rate
+    tts = load_tts("espeak")
+    question, correction = tmp_path / "q.mp3", tmp_path / "c.wav"
+    question.write_bytes(encode(tts.synthesize("What time do you open?"), tts.rate, "mp3"))
+    correction.write_bytes(encode(tts.synthesize("We open at nine in the morning."), tts.rate, "wav"))
+    db, spoken = tmp_path / "fb.sqlite", tmp_path / "spoken"
+    res = chat(tiny_chat_run / "chat", ["/correct @" + str(correction), "/listen " + str(tmp_path / "missing.wav"),
+                                        "你好 🙂"], "--listen", question, "--speak", spoken, "--feedback-db", db)
+    answers = res.stdout.split("\n")[:-1]
+    assert len(answers) == 2 and all(answers)                      # the spoken question, then "你好 🙂"
+    heard = [line.removeprefix("[heard: ").removesuffix("]") for line in res.stderr.splitlines()
+             if line.startswith("[heard: ")]
+    assert len(heard) == 2 and error_rate("What time do you open?", heard[0]) <= 0.5, heard
+    files = sorted(spoken.glob("answer-*.wav"))
+    assert [f.name for f in files] == ["answer-001.wav", "answer-002.wav"]
+    with wave.open(str(files[0])) as w:
+        assert w.getnframes() / w.getframerate() > 0.3
+    assert "cannot read" in res.stderr and "missing.wav" in res.stderr   # a bad file is a notice, not a crash
+    (kind, text), = sqlite3.connect(db).execute("SELECT kind, correction FROM feedback").fetchall()
+    assert kind == "correction" and text == heard[1] and error_rate("We open at nine in the morning.", text) <= 0.5

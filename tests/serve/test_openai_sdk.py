@@ -11,7 +11,7 @@ LONG = {"ignore_eos": True}   # vLLM's extra: keep going past <|end|>, so output
 
 def test_models_base_and_adapter(sdk):
     ids = [m.id for m in sdk.models.list()]
-    assert ids == ["chat", "sharp"]
+    assert ids[:2] == ["chat", "sharp"]          # then the speech models (tests/serve/test_audio.py)
     card = sdk.models.retrieve("sharp")
     assert card.id == "sharp" and card.owned_by == "livelm"
 

@@ -13,7 +13,115 @@ const el = {
 
 // turns: {role: "user"|"assistant", content, node, context?: messages the answer was generated from, model?}
 // first: turns before it no longer fit the context window and are not sent
-const state = { turns: [], first: 0, controller: null };
+const state = { turns: [], first: 0, controller: null, speech: { stt: false, tts: false } };
+
+// ---- voice: the microphone (/v1/audio/transcriptions) and answers read aloud (/v1/audio/speech) ------
+// Recording uses MediaRecorder (WebM/Opus in Chromium and Firefox, MP4 in Safari; the server decodes
+// them all). Speaking splits the streamed answer into sentences and asks for each one as soon as it is
+// complete, so the first sentence plays while the model is still writing the rest.
+el.mic = $("#mic");
+el.speak = $("#speak-toggle");
+el.voiceSend = $("#voice-send");
+const SENTENCE_END = /[。！？!?]+["'”’」』）)\]]*|\n+|[.…]+["'”’)\]]*(?=\s)/g;
+
+function voiceControls() {
+  el.mic.hidden = !state.speech.stt;
+  $("#voice-send-label").hidden = !state.speech.stt;
+  el.speak.hidden = !state.speech.tts;
+  for (const m of document.querySelectorAll(".correction .mic")) m.hidden = !state.speech.stt;
+}
+
+// Record until the button is clicked again (or 60 s), then transcribe; `done(text)` gets the words.
+async function record(button, done) {
+  if (button.recorder) { button.recorder.stop(); return; }
+  let stream;
+  try { stream = await navigator.mediaDevices.getUserMedia({ audio: true }); }
+  catch (e) { notice("No microphone: " + e.message); return; }
+  const recorder = new MediaRecorder(stream);
+  const parts = [];
+  recorder.ondataavailable = ev => ev.data.size && parts.push(ev.data);
+  recorder.onstop = async () => {
+    clearTimeout(button.limit);
+    stream.getTracks().forEach(t => t.stop());
+    button.recorder = null;
+    button.classList.remove("recording");
+    button.disabled = true;
+    try {
+      const form = new FormData();
+      const type = recorder.mimeType || "audio/webm";
+      form.append("file", new Blob(parts, { type }), "speech." + (type.includes("mp4") ? "mp4" : "webm"));
+      form.append("model", "whisper-1");
+      form.append("response_format", "json");
+      const h = headers();
+      delete h["Content-Type"];          // the browser sets the multipart boundary
+      const resp = await fetch("/v1/audio/transcriptions", { method: "POST", headers: h, body: form });
+      if (!resp.ok) throw new Error(await errorText(resp));
+      const text = (await resp.json()).text.trim();
+      if (!text) notice("Nothing was heard: try again, closer to the microphone.", false);
+      else done(text);
+    } catch (e) { notice("Transcription failed: " + e.message); }
+    finally { button.disabled = false; }
+  };
+  recorder.start(250);
+  button.recorder = recorder;
+  button.classList.add("recording");
+  button.limit = setTimeout(() => recorder.state !== "inactive" && recorder.stop(), 60_000);
+}
+
+el.mic.addEventListener("click", () => record(el.mic, text => {
+  if (el.voiceSend.checked && !state.controller) {
+    ask(text);
+  } else {
+    el.input.value = (el.input.value ? el.input.value + " " : "") + text;
+    autosize();
+    el.input.focus();
+  }
+}));
+el.speak.addEventListener("click", () => {
+  const on = el.speak.getAttribute("aria-pressed") !== "true";
+  el.speak.setAttribute("aria-pressed", String(on));
+  el.speak.textContent = on ? "🔊 speaking" : "🔈 speak";
+  save("speak", on ? "1" : "");
+  if (!on) stopSpeaking();
+});
+
+// sentences are fetched in order and played one after another
+const speech = { queue: Promise.resolve(), audio: null, generation: 0 };
+function speaking() { return el.speak.getAttribute("aria-pressed") === "true"; }
+function stopSpeaking() {
+  speech.generation += 1;
+  if (speech.audio) speech.audio.pause();
+  speech.queue = Promise.resolve();
+}
+function say(text) {
+  if (!text.trim() || !speaking()) return;
+  const generation = speech.generation;
+  const fetched = fetch("/v1/audio/speech", {
+    method: "POST", headers: headers(),
+    body: JSON.stringify({ model: "tts-1", input: text, voice: "alloy", response_format: "mp3" }),
+  }).then(async r => { if (!r.ok) throw new Error(await errorText(r)); return r.blob(); });
+  speech.queue = speech.queue.then(async () => {
+    let blob;
+    try { blob = await fetched; } catch (e) { notice("Speech failed: " + e.message); return; }
+    if (generation !== speech.generation) return;
+    const audio = new Audio(URL.createObjectURL(blob));
+    speech.audio = audio;
+    document.body.dataset.spoken = String(Number(document.body.dataset.spoken || 0) + 1);
+    await new Promise(resolve => {
+      audio.onended = audio.onerror = resolve;
+      audio.play().catch(resolve);
+    });
+    URL.revokeObjectURL(audio.src);
+  });
+}
+// the complete sentences of `text` after position `from`: [text to say, new position]
+function nextSentences(text, from, final) {
+  let end = from, m;
+  SENTENCE_END.lastIndex = from;
+  while ((m = SENTENCE_END.exec(text))) end = m.index + m[0].length;
+  if (final) end = text.length;
+  return [text.slice(from, end), end];
+}
 
 // ---- settings, remembered in this browser ----------------------------------------------------
 const saved = (k, d) => localStorage.getItem("livelm." + k) ?? d;
@@ -21,6 +129,7 @@ const save = (k, v) => localStorage.setItem("livelm." + k, v);
 el.system.value = saved("system", "");
 el.temperature.value = saved("temperature", "0.7");
 el.key.value = saved("key", "");
+if (saved("speak", "")) { el.speak.setAttribute("aria-pressed", "true"); el.speak.textContent = "🔊 speaking"; }
 el.temperatureValue.textContent = el.temperature.value;
 el.system.addEventListener("input", () => save("system", el.system.value));
 el.temperature.addEventListener("input", () => {
@@ -68,7 +177,10 @@ async function loadModels() {
   }
   if (!resp.ok) { notice(await errorText(resp)); return; }
   notice("");
-  const { data } = await resp.json();
+  const all = (await resp.json()).data;
+  const data = all.filter(m => !m.task || m.task === "chat");      // speech models have their own buttons
+  state.speech = { stt: all.some(m => m.task === "transcription"), tts: all.some(m => m.task === "speech") };
+  voiceControls();
   const want = saved("model", "");
   el.model.replaceChildren(...data.map(m => {
     const o = document.createElement("option");
@@ -123,7 +235,8 @@ async function answer() {
   const controller = new AbortController();
   state.controller = controller;
   setBusy(true);
-  let finish = null, error = null;
+  let finish = null, error = null, spoken = 0;
+  stopSpeaking();
   try {
     let resp;
     for (;;) {
@@ -169,6 +282,9 @@ async function answer() {
             turn.content += choice.delta.content;
             textNode.textContent = turn.content;
             scrollDown();
+            let sentence;
+            [sentence, spoken] = nextSentences(turn.content, spoken, false);
+            say(sentence);
           }
           if (choice.finish_reason) finish = choice.finish_reason;
         }
@@ -182,6 +298,7 @@ async function answer() {
     turn.node.classList.remove("streaming");
     setBusy(false);
   }
+  if (finish !== "stopped") say(nextSentences(turn.content, spoken, true)[0]);
   if (error) {
     const p = document.createElement("div");
     p.className = "error";
@@ -243,6 +360,10 @@ function addTools(turn) {
     openCorrection();
   });
   $(".correct", tools).addEventListener("click", openCorrection);
+  // a spoken correction is a correction: the words go into the box, to check before submitting
+  const mic = $(".mic", form);
+  mic.hidden = !state.speech.stt;
+  mic.addEventListener("click", () => record(mic, text => { area.value = text; area.focus(); }));
   $(".cancel", form).addEventListener("click", () => { form.hidden = true; });
   form.addEventListener("submit", async ev => {
     ev.preventDefault();
@@ -283,7 +404,7 @@ function autosize() {
   el.input.style.height = Math.min(el.input.scrollHeight + 2, 192) + "px";
 }
 el.input.addEventListener("input", autosize);
-el.stop.addEventListener("click", () => state.controller && state.controller.abort());
+el.stop.addEventListener("click", () => { stopSpeaking(); if (state.controller) state.controller.abort(); });
 el.newChat.addEventListener("click", () => {
   if (state.controller) state.controller.abort();
   for (const t of state.turns) t.node.remove();
