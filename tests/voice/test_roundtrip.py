@@ -90,4 +90,5 @@ def test_piper_english_round_trip(stt):
     assert error_rate(EN, t.text) <= 0.10, t.text
     fast = len(piper.synthesize("Thank you for your help.", speed=2.0))
     slow = len(piper.synthesize("Thank you for your help.", speed=0.5))
-    assert 2.5 < slow / fast < 6
+    # 4x the speed is not 4x the length: piper keeps its pauses, and its durations are sampled (measured 2.38-2.72 over 12 draws)
+    assert 1.8 < slow / fast < 6
