@@ -357,8 +357,7 @@ class Engine:
         """Move a constrained row's matcher past `token` (or start it, if this token completed its trigger);
         True when the grammar is complete, so the row ends here without waiting for its end token."""
         if seq.matcher is None:
-            if self.constraints.triggered(seq):
-                seq.matcher = self.constraints.matcher(seq.params.grammar)
+            seq.matcher = self.constraints.after_trigger(seq)
             return False
         try:
             return self.constraints.advance(seq, token)

@@ -241,11 +241,19 @@ class Constraints:
         self.prototypes.move_to_end(grammar)
         return proto.deep_copy()
 
-    def triggered(self, seq) -> bool:
-        """Whether a row waiting for its trigger has just produced it (its output now ends with the text)."""
+    def after_trigger(self, seq):
+        """A matcher for a row whose newest token completed its trigger, already past whatever that token
+        wrote after the trigger (one BPE token may hold ">[" of "<tool_call>[..."); None otherwise."""
         trigger = seq.params.grammar_trigger
-        tail = self.tokenizer.decode(seq.out_ids[-(len(trigger) + 4):])
-        return tail.rstrip(" ").endswith(trigger)
+        window = seq.out_ids[-(len(trigger) + 8):]
+        text, before = self.tokenizer.decode(window), self.tokenizer.decode(window[:-1])
+        at = text.rfind(trigger)
+        if at < 0 or at + len(trigger) <= len(before):   # no trigger, or one an earlier token completed
+            return None
+        matcher, rest = self.matcher(seq.params.grammar), text[at + len(trigger):]
+        if rest and not matcher.consume_tokens(self.tokenizer.encode(rest)):
+            return None    # what followed the trigger already breaks the grammar: the row stays free
+        return matcher
 
     def start(self, seqs) -> Future | None:
         """Begin computing the masks of `seqs` (rows with an active matcher) -> a future of (B, words) int32."""

@@ -164,3 +164,26 @@ def test_character_tokenizers_are_constrained_too():
                                   for s in range(4)])
     for o in outs:
         jsonschema.validate(json.loads(o.text), SCHEMA)
+
+
+def test_a_trigger_inside_a_token_starts_the_grammar_past_it():
+    """One BPE token may end the trigger and begin the call ('>{"'): the matcher starts past that text."""
+    tok = Tokenizer.train_bpe(['call <tool_call>{"a": 1}</tool_call> done 你好'] * 50, vocab_size=300,
+                              show_progress=False)
+    forced = tok.encode('<tool_call>{"a": ')
+    assert '>{"' in [tok.decode([i]) for i in forced]          # the case under test
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, d_model=16)).eval()
+    g = grammar.lark('start: %json {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, '
+                     '"maximum": 9}}, "required": ["a"], "additionalProperties": false} "</tool_call>"')
+
+    class Force:
+        def __call__(self, prompt_ids, out_ids, logits):
+            return forced[len(out_ids)] if len(out_ids) < len(forced) else logits
+    outs = Engine(model, tok, max_batch=4).generate(
+        [tok.encode("你好")] * 4, [SamplingParams(max_tokens=40, temperature=1.0, seed=s, grammar=g,
+                                                 grammar_trigger="<tool_call>", processors=(Force(),))
+                                  for s in range(4)])
+    for o in outs:
+        call = re.fullmatch(r"<tool_call>(.*)</tool_call>", o.text, re.S)
+        assert call and 0 <= json.loads(call.group(1))["a"] <= 9, o.text   # no second "{": past the trigger
