@@ -69,11 +69,24 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
+def parse_json(text: str | bytes):
+    """json.loads whose every failure is a json.JSONDecodeError (a ValueError).
+
+    Python's json recurses once per nesting level, so a hostile file of "[[[[..." raises
+    RecursionError, which callers catching JSONDecodeError would let escape; it is turned into
+    a JSONDecodeError saying what is wrong."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply (hundreds of levels of [ or {)",
+                                   text if isinstance(text, str) else "", 0) from None
+
+
 def read_json_object(path: str | Path, error=ValueError) -> dict:
     """A JSON file holding one object; anything else raises `error` with a message naming the file."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = parse_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path} is corrupt (not valid JSON: {e})") from None
     if not isinstance(obj, dict):

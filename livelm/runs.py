@@ -60,9 +60,38 @@ def read_config(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a livelm run (no config.json); train one with `livelm train`")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = io.parse_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt ({e}); restore it or retrain") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model", {}), dict):
+        raise CheckpointError(f"{path} is corrupt: it must hold a JSON object with a \"model\" object; "
+                              f"restore it or retrain")
+    return config
+
+
+def _check_size(config: dict, weights: Path) -> None:
+    """Refuse a config.json that describes a model far bigger than its weights file, before building it.
+
+    A hostile or damaged config.json (n_layer 10^9, d_model 10^7) would otherwise make the model's
+    constructor loop for hours or allocate terabytes. A lower bound of the parameter count
+    (layers x d_model^2 + vocab x d_model) is compared with the file: every stored format takes at
+    least one bit per weight (sparse runs: the mask), so a model needs >= params / 8 bytes."""
+    m = config.get("model") or {}
+
+    def num(*keys) -> int:
+        v = sum(m.get(k) for k in keys if isinstance(m.get(k), int) and not isinstance(m.get(k), bool))
+        return max(int(v), 0)
+    d = num("d_model")
+    width = min(d, num("hidden") or d)
+    params = num("n_layer", "n_enc_layer", "n_dec_layer") * d * width + num("vocab_size", "src_vocab_size",
+                                                                          "tgt_vocab_size") * d
+    if not weights.is_file():
+        return                  # load_weights says it is missing
+    size = weights.stat().st_size
+    if params / 8 > size + (1 << 20):
+        raise CheckpointError(f"{weights.parent}/config.json describes a model of at least {params:,} weights, but "
+                              f"{weights.name} holds only {size:,} bytes; the config or the weights are corrupt "
+                              f"(restore them or retrain)")
 
 
 def load_weights(path: Path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
@@ -222,7 +251,7 @@ def build_model(config: dict, where) -> torch.nn.Module:
             from livelm.models.classifier import GPTClassifier
             return GPTClassifier(cfg_cls.from_dict(config["model"]), config["labels"])
         return cls(cfg_cls.from_dict(config["model"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{where}/config.json has an invalid model section: {e}") from None
 
 
@@ -235,6 +264,7 @@ def load_model(run_dir: str | Path, device="cpu", arch: str | tuple[str, ...] | 
     wanted = (arch,) if isinstance(arch, str) else arch
     if wanted and kind not in wanted:
         raise CheckpointError(f"{run_dir} holds a {kind!r} model; this command needs a {'/'.join(wanted)} run")
+    _check_size(config, run_dir / "model.safetensors")
     model = build_model(config, run_dir)
     tensors, _ = load_weights(run_dir / "model.safetensors")
     tensors = decode_stored(model, tensors, config)

@@ -301,7 +301,7 @@ class Tokenizer:
                                  f"or pass the path of an existing tokenizer.json or its directory")
         try:
             text = f.read_text(encoding="utf-8")
-            json.loads(text)  # separate check so a truncated file gets a clear message
+            io.parse_json(text)  # separate check so a truncated file gets a clear message
             hf = HFTokenizer.from_str(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TokenizerError(f"tokenizer file {f} is corrupt (not valid JSON: {e}); "
@@ -312,7 +312,11 @@ class Tokenizer:
         jinja = f.parent / TEMPLATE_FILENAME      # transformers 5 keeps the template in its own file
         if "chat_template" not in config and jinja.is_file():
             config["chat_template"] = jinja.read_text(encoding="utf-8")
-        return cls(hf, config)
+        try:
+            return cls(hf, config)
+        except (ValueError, KeyError, TypeError, IndexError) as e:   # a valid `tokenizers` file livelm cannot use
+            raise TokenizerError(f"tokenizer file {f} cannot be used ({type(e).__name__}: {e}); "
+                                 f"re-run `livelm prepare` or re-import the model") from None
 
     def save(self, path) -> None:
         """Write atomically: a crash mid-save never leaves a truncated tokenizer.json."""

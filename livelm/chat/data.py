@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from livelm import io
 from livelm.chat.template import ChatFormatError, render, validate
 from livelm.text import language
 
@@ -53,7 +54,7 @@ def read_conversations(path: str | Path, skip_bad: bool = False) -> tuple[list[l
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
         try:
-            records = list(enumerate(json.loads(text), 1))
+            records = list(enumerate(io.parse_json(text), 1))
         except json.JSONDecodeError as e:
             raise ChatDataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
         where = "item"
@@ -63,7 +64,7 @@ def read_conversations(path: str | Path, skip_bad: bool = False) -> tuple[list[l
             if not line.strip():
                 continue
             try:
-                records.append((lineno, json.loads(line)))
+                records.append((lineno, io.parse_json(line)))
             except json.JSONDecodeError as e:
                 if not skip_bad:
                     raise ChatDataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix the line or pass --skip-bad") from None

@@ -32,18 +32,14 @@ import hashlib
 import json
 import os
 import re
-from datetime import datetime
 from functools import lru_cache
 
 from livelm.chat import tools as _tools
+from livelm.chat.sandbox import ChatFormatError, budget, compiled
 from livelm.tokenizer import CHAT_TEMPLATE
 
 ROLES = ("system", "user", "assistant", "tool")
 JINJA_TEMPLATE = CHAT_TEMPLATE   # livelm's own format, as exported to tokenizer_config.json
-
-
-class ChatFormatError(ValueError):
-    pass
 
 
 def validate(messages) -> list[dict]:
@@ -113,30 +109,7 @@ def _tool_call(c, where: str) -> dict:
     return out
 
 
-# ---- Jinja, sandboxed ---------------------------------------------------------------------------
-@lru_cache(maxsize=16)
-def _compiled(template: str):
-    """The template compiled in an immutable sandbox: it can read what it is given and call
-    nothing else (no attribute writes, no file or module access)."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise ChatFormatError(f"the chat template refused the conversation: {message}")
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(template)
-    except TemplateError as e:
-        raise ChatFormatError(f"the model's chat template does not compile: {e}") from None
-
-
+# ---- Jinja, sandboxed and bounded -----------------------------------------------------------------
 def render_text(messages: list[dict], tokenizer, add_generation_prompt: bool = False,
                 tools: list[dict] | None = None) -> str:
     """The template's text for validated messages and the tools offered (what
@@ -156,14 +129,31 @@ def render_text(messages: list[dict], tokenizer, add_generation_prompt: bool = F
         v = v.get("content") if isinstance(v, dict) else v
         return v if isinstance(v, str) else tokenizer.decode([token_id]) if token_id is not None else ""
 
+    template = compiled(template)
     try:
-        return _compiled(template).render(
-            messages=_template_view(messages, tokenizer), add_generation_prompt=add_generation_prompt,
-            tools=tools, documents=None,
-            bos_token=token_text("bos_token", tokenizer.bos_id), eos_token=token_text("eos_token", tokenizer.eos_id),
-            pad_token=token_text("pad_token", tokenizer.pad_id), unk_token=token_text("unk_token", tokenizer.unk_id))
+        with budget(sum(len(m.get("content") or "") for m in messages) + len(json.dumps(tools or []))) as b:
+            out, n = [], 0
+            for chunk in template.generate(
+                    messages=_template_view(messages, tokenizer), add_generation_prompt=add_generation_prompt,
+                    tools=tools, documents=None, bos_token=token_text("bos_token", tokenizer.bos_id),
+                    eos_token=token_text("eos_token", tokenizer.eos_id),
+                    pad_token=token_text("pad_token", tokenizer.pad_id),
+                    unk_token=token_text("unk_token", tokenizer.unk_id)):
+                n += len(chunk)
+                b.size(n, "an output")
+                b.tick()
+                out.append(chunk)
+            return "".join(out)
+    except ChatFormatError:
+        raise
     except TemplateError as e:
         raise ChatFormatError(f"the model's chat template failed on this conversation: {e}") from None
+    except RecursionError:
+        raise ChatFormatError("the model's chat template recursed too deeply and was stopped; "
+                              "replace the chat_template") from None
+    except Exception as e:   # the template's own bug (1/0, "a" + 1, an import without a loader): its failure
+        raise ChatFormatError(f"the model's chat template failed on this conversation "
+                              f"({type(e).__name__}: {e})") from None
 
 
 def _template_view(messages: list[dict], tokenizer) -> list[dict]:

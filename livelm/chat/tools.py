@@ -50,11 +50,15 @@ def _reads_tools(template: str) -> bool:
     # `tools` read as a Jinja variable (not the word in a default system prompt's text)
     import jinja2
     from jinja2 import meta
+
+    from livelm.chat.sandbox import ChatFormatError, sandbox
+    # parsed in the bounded sandbox rendering uses: analysing a template folds its constant expressions,
+    # and a hostile one ('x' * 10**10) must not allocate them here either
     try:
-        ast = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(template)
-    except jinja2.TemplateError:
+        ast = sandbox().parse(template)
+        return "tools" in meta.find_undeclared_variables(ast)
+    except (jinja2.TemplateError, ChatFormatError, RecursionError):
         return False     # rendering will say what is wrong with it
-    return "tools" in meta.find_undeclared_variables(ast)
 
 
 def tool_format(tokenizer) -> str:

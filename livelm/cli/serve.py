@@ -61,6 +61,11 @@ def serve_flags(p) -> None:
     keys.add_argument("--api-key", action="append", default=[], metavar="KEY",
                       help="require 'Authorization: Bearer KEY' on /v1 (repeatable; default: $LIVELM_API_KEY if set)")
     keys.add_argument("--api-key-file", metavar="FILE", help="file with one API key per line")
+    p.add_argument("--max-concurrent-per-key", type=int, default=None, metavar="N",
+                   help="generation and speech requests one API key may have in flight; more get 429 + Retry-After "
+                        "(default: no limit; without keys, all clients share one)")
+    p.add_argument("--rate-limit-per-key", type=float, default=None, metavar="N",
+                   help="requests one API key may start per minute; more get 429 + Retry-After (default: no limit)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
     add_inference_flags(p, "true: 2-3x faster single streams on the default assistant, for a longer start "
                            "(~40 s compiling); rows that use a LoRA adapter decode eagerly")
@@ -187,12 +192,14 @@ def run_serve(a) -> int:
     set_threads(a.threads)
     from livelm.serve.app import ServeState, create_app
     from livelm.serve.audio import Voice
+    from livelm.serve.limits import KeyLimits
     app = create_app(a.run, a.adapter, api_keys=keys, max_batch=a.max_batch, max_queue=a.max_queue,
                      max_tokens_limit=a.max_tokens_limit, feedback_db=a.feedback_db, device=a.device,
                      served_model_name=a.served_model_name, learn=learn_config(a), adapter_store=a.adapter_store,
                      compile=machine.resolve_compile(a.compile, None), dtype=a.dtype, max_context=a.max_context,
                      voice=Voice.available(None if a.stt == "off" else a.stt, None if a.tts == "off" else a.tts,
-                                           a.voice_threads))
+                                           a.voice_threads),
+                     limits=KeyLimits(a.max_concurrent_per_key, a.rate_limit_per_key))
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
+from livelm import io
 from livelm.data.shards import DataError
 from livelm.data.split import heldout_split
 
@@ -22,6 +24,18 @@ def _text_field(rec: dict):
     return None
 
 
+def _utf8(reader):
+    """A reader whose file turns out not to be UTF-8 part way through raises DataError, not UnicodeDecodeError."""
+    @functools.wraps(reader)
+    def read(path, *args, **kwargs):
+        try:
+            return reader(path, *args, **kwargs)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not valid UTF-8 (byte {e.start} of a line); save it as UTF-8") from None
+    return read
+
+
+@_utf8
 def read_labelled(path: str | Path, skip_bad: bool = False) -> tuple[list[tuple[str, str]], int]:
     """[(label, text)] from label<TAB>text, CSV (label first) or JSONL {"label", "text"}; and the bad-line count."""
     path = Path(path)
@@ -35,7 +49,7 @@ def read_labelled(path: str | Path, skip_bad: bool = False) -> tuple[list[tuple[
         elif suffix in (".jsonl", ".json"):
             def parse(n, line):
                 try:
-                    rec = json.loads(line)
+                    rec = io.parse_json(line)
                 except json.JSONDecodeError:
                     return n, "", None
                 if not isinstance(rec, dict):
@@ -61,6 +75,7 @@ def read_labelled(path: str | Path, skip_bad: bool = False) -> tuple[list[tuple[
     return out, bad
 
 
+@_utf8
 def read_tagged(path: str | Path, skip_bad: bool = False) -> tuple[list[tuple[list[str], list[str]]], int]:
     """[(words, tags)] from JSONL {"tokens", "tags"} or CoNLL (word<TAB>tag, blank line between sentences)."""
     path = Path(path)
@@ -73,7 +88,7 @@ def read_tagged(path: str | Path, skip_bad: bool = False) -> tuple[list[tuple[li
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = io.parse_json(line)
                 words, tags = rec["tokens"], rec.get("tags", rec.get("labels"))
                 assert isinstance(words, list) and isinstance(tags, list) and len(words) == len(tags) and words
                 out.append(([str(w) for w in words], [str(t) for t in tags]))
@@ -103,6 +118,7 @@ def read_tagged(path: str | Path, skip_bad: bool = False) -> tuple[list[tuple[li
     return out, bad
 
 
+@_utf8
 def read_pairs(path: str | Path, reverse: bool = False) -> list[tuple[str, str]]:
     """(source, target) from source<TAB>target[<TAB>...] lines; reverse swaps the two columns."""
     path = Path(path)

@@ -83,7 +83,7 @@ def iter_pieces(files: list[Path], val_fraction: float, progress: tqdm | None = 
                     if not line.strip():
                         continue
                     try:
-                        record = json.loads(line)
+                        record = io.parse_json(line)
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
                     yield split, jsonl_text(record, f"{path}:{lineno}"), True

@@ -95,6 +95,73 @@ def _value(field):
     return one(field.data[0])
 
 
+# Sizes of GGUF's scalar value types (the spec's type ids); 8 = string (a u64 length + bytes), 9 = array.
+_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _check_header(path: Path) -> None:
+    """Walk the metadata before gguf's reader does, checking every declared count against the bytes left.
+
+    gguf.GGUFReader trusts the counts: a 2^40-element array (or 2^63 keys) in a 1 MB file makes it loop
+    for hours and grow without bound. Each item needs at least one byte, so no count may exceed the
+    bytes that remain; the walk costs one pass over the metadata (a 262k-token vocabulary: ~0.2 s)."""
+    import mmap
+    with open(path, "rb") as fh:
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)   # only the pages the walk touches are read
+    try:
+        _walk_header(path, data)
+    finally:
+        data.close()
+
+
+def _walk_header(path: Path, data) -> None:
+    import struct
+    size, at = len(data), 24
+
+    def bad(what: str):
+        return GGUFImportError(f"{path} is truncated or corrupt: {what}; download or copy it again")
+
+    def u(fmt: str, n: int) -> int:
+        nonlocal at
+        if at + n > size:
+            raise bad("its header ends early")
+        (v,) = struct.unpack_from(fmt, data, at)
+        at += n
+        return v
+
+    def skip(n: int) -> None:
+        nonlocal at
+        if n < 0 or at + n > size:
+            raise bad("a value runs past the end of the file")
+        at += n
+
+    def value(kind: int, depth: int = 0) -> None:
+        if kind in _SCALAR:
+            skip(_SCALAR[kind])
+        elif kind == 8:
+            skip(u("<Q", 8))
+        elif kind == 9 and depth == 0:
+            inner, count = u("<I", 4), u("<Q", 8)
+            if count > size - at:
+                raise bad(f"an array declares {count:,} items in {size - at:,} bytes")
+            if inner in _SCALAR:
+                skip(count * _SCALAR[inner])
+            else:
+                for _ in range(count):
+                    value(inner, depth + 1)
+        else:
+            raise bad(f"a value has the unknown type {kind}")
+
+    if size < 24:
+        raise bad("its header ends early")
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
+    if n_kv > size or n_tensors > size:
+        raise bad(f"it declares {n_kv:,} metadata keys and {n_tensors:,} tensors in a {size:,}-byte header")
+    for _ in range(n_kv):
+        skip(u("<Q", 8))                 # the key
+        value(u("<I", 4))
+
+
 def _open(path: Path):
     gguf = extras.need("gguf", "gguf", "GGUF import")
     if not path.is_file():
@@ -106,11 +173,19 @@ def _open(path: Path):
         hint = " (it looks like text)" if magic and all(32 <= b < 127 or b in (9, 10, 13) for b in magic) else ""
         raise GGUFImportError(f"{path} is not a GGUF file: it starts with {magic!r}{hint}, not b'GGUF'. A GGUF "
                               f"comes from llama.cpp's convert_hf_to_gguf.py or an Ollama model blob")
+    _check_header(path)
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:   # the reader raises ValueError, IndexError, struct and numpy errors on bad bytes
         raise GGUFImportError(f"{path} is truncated or corrupt: its header cannot be read ({type(e).__name__}: "
                               f"{e}); download or copy it again") from None
+    # A tensor's offset is a u64 the reader adds to the data section's start in numpy uint64, so a hostile
+    # offset near 2^64 wraps around and points back into the header: check each tensor lies in the data section.
+    start = int(getattr(reader, "data_offset", 0))
+    for t in reader.tensors:
+        if int(t.data_offset) < start:
+            raise GGUFImportError(f"{path} is corrupt: tensor {t.name} has an offset outside the file's tensor "
+                                  f"data; download or copy it again")
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > path.stat().st_size:
         raise GGUFImportError(f"{path} is truncated: its tensors need {end} bytes but the file has "
@@ -410,6 +485,15 @@ def read_gguf(path, dtype: torch.dtype = torch.float32) -> Checkpoint:
     """Read a .gguf (llama.cpp / Ollama) into a Checkpoint of HF config, tensors and tokenizer files."""
     path = Path(os.fspath(path))
     reader = _open(path)
+    try:
+        return _read(path, reader, dtype)
+    except GGUFImportError as e:   # every message names the file, also those raised deep inside
+        if str(path) in str(e):
+            raise
+        raise GGUFImportError(f"{path}: {e}") from None
+
+
+def _read(path: Path, reader, dtype: torch.dtype) -> Checkpoint:
     big = {"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"}
     md = {}
     for key, field in reader.fields.items():

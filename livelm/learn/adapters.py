@@ -19,6 +19,7 @@ from pathlib import Path
 from livelm import io
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_VERSION = re.compile(r"^v[0-9]{1,9}$")   # v0001, as add() names them
 
 
 class AdapterStoreError(ValueError):
@@ -76,7 +77,9 @@ class AdapterStore:
         """Step back to the previous live version (or to `to`); returns the new current version (None = base)."""
         state = self.state(tenant)
         if to is not None:
-            if to not in ("base", "none") and not (self._dir(tenant) / to).is_dir():
+            # a version is a name in this tenant's folder: "../<other tenant>/v0001" or an absolute path
+            # was a directory too, and made another tenant's (or any) folder this tenant's live adapter
+            if to not in ("base", "none") and not (_VERSION.match(to) and (self._dir(tenant) / to).is_dir()):
                 raise AdapterStoreError(f"tenant {tenant} has no version {to}")
             target = None if to in ("base", "none") else to
             if target is None:

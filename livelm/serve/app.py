@@ -26,6 +26,8 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -44,13 +46,15 @@ from livelm.learn.recall import recall_async
 from livelm.serve import audio, completions, structured
 from livelm.serve.completions import APIError, Generation, parse
 from livelm.serve.metrics import CONTENT_TYPE, Metrics
-from livelm.serve.openai_schema import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+from livelm.serve.openai_schema import (ChatCompletionRequest, CompletionRequest, ErrorResponse, FeedbackRequest,
+                                        RollbackRequest, SpeechRequest, TranscriptionRequest)
 from livelm.serve.engine_client import EngineClient
+from livelm.serve.limits import KeyLimits
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback",
-          "/v1/adapters", "/v1/adapters/rollback", *audio.ROUTES)
+ROUTES = ("/", "/health", "/ready", "/live", "/metrics", "/openapi.json", "/v1/models", "/v1/chat/completions",
+          "/v1/completions", "/v1/feedback", "/v1/adapters", "/v1/adapters/rollback", *audio.ROUTES)
 log = logging.getLogger("livelm.serve")
 
 
@@ -77,11 +81,14 @@ class ServeState:
                  max_tokens_limit: int | None = None, feedback_db=None, device: str = "auto",
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
                  learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto",
-                 max_context: int | None = None, voice: "audio.Voice | None" = None):
+                 max_context: int | None = None, voice: "audio.Voice | None" = None,
+                 limits: KeyLimits | None = None):
         from livelm.runs import adapter_base as resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
-        self.api_keys = {k: tenant_of(k) for k in api_keys}
+        # keys are kept as their sha256 only: a memory dump or a debugger shows no usable key
+        self.api_keys = {hashlib.sha256(k.encode()).digest(): tenant_of(k) for k in api_keys}
+        self.limits = limits or KeyLimits()   # per-key concurrency and rate (serve/limits.py); off by default
         self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
         self.device, self.max_body, self.compile, self.dtype = device, max_body_bytes, compile, dtype
         self.max_context = max_context   # each sequence's window (None: the model's, within the KV budget)
@@ -174,9 +181,9 @@ class ServeState:
         if scheme.lower() != "bearer" or not key.strip():
             raise APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'",
                            type="authentication_error", code="invalid_api_key")
-        key = key.strip()
+        digest = hashlib.sha256(key.strip().encode()).digest()
         for known, tenant in self.api_keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
+            if hmac.compare_digest(known, digest):
                 return tenant
         raise APIError(401, "incorrect API key", type="authentication_error", code="invalid_api_key")
 
@@ -227,8 +234,13 @@ async def read_json(request: Request, limit: int) -> dict:
 
     def no_constants(name):   # NaN and Infinity are not JSON
         raise ValueError(f"{name} is not valid JSON")
+
+    def finite(literal: str) -> float:   # 1e999 is valid JSON but parses as inf: as unusable as Infinity
+        if not math.isfinite(value := float(literal)):
+            raise ValueError(f"the number {literal[:40]} is out of range")
+        return value
     try:
-        data = json.loads(text, parse_constant=no_constants)
+        data = json.loads(text, parse_constant=no_constants, parse_float=finite)
     except json.JSONDecodeError as e:
         raise APIError(422, f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
                        code="invalid_json") from None
@@ -268,8 +280,62 @@ class CountRequests:
                                          str(status[0])).inc()
 
 
+async def released_after(body, release):
+    """A stream's body that calls `release` when it ends, however it ends (done, error, client gone)."""
+    try:
+        async for part in body:
+            yield part
+    finally:
+        release()
+
+
 def error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+# ---- /openapi.json ---------------------------------------------------------------------------------
+# The POST routes read their bodies by hand (read_json + parse), so that every error is a 400/413/422 in
+# OpenAI's shape and never FastAPI's 422 with its own layout; the schema still declares each body, from
+# the same pydantic models, through openapi_extra.
+SCHEMAS = "#/components/schemas/"
+BODY_MODELS = (ChatCompletionRequest, CompletionRequest, FeedbackRequest, SpeechRequest, TranscriptionRequest,
+               RollbackRequest, ErrorResponse)
+
+
+def request_body(model, content_type: str = "application/json", required: bool = True) -> dict:
+    """openapi_extra for a route whose body is `model` (read by hand, not by FastAPI)."""
+    return {"requestBody": {"required": required,
+                            "content": {content_type: {"schema": {"$ref": SCHEMAS + model.__name__}}}}}
+
+
+def openapi_document(app: FastAPI) -> dict:
+    """FastAPI's document plus the body models (their nested models hoisted into components, so every
+    $ref resolves), OpenAI's error shape for the 4xx/5xx answers, and the bearer key of the /v1 routes."""
+    from importlib import metadata
+    from fastapi.openapi.utils import get_openapi
+    try:   # (as livelm.__version__, without importing the package's top, which the layers forbid here)
+        version = metadata.version("livelm")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    doc = get_openapi(title="livelm", version=version, routes=app.routes,
+                      description="An OpenAI-compatible API over one livelm model (README: Serving).")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in BODY_MODELS:
+        s = model.model_json_schema(ref_template=SCHEMAS + "{model}")
+        schemas.update(s.pop("$defs", {}))
+        schemas[model.__name__] = s
+    for name in ("HTTPValidationError", "ValidationError"):   # FastAPI's 422 layout: never sent here
+        schemas.pop(name, None)
+    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    error = {"description": "an error in OpenAI's shape",
+             "content": {"application/json": {"schema": {"$ref": SCHEMAS + "ErrorResponse"}}}}
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            op["responses"].pop("422", None)
+            op["responses"]["4XX"] = error
+            if path.startswith("/v1/"):
+                op["security"] = [{}, {"bearer": []}]   # a key only when the server was started with keys
+    return doc
 
 
 def create_app(run, adapters=(), **options) -> FastAPI:
@@ -282,7 +348,14 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         yield
         state.close()
 
-    app = FastAPI(title="livelm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json describes every route (schema-driven clients, tests/serve/test_fuzz_api.py); no docs pages
+    app = FastAPI(title="livelm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+
+    def openapi():   # built on first request, after every route below is added
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(app)
+        return app.openapi_schema
+    app.openapi = openapi
     app.state.live = state
     app.add_middleware(CountRequests, metrics=state.metrics)
 
@@ -314,9 +387,10 @@ def create_app(run, adapters=(), **options) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/health")
-    async def health():
-        # answered on the event loop, never waiting for the engine process
+    # Readiness and liveness, answered on the event loop, never waiting for the engine process.
+    # /health and /ready: 200 when requests can be served now (load balancers: send traffic or not);
+    # /live: 200 unless this server can never serve again (orchestrators: restart it or not).
+    def not_ready() -> JSONResponse | None:
         if state.draining:
             return JSONResponse({"status": "shutting_down"}, status_code=503)
         if not state.ready.is_set():
@@ -325,7 +399,24 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             return JSONResponse({"status": "error", "message": state.load_error}, status_code=503)
         if state.engine.failure:
             return JSONResponse({"status": "error", "message": state.engine.failure}, status_code=503)
-        return {"status": "ok"}
+        return None
+
+    @app.get("/health")
+    async def health():
+        return not_ready() or {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        return not_ready() or {"status": "ready"}
+
+    @app.get("/live")
+    async def live():
+        # loading and draining are alive (restarting would only start over); a failed load or a dead
+        # engine process is not: nothing but a restart brings this server back
+        failure = state.load_error or (state.engine.failure if state.engine else None)
+        if failure:
+            return JSONResponse({"status": "dead", "message": failure}, status_code=503)
+        return {"status": "alive"}
 
     @app.get("/metrics")
     async def metrics():
@@ -353,15 +444,16 @@ def create_app(run, adapters=(), **options) -> FastAPI:
                                 "and install livelm[voice])", code="speech_off")
         return state.voice
 
-    @app.post("/v1/audio/transcriptions")
+    @app.post("/v1/audio/transcriptions", openapi_extra=request_body(TranscriptionRequest, "multipart/form-data"))
     async def audio_transcriptions(request: Request):
-        state.authenticate(request)
-        return await audio.transcribe(voice(), request)
+        tenant = state.authenticate(request)
+        return await within_limits(tenant, audio.transcribe(voice(), request))
 
-    @app.post("/v1/audio/speech")
+    @app.post("/v1/audio/speech", openapi_extra=request_body(SpeechRequest))
     async def audio_speech(request: Request):
-        state.authenticate(request)
-        return await audio.speech(voice(), await read_json(request, state.max_body))
+        tenant = state.authenticate(request)
+        body = await read_json(request, state.max_body)
+        return await within_limits(tenant, audio.speech(voice(), body))
 
     async def draft_answer(request: Request, ids: list[int], params) -> str:
         """What the base model answers without notes (greedy, short): memory's lookup key besides the
@@ -379,6 +471,28 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         arrived = time.perf_counter()   # time to first token counts from here, a draft answer included
         tenant = state.authenticate(request)
         state.require_ready()
+        return await within_limits(tenant, _generate(request, chat, tenant, arrived))
+
+    async def within_limits(tenant: str, answer):
+        """Await `answer` (a coroutine giving a response) counted against the key's limits: 429 when over
+        them; a streamed response holds the key's slot until its stream ends."""
+        try:
+            release = state.limits.acquire(tenant)
+        except APIError:
+            answer.close()    # never started: no "coroutine was never awaited"
+            raise
+        try:
+            response = await answer
+        except BaseException:
+            release()
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = released_after(response.body_iterator, release)
+        else:
+            release()
+        return response
+
+    async def _generate(request: Request, chat: bool, tenant: str, arrived: float):
         body = await read_json(request, state.max_body)
         req = parse(ChatCompletionRequest if chat else CompletionRequest, body)
         completions.check_stream_options(req)
@@ -432,15 +546,15 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         except completions.ClientGone:
             return Response(status_code=499)   # nginx's "client closed request": nobody reads it, metrics do
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(request: Request):
         return await generate(request, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def text_completions(request: Request):
         return await generate(request, chat=False)
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", openapi_extra=request_body(FeedbackRequest))
     async def post_feedback(request: Request):
         tenant = state.authenticate(request)
         req = parse(FeedbackRequest, await read_json(request, state.max_body))
@@ -470,7 +584,7 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         return {"object": "list", "data": versions, "current": current or "base",
                 "learning": state.learner.busy()}
 
-    @app.post("/v1/adapters/rollback")
+    @app.post("/v1/adapters/rollback", openapi_extra=request_body(RollbackRequest, required=False))
     async def rollback_adapter(request: Request):
         """Return this tenant to its previous live version (or {"to": "vNNNN" | "base"})."""
         tenant = state.authenticate(request)
@@ -479,7 +593,8 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             raise APIError(400, "live learning is off on this server (--learn off)", code="learning_off")
         body = await read_json(request, state.max_body) if request.headers.get("content-length", "0") != "0" else {}
         to = body.get("to")
-        if to is not None and not isinstance(to, str):
+        # only a version name (no path: "../<other tenant>/v0001" once rolled this key onto another's adapter)
+        if to is not None and not (isinstance(to, str) and re.fullmatch(r"v[0-9]{1,9}|base|none", to)):
             raise APIError(400, "`to` must be a version name like v0003, or 'base'", param="to", code="invalid_parameter")
         from livelm.learn.adapters import AdapterStoreError
         try:
@@ -493,6 +608,8 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         tenant = state.authenticate(request)
         if not 1 <= limit <= 1000:
             raise APIError(400, "limit must be between 1 and 1000", param="limit", code="invalid_parameter")
+        if not 0 <= after < 2 ** 63:   # SQLite's integers are 64-bit: a larger `after` was an OverflowError (500)
+            raise APIError(400, "after must be a feedback id (0 or more)", param="after", code="invalid_parameter")
         items = await run_in_threadpool(state.feedback.list, tenant, limit, after)
         return {"object": "list", "data": [{"object": "feedback", **feedback_json(i)} for i in items]}
 

@@ -195,6 +195,9 @@ async def speech(voice: Voice, body: dict) -> Response:
     from livelm.voice import FORMATS
     from livelm.voice.audio import STREAMABLE, encode_stream
     from livelm.voice.tts import sentences
+    for name in ("model", "response_format"):   # a list here was a TypeError (a 500) at `fmt not in FORMATS`
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _bad(f"{name} must be a string", name)
     voice._check_model(body.get("model"), "speech")
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():

@@ -123,8 +123,16 @@ class _Sampling(BaseModel):
         return v
 
 
+# What /openapi.json says a message is (validation itself is livelm/chat/template.py's validate(), which
+# also takes content parts, tool calls and tool results): enough for a schema-driven client or fuzzer
+# to write requests that reach the model, not only ones that stop at the first check.
+MESSAGE_SCHEMA = {"type": "object", "required": ["role", "content"], "properties": {
+    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+    "content": {"type": "string"}}}
+
+
 class ChatCompletionRequest(_Sampling):
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(json_schema_extra={"minItems": 1, "items": MESSAGE_SCHEMA})
     max_completion_tokens: int | None = Field(None, ge=1)
     # vLLM's extensions, as transformers' apply_chat_template defines them: continue the final
     # assistant message instead of opening a new turn (prefilling the answer's start)
@@ -164,9 +172,47 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     kind: Literal["up", "down", "correction", "preference", "fact"]
-    conversation: list[dict[str, Any]] = Field(default_factory=list)   # the messages before the answer
+    conversation: list[dict[str, Any]] = Field(default_factory=list,   # the messages before the answer
+                                               json_schema_extra={"items": MESSAGE_SCHEMA})
     answer: str | None = None
     correction: str | None = None
     chosen: str | None = None
     rejected: str | None = None
     model: str | None = None
+
+
+# ---- bodies that are read by hand (audio.py, app.py), declared here for /openapi.json only -----------
+class SpeechRequest(BaseModel):
+    """POST /v1/audio/speech (livelm/serve/audio.py checks it)."""
+    model: str | None = None
+    input: str = Field(max_length=4096)
+    voice: str | None = None
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | None = None
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+
+
+class TranscriptionRequest(BaseModel):
+    """POST /v1/audio/transcriptions, as multipart/form-data: the audio in `file`, the rest as text fields."""
+    file: bytes = Field(json_schema_extra={"format": "binary"})
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    response_format: Literal["json", "text", "verbose_json", "srt", "vtt"] | None = None
+    temperature: float | None = None
+
+
+class RollbackRequest(BaseModel):
+    """POST /v1/adapters/rollback (the body is optional: without it, the previous live version)."""
+    to: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer of the API: OpenAI's error shape."""
+    error: ErrorDetail

@@ -77,7 +77,10 @@ def _split_sentences(text: str, final: bool) -> tuple[list[str], str]:
         else:
             out.append(p)
     if out and not _has_words(out[0]) and len(out) > 1:
-        out[1] = out.pop(0) + " " + out[0]
+        # (as `out[1] = out.pop(0) + ...` this popped before assigning: "!E" raised IndexError, a 500 in
+        # /v1/audio/speech, and a third sentence was overwritten)
+        first = out.pop(0)
+        out[0] = first + " " + out[0]
     return out, rest
 
 

@@ -6,13 +6,11 @@ PyPI for speech to text, espeak-ng for text to speech (`make test` installs both
 from __future__ import annotations
 
 import io
-import json
 import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import openai
 import pytest
 
 from livelm.voice.stt import error_rate
