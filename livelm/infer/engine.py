@@ -239,7 +239,7 @@ class Engine:
         fills = [s for s in self.running if s.prefilled < len(s.prompt_ids)]
         # constrained rows that get logits in this pass: their masks are computed while it runs
         masked = [s for s in decode + [f for f in fills if f.prefilled + self.prefill_chunk >= len(f.prompt_ids)]
-                  if s.matcher is not None]
+                  if s.matcher is not None] if self.constraints is not None else []
         masks = self.constraints.start(masked) if masked else None
         if fills:
             self._forward_packed(decode, fills)

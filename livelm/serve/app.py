@@ -498,7 +498,8 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         completions.check_stream_options(req)
         model, adapter = state.resolve(req.model)
         # response_format, guided_* and tools -> a grammar (compiling a schema may take milliseconds: off the loop)
-        plan = await run_in_threadpool(structured.plan, req, state.tokenizer, chat)
+        plan = (await run_in_threadpool(structured.plan, req, state.tokenizer, chat) if structured.asks(req)
+                else structured.Plan())
         learner = state.learner
         notes: list[str] = []
         if learner is not None and chat and adapter is None:

@@ -33,6 +33,14 @@ class Plan:
     tool_names: set[str] = field(default_factory=set)
 
 
+def asks(req) -> bool:
+    """Whether the request asks for anything this module handles (most requests do not: they skip it)."""
+    fmt = req.response_format
+    return bool(fmt is not None and fmt.type != "text" or getattr(req, "tools", None)
+                or getattr(req, "tool_choice", None) is not None
+                or any(getattr(req, f"guided_{k}", None) is not None for k in ("json", "regex", "choice", "grammar")))
+
+
 def _bad(message: str, param: str) -> APIError:
     return APIError(400, message, param=param, code="invalid_parameter")
 
