@@ -292,6 +292,38 @@ def _bf16_fast_cpu() -> tuple[bool, str]:
     return bf16_is_fast()
 
 
+def total_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes of memory on `device`: the GPU's own, or this machine's RAM (within a cgroup limit, if lower)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:   # cgroup v2: "max" or a byte count
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
+def parse_memory(text: str, device: torch.device | str = "cpu") -> int:
+    """A memory size as a person writes it: "2" or "2GB" or "2GiB" (GiB), "512MB" / "512M" (MiB), or a
+    fraction of the device's memory below 1 ("0.1": a tenth of the RAM, or of the GPU's memory)."""
+    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    unit = {"G": 2**30, "M": 2**20}.get(s[-1:], None)
+    try:
+        value = float(s[:-1] if unit else s)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a memory size; write e.g. 2 (GiB), 512MB, or 0.1 (a fraction of "
+                         f"this machine's memory)") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"memory size {text!r} must be a positive number")
+    if unit is None and value < 1:
+        return int(value * total_memory(device))
+    return int(value * (unit or 2**30))
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
         dev = torch.device(name)

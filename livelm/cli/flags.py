@@ -121,6 +121,29 @@ def add_inference_flags(parser, compile_help: str = "") -> None:
                              "to minutes at start). " + compile_help)
 
 
+def add_kv_flags(parser) -> None:
+    """The engine's KV pool (livelm/infer/engine.py): its size, its block size, prefix caching."""
+    parser.add_argument("--kv-cache-memory", default=None, metavar="SIZE",
+                        help="memory of the KV pool that every sequence's keys and values share: GiB (2, 2GB), "
+                             "MiB (512MB) or a fraction of the RAM or GPU memory (0.1); sequences take blocks as "
+                             "they grow and wait or are preempted when it is full (default: what --max-batch "
+                             "sequences of the whole window need, at most 512 MiB)")
+    parser.add_argument("--kv-block-size", type=int, default=16, metavar="N",
+                        help="positions per KV block (default 16)")
+    parser.add_argument("--no-prefix-caching", action="store_true",
+                        help="prefill every prompt in full (default: prompts that start like an earlier one, such "
+                             "as a system prompt or a conversation's earlier turns, reuse its cached blocks)")
+
+
+def kv_options(a, device="cpu") -> dict:
+    """Engine keyword arguments from add_kv_flags' flags."""
+    from livelm import machine
+    if a.kv_block_size < 1:
+        raise ValueError("--kv-block-size must be at least 1")
+    memory = None if a.kv_cache_memory is None else machine.parse_memory(a.kv_cache_memory, device)
+    return dict(kv_cache_memory=memory, kv_block_size=a.kv_block_size, prefix_caching=not a.no_prefix_caching)
+
+
 SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                   "presence_penalty", "frequency_penalty", "stop", "seed")
 SAMPLING_HELP = {"max_tokens": "most new tokens", "temperature": "0 = greedy",

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from livelm.cli.flags import add_dataclass_flags, add_inference_flags, dataclass_values
+from livelm.cli.flags import add_dataclass_flags, add_inference_flags, add_kv_flags, dataclass_values, kv_options
 
 PARSER_KW = {"serve": {"description": "Serve a run (and LoRA adapters) over an OpenAI-compatible API with continuous "
                                       "batching, plus a web chat page at /. Prints the URL on stdout when ready."}}
@@ -72,8 +72,9 @@ def serve_flags(p) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="sequences allowed to wait for a slot; "
                                                               "beyond it requests get 429 (default 256)")
     p.add_argument("--max-context", type=int, default=None, metavar="N",
-                   help="each sequence's context window in tokens (default: the model's, cut to what a 1 GiB "
-                        "KV cache holds for --max-batch sequences)")
+                   help="each sequence's context window in tokens (default: the model's, at most what the KV "
+                        "pool holds)")
+    add_kv_flags(p)
     p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
                    help="largest max_tokens a request may ask for (default: the context window)")
     p.add_argument("--feedback-db", type=Path, default=None, help="SQLite file for feedback (default RUN/feedback.sqlite)")
@@ -199,7 +200,8 @@ def run_serve(a) -> int:
                      compile=machine.resolve_compile(a.compile, None), dtype=a.dtype, max_context=a.max_context,
                      voice=Voice.available(None if a.stt == "off" else a.stt, None if a.tts == "off" else a.tts,
                                            a.voice_threads),
-                     limits=KeyLimits(a.max_concurrent_per_key, a.rate_limit_per_key))
+                     limits=KeyLimits(a.max_concurrent_per_key, a.rate_limit_per_key),
+                     kv=kv_options(a, machine.pick_device(a.device)))
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

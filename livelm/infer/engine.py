@@ -3,13 +3,22 @@
 Everything that generates text — `livelm generate`, the chat REPL, the HTTP
 server, evaluation, RL — goes through `Engine`. Its unit of work is `step()`:
 
-  1. admit waiting sequences into free cache slots;
-  2. one forward pass: decode one token for every running sequence (each row at
-     its own position, see KVCache in models/gpt.py) and prefill one chunk of
-     each new prompt (long prompts take several steps, so they never stall
-     others), packed together when there are chunks (see Packing there);
-  3. sample each row with its own parameters and its own seeded generator,
-     update its text stream, and retire finished sequences, freeing their slots.
+  1. admit waiting sequences while there is a free row and KV memory for their
+     prompts; a prompt that starts like a cached one takes the cached blocks and
+     skips their prefill (prefix caching, see infer/kv_blocks.py);
+  2. give every row a KV block for the tokens this step writes; when the pool
+     runs out, the sequence admitted last is preempted: its blocks go back, and
+     it waits to be prefilled again (prompt and output so far) when memory frees;
+  3. one forward pass: decode one token for every running sequence (each row at
+     its own position) and prefill one chunk of each new prompt (long prompts
+     take several steps, so they never stall others), packed together when
+     there are chunks (see Packing in models/gpt.py);
+  4. sample each row with its own parameters and its own seeded generator,
+     update its text stream, and retire finished sequences, freeing their blocks.
+
+KV memory is a PagedKVCache (models/kv_cache.py): one pool of blocks, sized by
+`kv_cache_memory`, that sequences take as their tokens grow, so memory follows
+the tokens held rather than rows x the context window.
 
 `generate()` and `stream()` are loops over `step()` for callers that do not
 need a scheduler. The server runs `step()` in a process of its own (serve/engine_process.py).
@@ -37,7 +46,8 @@ from livelm.sampling import SamplingParams, is_plain, sample_next, sample_plain,
 from livelm.infer.grammar import Constraints, GrammarError
 from livelm.infer.textstream import TextStream
 from livelm.models import lora
-from livelm.models.gpt import BatchPlan, KVCache
+from livelm.infer.kv_blocks import BlockPool, block_keys
+from livelm.models.gpt import BatchPlan, PagedKVCache
 
 log = logging.getLogger("livelm.engine")
 
@@ -70,7 +80,13 @@ class Sequence:
     text: str = ""                      # text emitted so far (never contains a stop string)
     finish_reason: str | None = None    # "stop" | "length" | "cancelled"
     slot: int | None = None
-    prefilled: int = 0                  # prompt tokens already in the cache
+    prefill_ids: list[int] = field(default_factory=list)   # tokens to prefill: the prompt, or after a
+                                        # preemption the prompt and the output so far
+    prefilled: int = 0                  # of prefill_ids, tokens already in the cache
+    blocks: list[int] = field(default_factory=list)        # KV blocks held, in position order
+    keys: list[bytes] = field(default_factory=list)        # names of the full ones (prefix caching)
+    cached_tokens: int = 0              # prompt tokens found in the prefix cache at admission
+    preemptions: int = 0
     logprobs: list[dict] = field(default_factory=list)
     created: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -94,10 +110,12 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     logprobs: list[dict]
+    cached_tokens: int = 0
 
     @classmethod
     def of(cls, seq: Sequence) -> "Completion":
-        return cls(seq.text, list(seq.out_ids), seq.finish_reason, len(seq.prompt_ids), seq.logprobs)
+        return cls(seq.text, list(seq.out_ids), seq.finish_reason, len(seq.prompt_ids), seq.logprobs,
+                   seq.cached_tokens)
 
 
 @dataclass
@@ -122,24 +140,30 @@ def check_request(prompt_ids: list[int], params: SamplingParams, max_len: int) -
     params.validate()
 
 
-# The KV cache is allocated up front for max_batch sequences of max_len tokens. A real model's
-# window is long (SmolLM2: 8,192 positions, 377 MB of fp32 cache per sequence), so unless the
-# caller names max_len, the window is cut to what fits this budget for the whole batch.
-KV_BUDGET_BYTES = 1 << 30
+# The KV pool's size when the caller does not name one: what max_batch sequences of the whole window
+# need, but at most this much (SmolLM2 in fp32: 46 KB per token, so 512 MiB hold 11,600 tokens, e.g.
+# 16 conversations of 700 tokens). The pool's pages become resident as its blocks are first used.
+KV_CACHE_BYTES = 512 << 20
 
 
-def default_max_len(cfg, max_batch: int, dtype: torch.dtype, budget: int = KV_BUDGET_BYTES) -> int:
-    """The model's window, or less: the longest multiple of 256 whose cache for max_batch rows fits `budget`."""
-    per_token = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.finfo(dtype).bits // 8 * max_batch
-    fits = budget // per_token // 256 * 256
-    return min(cfg.block_size, max(fits, 256))
+def kv_pool_blocks(cfg, max_batch: int, max_len: int, block_size: int, dtype: torch.dtype,
+                   memory: int | None = None) -> int:
+    """How many blocks of `block_size` positions a pool of `memory` bytes holds (default: see KV_CACHE_BYTES),
+    plus block 0, which pads the tables."""
+    per_block = PagedKVCache.bytes_per_block(cfg, block_size, dtype)
+    if memory is None:
+        memory = min(KV_CACHE_BYTES, max_batch * -(-max_len // block_size) * per_block)
+    return memory // per_block + 1
 
 
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
                  prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False,
-                 row_adapters: bool = False):
-        """max_len: the context window of each sequence (default: the model's, within KV_BUDGET_BYTES)."""
+                 row_adapters: bool = False, kv_cache_memory: int | None = None, kv_block_size: int = 16,
+                 prefix_caching: bool = True):
+        """max_batch: rows decoded together; max_len: the context window of each sequence (default the
+        model's, at most what the KV pool holds); kv_cache_memory: bytes of the KV pool (default
+        KV_CACHE_BYTES, or less when max_batch x max_len need less); kv_block_size: positions per block."""
         self.model = model.eval()
         # compile=True: decode steps run through torch.compile (compiled_decoder). The first steps compile
         # three graphs (1 row, 2-4 rows, 5+ rows; tens of seconds on a CPU, see warm_up)
@@ -150,10 +174,23 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.device = next(model.parameters()).device
         dtype = cache_dtype or next(model.parameters()).dtype
-        self.max_len = min(max_len or default_max_len(self.cfg, max_batch, dtype), self.cfg.block_size)
-        self.cache = KVCache(self.cfg, max_batch, self.max_len, device=self.device, dtype=dtype)
-        # a min-heap: new sequences take the lowest free rows, so a busy batch occupies rows 0..B-1 and the
-        # attention reads the cache as views instead of gathering it (see GPT.forward)
+        window = min(max_len or self.cfg.block_size, self.cfg.block_size)
+        blocks = kv_pool_blocks(self.cfg, max_batch, window, kv_block_size, dtype, kv_cache_memory)
+        # one sequence may fill the whole pool, not more
+        self.max_len = min(window, (blocks - 1) * kv_block_size)
+        if self.max_len < 2 or blocks < 2:
+            raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes hold no useful sequence: a block of "
+                             f"{kv_block_size} positions takes "
+                             f"{PagedKVCache.bytes_per_block(self.cfg, kv_block_size, dtype)} bytes")
+        self.cache = PagedKVCache(self.cfg, max_batch, self.max_len, blocks, kv_block_size,
+                                  device=self.device, dtype=dtype)
+        self.pool = BlockPool(blocks)
+        self.block_size = kv_block_size
+        self.prefix_caching = prefix_caching
+        self.kv_bytes = blocks * PagedKVCache.bytes_per_block(self.cfg, kv_block_size, dtype)
+        self.adapter_epochs: dict[str | None, int] = {}   # bumped when an adapter's weights change (prefix keys)
+        self.preemptions = 0
+        # a min-heap: new sequences take the lowest free rows, so a busy batch occupies rows 0..B-1
         self.free_slots = list(range(max_batch))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -190,7 +227,7 @@ class Engine:
     # ---- queueing ----------------------------------------------------------
     def add(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Sequence:
         check_request(prompt_ids, params, self.max_len)
-        seq = Sequence(next(self._ids), list(prompt_ids), params, adapter=adapter)
+        seq = Sequence(next(self._ids), list(prompt_ids), params, adapter=adapter, prefill_ids=list(prompt_ids))
         if params.grammar is not None:
             if self.constraints is None:
                 self.constraints = Constraints(self.tokenizer, self.vocab)
@@ -221,30 +258,30 @@ class Engine:
             self.waiting.remove(seq)
             seq.finish_reason = "cancelled"
             events.append(Event(seq, "", True))
-        while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
-            seq.slot = heapq.heappop(self.free_slots)
-            self.cache.reset(seq.slot)
-            self.running.append(seq)
         for seq in [s for s in self.running if s.cancelled]:
             self._retire(seq, "cancelled")
             events.append(Event(seq, "", True))
+        self._admit()
 
         # One forward pass: a decode token for every sequence whose next-token logits are not pending,
         # and one prompt chunk for every admitted-but-unfilled sequence (long prompts take several
         # steps, so they never stall the others). Packed together, the chunks' tokens share every
         # Linear with the decode rows (see Packing in models/gpt.py) instead of a pass of their own.
-        decode = sorted((s for s in self.running if s.prefilled == len(s.prompt_ids) and s.next_logits is None),
+        self._reserve_blocks()   # may preempt the latest sequences when the pool runs out
+        decode = sorted((s for s in self.running if s.prefilled == len(s.prefill_ids) and s.next_logits is None),
                         key=lambda s: s.slot)
-        fills = [s for s in self.running if s.prefilled < len(s.prompt_ids)]
+        fills = [s for s in self.running if s.prefilled < len(s.prefill_ids)]
         # constrained rows that get logits in this pass: their masks are computed while it runs
-        masked = [s for s in decode + [f for f in fills if f.prefilled + self.prefill_chunk >= len(f.prompt_ids)]
+        masked = [s for s in decode + [f for f in fills if f.prefilled + self.prefill_chunk >= len(f.prefill_ids)]
                   if s.matcher is not None] if self.constraints is not None else []
         masks = self.constraints.start(masked) if masked else None
         if fills:
             self._forward_packed(decode, fills)
         elif decode:
             self._forward_decode(decode)
+        if self.prefix_caching:
+            for seq in decode + fills:
+                self._publish(seq)
         if masks is not None:
             self.constraints.apply(masked, masks, [self._budget(s) - len(s.out_ids) for s in masked])
         ready = [s for s in self.running if s.next_logits is not None]
@@ -285,14 +322,14 @@ class Engine:
         segments, done = [], []
         kv_len = max((len(s.prompt_ids) + len(s.out_ids) for s in decode), default=0)
         for s in fills:
-            chunk = s.prompt_ids[s.prefilled:s.prefilled + self.prefill_chunk]
+            chunk = s.prefill_ids[s.prefilled:s.prefilled + self.prefill_chunk]
             segments.append((len(tokens), len(tokens) + len(chunk)))
             tokens += chunk
             slots += [s.slot] * len(chunk)
             adapters += [s.adapter] * len(chunk)
             s.prefilled += len(chunk)
             kv_len = max(kv_len, s.prefilled)
-            if s.prefilled == len(s.prompt_ids):
+            if s.prefilled == len(s.prefill_ids):
                 done.append((s, len(tokens) - 1))   # its last prompt token's logits pick the first answer token
         out = decode + [s for s, _ in done]
         out_rows = torch.tensor(list(range(len(decode))) + [row for _, row in done], dtype=torch.long)
@@ -302,6 +339,107 @@ class Engine:
         logits = self.model(torch.tensor(tokens, device=self.device)[:, None], plan=plan)[:, -1]
         for s, row in zip(out, logits[:, :self.vocab]):
             s.next_logits = row
+
+    # ---- KV memory -----------------------------------------------------------
+    def _salt(self, seq: Sequence) -> str:
+        """What computed a sequence's keys and values besides its tokens: its adapter, as loaded now."""
+        return f"{seq.adapter}#{self.adapter_epochs.get(seq.adapter, 0)}"
+
+    def adapter_changed(self, name: str | None) -> None:
+        """An adapter's weights changed (loaded or reloaded under `name`): prefixes it computed are stale."""
+        self.adapter_epochs[name] = self.adapter_epochs.get(name, 0) + 1
+
+    def _admit(self) -> None:
+        """Move waiting sequences to free rows, first come first served, while the pool has blocks for
+        their prompts (beyond the blocks found in the prefix cache) and a few to spare for the running
+        rows' next tokens."""
+        P = self.block_size
+        while self.waiting and self.free_slots:
+            seq = self.waiting[0]
+            hits = []
+            if self.prefix_caching:
+                # full blocks only, and never the whole prompt: its last token must run to give logits
+                seq.keys = block_keys(seq.prefill_ids[:len(seq.prefill_ids) - 1], P, self._salt(seq))
+                hits = self.pool.lookup(seq.keys)
+            need = -(-len(seq.prefill_ids) // P) - len(hits)
+            spare = len(self.running) if self.running else 0
+            if need + spare > self.pool.available:
+                self.pool.release(hits)
+                break      # wait for memory; no overtaking, so a long prompt is not starved
+            self.waiting.popleft()
+            seq.keys = seq.keys[:len(hits)]
+            seq.blocks, seq.prefilled = hits, len(hits) * P
+            if seq.preemptions == 0:
+                seq.cached_tokens = seq.prefilled
+                self.pool.hit_tokens += seq.prefilled
+                self.pool.query_tokens += len(seq.prefill_ids)
+            seq.slot = heapq.heappop(self.free_slots)
+            self.cache.assign(seq.slot, hits, seq.prefilled)
+            self.running.append(seq)
+
+    def _reserve_blocks(self) -> None:
+        """Blocks for every position this step writes: a decode row's next token, a prefill's next chunk.
+        Oldest sequences first; when the pool is out of blocks, the newest running sequence is preempted
+        (vLLM's policy: the least work lost) until the rest fit."""
+        P = self.block_size
+        for seq in list(self.running):
+            if seq not in self.running:        # preempted to make room for an older one
+                continue
+            if seq.prefilled < len(seq.prefill_ids):
+                end = min(seq.prefilled + self.prefill_chunk, len(seq.prefill_ids))
+            else:
+                end = len(seq.prompt_ids) + len(seq.out_ids)
+            fresh = []
+            while len(seq.blocks) * P < end:
+                block = self.pool.allocate()
+                if block is None:
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    if victim is seq:
+                        break
+                    continue
+                self.cache.extend(seq.slot, len(seq.blocks), block)
+                seq.blocks.append(block)
+                fresh.append(block)
+            if fresh:
+                self.cache.clear(fresh)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Give back a running sequence's blocks; it waits at the head of the queue and, when admitted
+        again, prefills its prompt and output so far (recompute: on a CPU cheaper than swapping out)."""
+        log.info("sequence %d preempted: the KV pool is full", seq.id)
+        self.running.remove(seq)
+        self.pool.release(seq.blocks)
+        seq.blocks, seq.keys = [], []
+        heapq.heappush(self.free_slots, seq.slot)
+        seq.slot = None
+        seq.prefill_ids = seq.prompt_ids + seq.out_ids
+        seq.prefilled = 0
+        seq.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def _publish(self, seq: Sequence) -> None:
+        """Name the blocks this pass filled, so later prompts that start the same way can share them."""
+        if seq.finished or seq.slot is None:
+            return
+        written = seq.prefilled if seq.prefilled < len(seq.prefill_ids) else len(seq.prompt_ids) + len(seq.out_ids)
+        full = written // self.block_size
+        if full > len(seq.keys):
+            tokens = (seq.prompt_ids + seq.out_ids)[:full * self.block_size]
+            new = block_keys(tokens, self.block_size, self._salt(seq), seq.keys[-1] if seq.keys else None,
+                             len(seq.keys))
+            for i, key in enumerate(new, start=len(seq.keys)):
+                self.pool.publish(seq.blocks[i], key)
+            seq.keys += new
+
+    def kv_stats(self) -> dict:
+        """The KV pool now: size, blocks held and cached, prefix-cache hits, preemptions so far."""
+        pool = self.pool
+        return {"kv_cache_bytes": self.kv_bytes, "block_size": self.block_size, "blocks": pool.num_blocks - 1,
+                "blocks_used": pool.used, "blocks_cached": len(pool.cached),
+                "prefix_hit_tokens": pool.hit_tokens, "prefix_query_tokens": pool.query_tokens,
+                "preemptions": self.preemptions}
 
     def _activate_adapters(self, names: list[str | None]) -> None:
         if self.row_adapters:
@@ -379,6 +517,8 @@ class Engine:
         if seq.slot is not None:
             heapq.heappush(self.free_slots, seq.slot)
             seq.slot = None
+        self.pool.release(seq.blocks)
+        seq.blocks, seq.keys = [], []
 
     # ---- convenience loops -------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],

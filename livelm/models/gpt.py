@@ -21,7 +21,8 @@ only in configuration (GPTConfig's fields, no subclasses):
 Shapes: B batch, S new tokens, T attended positions, H query heads, Hkv K/V
 heads, D head size, C = d_model.
 
-Incremental decoding uses a KVCache with one row ("slot") per sequence. Every
+Incremental decoding reads and extends a KV cache (models/kv_cache.py: contiguous
+rows, or the engine's paged blocks) with one row ("slot") per sequence. Every
 slot keeps its own length, so sequences at different positions can decode in
 one batched forward pass — the basis of continuous batching in livelm.infer.
 Sliding-window layers keep every position in the cache too; their mask hides
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 from livelm.models.kernels import STREAMING_BYTES, Linear, attention, causal_attention, decode_attention, gelu_tanh
 from livelm.models.layers import apply_rope, check_rope_scaling, make_norm, rope_tables   # bert, seq2seq import these here
+from livelm.models.kv_cache import KVCache, PagedKVCache   # seq2seq and the engine import these here
 
 
 LOSS_CHUNK = 512   # positions per chunk of the checkpointed loss (512 x 49,152 fp32 logits = 100 MB)
@@ -137,32 +139,6 @@ PRESETS = {
 }
 
 
-class KVCache:
-    """Keys and values of every layer for up to `slots` sequences.
-
-    k, v: (n_layer, slots, Hkv, max_len, D); lengths: (slots,) tokens stored per slot.
-    A forward pass over rows `slots_idx` writes its new keys at each row's own
-    offset, so rows at different positions share one batched pass.
-    """
-
-    def __init__(self, cfg: GPTConfig, slots: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (cfg.n_layer, slots, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
-        self.max_len = max_len
-
-    def reset(self, slot: int) -> None:
-        self.lengths[slot] = 0
-
-    def read(self, layer: int, rows: torch.Tensor | slice, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of `rows` (a slice: views of the cache; a tensor: a gather), the first T
-        positions, as `dtype`: (R, Hkv, T, D) each."""
-        if isinstance(rows, slice):
-            return self.k[layer, rows, :, :T].to(dtype), self.v[layer, rows, :, :T].to(dtype)
-        return self.k[layer][rows, :, :T].to(dtype), self.v[layer][rows, :, :T].to(dtype)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -200,12 +176,7 @@ class CausalSelfAttention(nn.Module):
             T = attn_mask.size(-1)                                                    # keys after this pass
             rows = (torch.arange(slots.start, slots.stop, device=x.device) if isinstance(slots, slice)
                     else slots)[:, None].expand(B, S)                                 # (B, S) cache rows
-            kt, vt = k.transpose(1, 2).to(cache.k.dtype), v.transpose(1, 2).to(cache.v.dtype)  # (B, S, Hkv, D)
-            # one index_put_ on the whole cache, the layer given as an index too: under torch.compile a
-            # write into a view of the cache (cache.k[layer]) makes inductor copy the whole cache each step
-            at_layer = torch.full_like(rows, layer)
-            cache.k[at_layer, rows, :, pos] = kt
-            cache.v[at_layer, rows, :, pos] = vt
+            cache.write(layer, rows, pos, k, v)
             if packing is not None:
                 y = packed_attention(q, cache, layer, T, attn_mask, packing, self.scale, self.cfg.attn_softcap)
                 return self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)))
@@ -318,7 +289,7 @@ class BatchPlan:
     positions   (B, S) position of each token; default 0..S-1, or each slot's cache length onwards
     attn_mask   (B, 1, S, S) boolean, True = may attend (packed conversations do not see each other);
                 default plain causal
-    cache       the KVCache the rows read and extend (their lengths advance by S after the pass)
+    cache       the KVCache or PagedKVCache the rows read and extend (their lengths advance by S after the pass)
     slots       (B,) cache rows of these sequences: a tensor, or a slice for consecutive rows
                 (default rows 0..B-1)
     last_only   logits for the final position only (generation)

@@ -82,7 +82,7 @@ class ServeState:
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
                  learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto",
                  max_context: int | None = None, voice: "audio.Voice | None" = None,
-                 limits: KeyLimits | None = None):
+                 limits: KeyLimits | None = None, kv: dict | None = None):
         from livelm.runs import adapter_base as resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
@@ -91,7 +91,8 @@ class ServeState:
         self.limits = limits or KeyLimits()   # per-key concurrency and rate (serve/limits.py); off by default
         self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
         self.device, self.max_body, self.compile, self.dtype = device, max_body_bytes, compile, dtype
-        self.max_context = max_context   # each sequence's window (None: the model's, within the KV budget)
+        self.max_context = max_context   # each sequence's window (None: the model's, within the KV pool)
+        self.kv = kv or {}               # the engine's KV pool: Engine's kv_cache_memory, kv_block_size, prefix_caching
         self.voice = voice               # speech to text and text to speech (serve/audio.py), or None
         self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
 
@@ -126,7 +127,8 @@ class ServeState:
         self.max_len: int | None = None      # the engine's context window, once loaded
         self.engine: EngineClient | None = None
         self.metrics = Metrics(running=lambda: self.engine.running if self.engine else 0,
-                               waiting=lambda: self.engine.waiting if self.engine else 0)
+                               waiting=lambda: self.engine.waiting if self.engine else 0,
+                               kv=lambda: self.engine.kv if self.engine else None)
         self.ready = threading.Event()       # set when loading ended, well or not
         self.load_error: str | None = None
         self.draining = False
@@ -150,8 +152,12 @@ class ServeState:
             # the engine process takes the model (in shared memory); compiled decode compiles there first
             self.engine = EngineClient(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
                                        metrics=self.metrics, compile=self.compile, row_adapters=bool(names),
-                                       max_len=self.max_context)
+                                       max_len=self.max_context, kv=self.kv)
             self.tokenizer, self.max_len = tokenizer, self.engine.max_len
+            kv = self.engine.kv
+            log.info("KV cache: %.0f MiB, %d blocks of %d tokens (%d tokens in all), context window %d, "
+                     "prefix caching %s", kv["kv_cache_bytes"] / 2**20, kv["blocks"], kv["block_size"],
+                     kv["blocks"] * kv["block_size"], self.max_len, "on" if self.kv.get("prefix_caching", True) else "off")
             if self.learn_config is not None and self.learn_config.modes:
                 from livelm.learn.live import LiveLearner
                 self.learner = LiveLearner(self.base_dir, self.feedback_path, self.adapter_store, self.engine,

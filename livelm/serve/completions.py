@@ -251,6 +251,7 @@ class Generation:
         self.n = len(params) // len(prompts)
         self.k = len(params)
         self.prompt_tokens = sum(len(p) for p in prompts)
+        self.cached_tokens = 0   # of those, found in the engine's prefix cache (summed as choices finish)
         self.stream, self.include_usage, self.want_logprobs = stream, include_usage, want_logprobs
         self.id = fmt.id_prefix + uuid.uuid4().hex
         self.created = int(time.time())
@@ -270,8 +271,15 @@ class Generation:
                 **extra}
 
     def _usage(self, completion_tokens: int) -> dict:
+        # prompt_tokens_details.cached_tokens as OpenAI reports its prompt caching (n > 1 choices share
+        # one prompt: counted once per prompt, as prompt_tokens is)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": self.prompt_tokens + completion_tokens}
+                "total_tokens": self.prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, self.prompt_tokens)}}
+
+    def _finished(self, c) -> None:
+        if c.index % self.n == 0:
+            self.cached_tokens += c.cached_tokens
 
     async def collect(self, is_disconnected) -> dict:
         """Wait for every choice to finish; cancels the work if the client goes away meanwhile."""
@@ -302,6 +310,7 @@ class Generation:
                 if c.finish_reason:
                     reasons[c.index] = c.finish_reason
                     tokens += c.completion_tokens
+                    self._finished(c)
                     done += 1
         finally:
             self.engine.cancel(self.ticket)   # no-op when all finished; frees slots otherwise
@@ -338,6 +347,7 @@ class Generation:
                     if c.finish_reason:
                         out += [sse(self._envelope(obj, [f], **extra)) for f in self.fmt.final(c.index, c.finish_reason)]
                         tokens += c.completion_tokens
+                        self._finished(c)
                         done += 1
                     if queue.empty():
                         break

@@ -58,6 +58,7 @@ class Chunk:
     logprobs: list[dict] = field(default_factory=list)   # entries for the tokens sampled since the last chunk
     finish_reason: str | None = None  # set on the last chunk of a choice: stop | length | cancelled
     completion_tokens: int = 0        # on the last chunk
+    cached_tokens: int = 0            # on the last chunk: prompt tokens the prefix cache held
     error: str | None = None          # generation failed or the server gave up on it; no more chunks follow
     error_code: str | None = None     # "shutting_down" | "internal_error"
 
@@ -89,9 +90,11 @@ def _deliver(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
 
 class EngineClient:
     def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int = 256, metrics=None,
-                 compile: bool = False, row_adapters: bool = False, max_len: int | None = None):
+                 compile: bool = False, row_adapters: bool = False, max_len: int | None = None,
+                 kv: dict | None = None):
         """Start the engine process with `model` (its tensors move to shared memory, so the model is
         not copied) and wait until it is ready: compiled decode compiles first (tens of seconds).
+        `kv`: the engine's KV pool options (Engine's kv_cache_memory, kv_block_size, prefix_caching).
         Raises RuntimeError when the engine could not start."""
         self.max_batch, self.max_queue, self.metrics = max_batch, max_queue, metrics
         self.tracks: dict[int, _Track] = {}       # sid -> its request; gone once the sequence finished
@@ -106,7 +109,7 @@ class EngineClient:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=engine_process.main, name="livelm-engine", daemon=True,
                                    args=(child, model, tokenizer, max_batch, compile, torch.get_num_threads(),
-                                         row_adapters, max_len))
+                                         row_adapters, max_len, kv or {}))
         self.process.start()
         child.close()
         # shared, not copied: CPU tensors now live in shared memory, and CUDA tensors must stay alive in
@@ -120,7 +123,8 @@ class EngineClient:
         if kind != "ready":
             self.process.join(5)
             raise RuntimeError(value)
-        self.max_len: int = value
+        self.max_len: int = value["max_len"]
+        self.kv: dict = value["kv"]   # the KV pool (Engine.kv_stats), as of the last step
         self.accepting = True
         self.reader = threading.Thread(target=self._read, name="livelm-engine-reader", daemon=True)
         self.reader.start()
@@ -223,6 +227,9 @@ class EngineClient:
                 now = time.perf_counter()
                 if self.metrics:
                     self.metrics.steps.observe(msg[1])
+                if self.metrics:
+                    self.metrics.kv_moved(self.kv, msg[3])
+                self.kv = msg[3]
                 for event in msg[2]:
                     self._route(now, *event)
             elif kind == "fail":
@@ -251,7 +258,7 @@ class EngineClient:
         self._flush()
 
     def _route(self, now: float, sid: int, delta: str, logprobs: list[dict], finish_reason: str | None,
-               n_out: int) -> None:
+               n_out: int, cached: int) -> None:
         track = self.tracks.get(sid)
         if track is None:
             return
@@ -272,6 +279,7 @@ class EngineClient:
         if finish_reason:
             chunk.finish_reason = finish_reason
             chunk.completion_tokens = n_out
+            chunk.cached_tokens = cached
             with self.lock:
                 del self.tracks[sid]
             if timed:

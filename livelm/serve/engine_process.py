@@ -10,16 +10,18 @@ process the engine has an interpreter to itself, as vLLM's V1 engine core does.
 The protocol is a pipe of small tuples (pickled by multiprocessing):
 
     server -> engine                               engine -> server
-    ("add", [(sid, prompt_ids, params, adapter)])  ("ready", max_len) | ("failed", message)   once, at start
-    ("cancel", [sid, ...])                         ("step", seconds, [(sid, delta, logprobs, finish_reason, n_out)])
+    ("add", [(sid, prompt_ids, params, adapter)])  ("ready", {max_len, kv}) | ("failed", message)   once, at start
+    ("cancel", [sid, ...])                         ("step", seconds, [(sid, delta, logprobs, finish_reason, n_out,
+                                                                       cached_tokens)], kv)
     ("call", cid, op, args)                        ("result", cid, ok, value or message)
     ("shutdown", grace_seconds)                    ("fail", [sid, ...], message, code)
     ("stop",)
 
 `sid` is the server's name for a sequence. A step message holds one entry per sequence
 the step touched, even when it produced no text, so the server can count tokens and
-time them. The loop blocks on the pipe while idle and only polls it between steps
-while busy; a closed pipe (the server died) ends the process.
+time them; `kv` is Engine.kv_stats() after the step (for /metrics). The loop blocks on
+the pipe while idle and only polls it between steps while busy; a closed pipe (the
+server died) ends the process.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def load_adapter(engine: Engine, name: str, path: str) -> None:
     if name not in lora.adapter_names(engine.model):
         lora.load_adapter(engine.model, path, name)
         lora.set_active(engine.model, None)
+        engine.adapter_changed(name)   # new weights under this name: prefixes cached with older ones are stale
     engine.use_row_adapters()
 
 
@@ -127,10 +130,11 @@ class EngineLoop:
                 upto = len(seq.out_ids)
                 logprobs = seq.logprobs[self.logprobs_sent[sid]:upto]
                 self.logprobs_sent[sid] = max(self.logprobs_sent[sid], upto)
-            out.append((sid, ev.delta, logprobs, seq.finish_reason if ev.finished else None, len(seq.out_ids)))
+            out.append((sid, ev.delta, logprobs, seq.finish_reason if ev.finished else None, len(seq.out_ids),
+                        seq.cached_tokens))
             if ev.finished:
                 self.forget(sid)
-        self.conn.send(("step", seconds, out))
+        self.conn.send(("step", seconds, out, self.engine.kv_stats()))
 
     def forget(self, sid: int) -> None:
         seq = self.seqs.pop(sid)
@@ -149,7 +153,7 @@ class EngineLoop:
 
 
 def main(conn, model, tokenizer, max_batch: int, compile: bool, threads: int, row_adapters: bool,
-         max_len: int | None = None) -> None:
+         max_len: int | None = None, kv: dict | None = None) -> None:
     """The engine process's entry point (multiprocessing, spawn). `model` arrives in shared memory."""
     # Ctrl-C in a terminal reaches the whole process group: the server decides when the engine stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -161,12 +165,12 @@ def main(conn, model, tokenizer, max_batch: int, compile: bool, threads: int, ro
     try:
         # the adapter is chosen per request, never globally
         engine = Engine(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,
-                        row_adapters=row_adapters)
+                        row_adapters=row_adapters, **(kv or {}))
         engine.warm_up()   # compiled decode: compile now, while the server still answers "loading"
     except Exception as e:
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", engine.max_len))
+    conn.send(("ready", {"max_len": engine.max_len, "kv": engine.kv_stats()}))
     try:
         EngineLoop(conn, engine).run()
     except (EOFError, BrokenPipeError, ConnectionResetError):

@@ -43,7 +43,7 @@ class Metrics:
 
     Counters with labels take them first: `requests.labels(path, status).inc()`."""
 
-    def __init__(self, running=lambda: 0, waiting=lambda: 0):
+    def __init__(self, running=lambda: 0, waiting=lambda: 0, kv=lambda: None):
         def counter(name, help, labels=()):   # registry=None: registered once, below, through the filter
             return Counter(name, help, labels, registry=None)
 
@@ -55,6 +55,11 @@ class Metrics:
             g.set_function(read)
             return g
 
+        self.kv_usage = gauge("livelm_kv_cache_usage_perc", "Fraction of the KV pool's blocks held by sequences.",
+                              lambda: (kv() or {}).get("blocks_used", 0) / max((kv() or {}).get("blocks", 1), 1))
+        self.prefix_queries = counter("livelm_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.")
+        self.prefix_hits = counter("livelm_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.")
+        self.preemptions = counter("livelm_num_preemptions_total", "Sequences preempted when the KV pool ran out.")
         self.running = gauge("livelm_num_requests_running", "Sequences holding a KV-cache slot.", running)
         self.waiting = gauge("livelm_num_requests_waiting", "Sequences queued for a KV-cache slot.", waiting)
         # a counter's name is given with its _total, as it is exposed (prometheus_client adds the suffix
@@ -73,8 +78,16 @@ class Metrics:
                                "Chat requests answered with a tenant's notes or learned adapter.", ("what",))
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_WithoutCreated(
-            [self.running, self.waiting, self.prompt_tokens, self.generation_tokens, self.requests, self.finished,
+            [self.running, self.waiting, self.kv_usage, self.prefix_queries, self.prefix_hits, self.preemptions,
+             self.prompt_tokens, self.generation_tokens, self.requests, self.finished,
              self.ttft, self.itl, self.e2e, self.steps, self.drafts, self.learned]))
+
+    def kv_moved(self, before: dict, after: dict) -> None:
+        """Count what one engine step did to the KV pool (Engine.kv_stats before and after it)."""
+        for counter, key in ((self.prefix_queries, "prefix_query_tokens"), (self.prefix_hits, "prefix_hit_tokens"),
+                             (self.preemptions, "preemptions")):
+            if after[key] > before[key]:
+                counter.inc(after[key] - before[key])
 
     def render(self) -> bytes:
         """The text exposition format (UTF-8), as /metrics answers it."""

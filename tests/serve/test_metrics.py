@@ -8,7 +8,9 @@ KINDS = {"livelm_num_requests_running": "gauge", "livelm_num_requests_waiting": 
          "livelm_http_requests_total": "counter", "livelm_request_success_total": "counter",
          "livelm_time_to_first_token_seconds": "histogram", "livelm_inter_token_latency_seconds": "histogram",
          "livelm_e2e_request_latency_seconds": "histogram", "livelm_engine_step_seconds": "histogram",
-         "livelm_learning_drafts_total": "counter", "livelm_learning_applied_total": "counter"}
+         "livelm_learning_drafts_total": "counter", "livelm_learning_applied_total": "counter",
+         "livelm_kv_cache_usage_perc": "gauge", "livelm_prefix_cache_queries_total": "counter",
+         "livelm_prefix_cache_hits_total": "counter", "livelm_num_preemptions_total": "counter"}
 
 
 def samples(m: Metrics) -> dict[str, float]:
@@ -17,7 +19,9 @@ def samples(m: Metrics) -> dict[str, float]:
 
 
 def test_names_kinds_and_values():
-    m = Metrics(running=lambda: 3, waiting=lambda: 1)
+    m = Metrics(running=lambda: 3, waiting=lambda: 1, kv=lambda: {"blocks": 8, "blocks_used": 2})
+    zero = dict(prefix_query_tokens=0, prefix_hit_tokens=0, preemptions=0)
+    m.kv_moved(zero, dict(prefix_query_tokens=40, prefix_hit_tokens=32, preemptions=1))
     m.prompt_tokens.inc(7)
     m.generation_tokens.inc()
     m.requests.labels("/v1/chat/completions", "400").inc()
@@ -32,6 +36,8 @@ def test_names_kinds_and_values():
     s = samples(m)
     assert s["livelm_num_requests_running"] == 3 and s["livelm_num_requests_waiting"] == 1
     assert s["livelm_prompt_tokens_total"] == 7 and s["livelm_generation_tokens_total"] == 1
+    assert s["livelm_kv_cache_usage_perc"] == 0.25 and s["livelm_num_preemptions_total"] == 1
+    assert s["livelm_prefix_cache_queries_total"] == 40 and s["livelm_prefix_cache_hits_total"] == 32
     assert s['livelm_http_requests_total{path="/v1/chat/completions",status="400"}'] == 2
     assert s['livelm_request_success_total{finished_reason="stop"}'] == 1
     assert s['livelm_learning_applied_total{what="notes"}'] == 1 and s["livelm_learning_drafts_total"] == 0

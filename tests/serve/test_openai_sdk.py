@@ -172,3 +172,20 @@ def test_continue_final_message(sdk, serve_dirs):
     with pytest.raises(openai.BadRequestError, match="final assistant"):
         sdk.chat.completions.create(model="chat", messages=CHAT, max_tokens=4,
                                     extra_body={"continue_final_message": True})
+
+
+def test_second_turn_reuses_the_cached_prefix(sdk, server):
+    """A conversation's second turn finds its first turn (system prompt, question, answer) in the engine's
+    prefix cache: usage says how many prompt tokens were cached, /metrics counts them, and the answer is
+    the one a cold engine gives (the same greedy tokens either way, tests/infer/test_paged.py)."""
+    hits = server.metric("livelm_prefix_cache_hits_total")
+    turn1 = [{"role": "system", "content": "枫叶小铺 🙂 briefly."},
+             {"role": "user", "content": "乌龙茶多少钱？oolong?"}]
+    first = sdk.chat.completions.create(model="chat", messages=turn1, max_tokens=16, temperature=0)
+    turn2 = turn1 + [{"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "绿茶？green?"}]
+    second = sdk.chat.completions.create(model="chat", messages=turn2, max_tokens=8, temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens < cached < second.usage.prompt_tokens
+    assert server.metric("livelm_prefix_cache_hits_total") >= hits + cached
+    assert 0 <= server.metric("livelm_kv_cache_usage_perc") <= 1
