@@ -47,7 +47,8 @@ from livelm.infer.grammar import Constraints, GrammarError
 from livelm.infer.textstream import TextStream
 from livelm.models import lora
 from livelm.infer.kv_blocks import BlockPool, block_keys
-from livelm.models.gpt import BatchPlan, PagedKVCache
+from livelm.models.gpt import BatchPlan
+from livelm.models.kv_cache import PagedKVCache
 
 log = logging.getLogger("livelm.engine")
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from livelm.models.kernels import STREAMING_BYTES, Linear, attention, causal_attention, decode_attention, gelu_tanh
 from livelm.models.layers import apply_rope, check_rope_scaling, make_norm, rope_tables   # bert, seq2seq import these here
-from livelm.models.kv_cache import KVCache, PagedKVCache   # seq2seq and the engine import these here
+from livelm.models.kv_cache import KVCache   # seq2seq imports it from here
 
 
 LOSS_CHUNK = 512   # positions per chunk of the checkpointed loss (512 x 49,152 fp32 logits = 100 MB)

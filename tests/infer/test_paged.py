@@ -4,7 +4,8 @@ import torch
 
 from livelm.infer.engine import Engine, PromptTooLong
 from livelm.infer.kv_blocks import BlockPool, block_keys
-from livelm.models.gpt import GPT, GPTConfig, PRESETS, BatchPlan, KVCache, PagedKVCache
+from livelm.models.gpt import GPT, GPTConfig, PRESETS, BatchPlan
+from livelm.models.kv_cache import KVCache, PagedKVCache
 from livelm.sampling import SamplingParams
 from livelm.tokenizer import Tokenizer
 
