@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from livelm.models.quantized import (INT4_GROUP_SIZES, METHODS, Int4Linear, Int8Linear, _set, select_kernels,
-                                     targets)
+from livelm.models.quantized import INT4_GROUP_SIZES, METHODS, _set, quantized_layer, select_kernels, targets
 
 
 def quantize_model(model: nn.Module, method: str, group_size: int = 64) -> dict:
@@ -24,13 +23,10 @@ def quantize_model(model: nn.Module, method: str, group_size: int = 64) -> dict:
     with torch.no_grad():
         for name in targets(model):
             lin = model.get_submodule(name)
-            if method == "int4":
-                if lin.in_features % group_size:   # e.g. a 48-wide model with groups of 64
-                    skipped.append(name)
-                    continue
-                _set(model, name, Int4Linear.from_linear(lin.cpu(), group_size))
-            else:
-                _set(model, name, Int8Linear.from_linear(lin.cpu(), dynamic=method == "int8-dynamic"))
+            if method == "int4" and name != "lm_head" and lin.in_features % group_size:
+                skipped.append(name)   # e.g. a 48-wide model with groups of 64
+                continue
+            _set(model, name, quantized_layer(name, lin, method, group_size))
             done.append(name)
     if not done:
         raise ValueError(f"no layer could be quantized with {method} (group size {group_size} divides none "

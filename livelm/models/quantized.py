@@ -8,10 +8,13 @@ Written by `livelm quantize` (livelm/compress/quantize.py), loaded by the run la
     int4          weight-only, asymmetric per group of `group_size` input columns:
                   W ≈ q · s + z, q in 0..15 packed two per byte, s and z per (row, group)
 
-Only the projections inside the blocks are quantized (q/k/v/o, gate/up/down: >90%
-of the parameters of any but the tiniest model). The token embedding, the norms and
-the lm_head stay in fp32: the head sees every logit, and at small vocabularies it is
-a small share of the weights.
+The projections inside the blocks are quantized (q/k/v/o, gate/up/down). So is the
+lm_head where it is a large share of the weights (HEAD_SHARE; a real vocabulary:
+SmolLM2's 49,152 x 576 head is 21% of the model, 113 MB in fp32, more than all its
+int4 blocks), always to int8, per row, whatever the method: the head sees every logit,
+and llama.cpp too keeps its output tensor at higher precision (Q6_K) in a Q4_0 file.
+A tied head gets a quantized copy; the token embedding (rows looked up, not streamed)
+and the norms stay in fp32.
 
 The kernels are ATen's own CPU ops, called from plain nn.Modules. Measured on this
 2-core CPU, one thread, a 512 -> 2048 layer, µs per call at batch 1 / 8 / 128 tokens:
@@ -306,25 +309,54 @@ def select_kernels(model: nn.Module, method: str, group_size: int = 64) -> dict:
     layers = [m for m in model.modules() if getattr(m, "is_quantized", False)]
     if not layers:
         return {}
-    big = max(layers, key=lambda m: m.in_features * m.out_features)
     # would the fp32 model stream its weights from memory when decoding (models.kernels.Linear.streams)?
     fp32_bytes = 4 * (sum(p.numel() for p in model.parameters()) + sum(m.in_features * m.out_features for m in layers))
     streams = fp32_bytes > STREAMING_BYTES
-    key = f"quant {method} {big.out_features}x{big.in_features}" + (f" g{group_size}" if method == "int4" else "") \
-        + (" streams" if streams else "")
     if any(p.device.type != "cpu" for p in model.buffers()):
         return {"decode": "dequantize", "prefill": "dequantize"}
-    choice = machine.cached(key, lambda: measure_kernels(method, big.in_features, big.out_features, group_size,
-                                                         streams))
+    # the blocks' layers by their largest shape; an int8 head of an int4 or int8-dynamic model on its own
+    groups: dict[str, list] = {}
     for m in layers:
-        m.kernels = (choice["decode"], choice["prefill"])
-        m.dense, m.streams = None, streams
+        kind = "int4" if isinstance(m, Int4Linear) else "int8-dynamic" if m.dynamic else "int8"
+        groups.setdefault(kind, []).append(m)
+    choices = {}
+    for kind, members in groups.items():
+        big = max(members, key=lambda m: m.in_features * m.out_features)
+        key = f"quant {kind} {big.out_features}x{big.in_features}" + (f" g{group_size}" if kind == "int4" else "") \
+            + (" streams" if streams else "")
+        choices[kind] = machine.cached(key, lambda: measure_kernels(kind, big.in_features, big.out_features,
+                                                                     group_size, streams))
+        for m in members:
+            m.kernels = (choices[kind]["decode"], choices[kind]["prefill"])
+            m.dense, m.streams = None, streams
+    choice = dict(choices.get(method) or next(iter(choices.values())))
+    if len(choices) > 1:
+        choice["head"] = {k: v for k, v in choices.items() if k != method}
     return choice
 
 
+HEAD_SHARE = 0.1   # the lm_head is quantized (to int8) when it holds at least this share of the weights
+
+
 def targets(model: nn.Module) -> list[str]:
-    """Names of the Linear layers that get quantized: every projection inside the blocks."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")]
+    """Names of the Linear layers that get quantized: every projection inside the blocks, and the lm_head
+    when it is a large share of the model (see HEAD_SHARE)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")]
+    head = getattr(model, "lm_head", None)
+    total = sum(p.numel() for p in model.parameters())
+    if isinstance(head, nn.Linear) and head.weight.numel() >= HEAD_SHARE * total:
+        names.append("lm_head")
+    return names
+
+
+def quantized_layer(name: str, lin: nn.Module, method: str, group_size: int = 64, empty: bool = False) -> nn.Module:
+    """The quantized layer for Linear `lin` called `name` (empty: shaped only, to load weights into)."""
+    if method == "int4" and name != "lm_head":
+        return Int4Linear(lin.in_features, lin.out_features, lin.bias is not None, group_size) if empty \
+            else Int4Linear.from_linear(lin.cpu(), group_size)
+    dynamic = method == "int8-dynamic" and name != "lm_head"   # the head is weight-only int8 (see above)
+    return Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, dynamic=dynamic) if empty \
+        else Int8Linear.from_linear(lin.cpu(), dynamic=dynamic)
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -338,10 +370,6 @@ def prepare_quantized(model: nn.Module, record: dict) -> None:
     if method not in METHODS:
         raise ValueError(f"config.json names an unknown quantization method {method!r}")
     for name in record["modules"]:
-        lin = model.get_submodule(name)
-        if method == "int4":
-            q = Int4Linear(lin.in_features, lin.out_features, lin.bias is not None, record["group_size"])
-        else:
-            q = Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, dynamic=method == "int8-dynamic")
-        _set(model, name, q)
+        _set(model, name, quantized_layer(name, model.get_submodule(name), method, record.get("group_size", 64),
+                                          empty=True))
     select_kernels(model, method, record.get("group_size", 64))
