@@ -453,7 +453,7 @@ def run_chat(a) -> int:
     params = sampling_params(a)
     setup = prompts.resolve(system=a.system, system_file=a.system_file, few_shot_file=a.few_shot,
                             template=a.template, templates_file=a.templates, variables=a.var)
-    engine = Engine(model, tokenizer, max_batch=1,
+    engine = Engine(model, tokenizer, max_batch=1, speculate=a.speculate,
                     compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
     feedback = None
     if a.feedback_db != "off":

@@ -119,6 +119,10 @@ def add_inference_flags(parser, compile_help: str = "") -> None:
     parser.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
                         help="decode steps through torch.compile; auto stays eager (compiling costs tens of seconds "
                              "to minutes at start). " + compile_help)
+    parser.add_argument("--speculate", type=int, default=0, metavar="K",
+                        help="greedy answers (temperature 0): guess up to K next tokens from the context (prompt "
+                             "lookup) and check them in the same pass, while few sequences decode; same tokens, "
+                             "fewer passes when answers quote their context (default 0: off)")
 
 
 def add_kv_flags(parser) -> None:
@@ -135,13 +139,16 @@ def add_kv_flags(parser) -> None:
                              "as a system prompt or a conversation's earlier turns, reuse its cached blocks)")
 
 
-def kv_options(a, device="cpu") -> dict:
-    """Engine keyword arguments from add_kv_flags' flags."""
+def engine_options(a, device="cpu") -> dict:
+    """Engine keyword arguments from add_kv_flags' flags and --speculate (add_inference_flags)."""
     from livelm import machine
     if a.kv_block_size < 1:
         raise ValueError("--kv-block-size must be at least 1")
+    if a.speculate < 0:
+        raise ValueError("--speculate must be 0 (off) or more")
     memory = None if a.kv_cache_memory is None else machine.parse_memory(a.kv_cache_memory, device)
-    return dict(kv_cache_memory=memory, kv_block_size=a.kv_block_size, prefix_caching=not a.no_prefix_caching)
+    return dict(kv_cache_memory=memory, kv_block_size=a.kv_block_size, prefix_caching=not a.no_prefix_caching,
+                speculate=a.speculate)
 
 
 SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",

@@ -57,7 +57,7 @@ def run_generate(a) -> int:
     from livelm.runs import load
     model, tok, _, _ = load(a.run, device=a.device, dtype=a.dtype, batch=1)
     ids = tok.prompt(prompt)
-    engine = Engine(model, tok, max_batch=1,
+    engine = Engine(model, tok, max_batch=1, speculate=a.speculate,
                     compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
     if sys.stdout.isatty():
         write_stream(engine.stream(ids, params))

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from livelm.cli.flags import add_dataclass_flags, add_inference_flags, add_kv_flags, dataclass_values, kv_options
+from livelm.cli.flags import add_dataclass_flags, add_inference_flags, add_kv_flags, dataclass_values, engine_options
 
 PARSER_KW = {"serve": {"description": "Serve a run (and LoRA adapters) over an OpenAI-compatible API with continuous "
                                       "batching, plus a web chat page at /. Prints the URL on stdout when ready."}}
@@ -201,7 +201,7 @@ def run_serve(a) -> int:
                      voice=Voice.available(None if a.stt == "off" else a.stt, None if a.tts == "off" else a.tts,
                                            a.voice_threads),
                      limits=KeyLimits(a.max_concurrent_per_key, a.rate_limit_per_key),
-                     kv=kv_options(a, machine.pick_device(a.device)))
+                     kv=engine_options(a, machine.pick_device(a.device)))
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

@@ -47,6 +47,7 @@ from livelm.infer.grammar import Constraints, GrammarError
 from livelm.infer.textstream import TextStream
 from livelm.models import lora
 from livelm.infer.kv_blocks import BlockPool, block_keys
+from livelm.infer.lookup import propose
 from livelm.models.gpt import BatchPlan
 from livelm.models.kv_cache import PagedKVCache
 
@@ -88,6 +89,8 @@ class Sequence:
     keys: list[bytes] = field(default_factory=list)        # names of the full ones (prefix caching)
     cached_tokens: int = 0              # prompt tokens found in the prefix cache at admission
     preemptions: int = 0
+    kv_len: int = 0                     # positions written in the cache
+    draft: list[int] = field(default_factory=list)         # tokens guessed for this step (speculation)
     logprobs: list[dict] = field(default_factory=list)
     created: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -146,6 +149,10 @@ def check_request(prompt_ids: list[int], params: SamplingParams, max_len: int) -
 # 16 conversations of 700 tokens). The pool's pages become resident as its blocks are first used.
 KV_CACHE_BYTES = 512 << 20
 
+# speculation only while a pass stays this few rows (decode rows x (1 + draft)): the few-row products that
+# cost what reading the weights costs (models/kernels.py: FEW_ROWS)
+SPEC_ROWS = 4
+
 
 def kv_pool_blocks(cfg, max_batch: int, max_len: int, block_size: int, dtype: torch.dtype,
                    memory: int | None = None) -> int:
@@ -161,10 +168,12 @@ class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
                  prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False,
                  row_adapters: bool = False, kv_cache_memory: int | None = None, kv_block_size: int = 16,
-                 prefix_caching: bool = True):
+                 prefix_caching: bool = True, speculate: int = 0):
         """max_batch: rows decoded together; max_len: the context window of each sequence (default the
         model's, at most what the KV pool holds); kv_cache_memory: bytes of the KV pool (default
-        KV_CACHE_BYTES, or less when max_batch x max_len need less); kv_block_size: positions per block."""
+        KV_CACHE_BYTES, or less when max_batch x max_len need less); kv_block_size: positions per block;
+        speculate: draft tokens per step guessed by prompt lookup (infer/lookup.py) for greedy rows when
+        few rows decode (0 = off)."""
         self.model = model.eval()
         # compile=True: decode steps run through torch.compile (compiled_decoder). The first steps compile
         # three graphs (1 row, 2-4 rows, 5+ rows; tens of seconds on a CPU, see warm_up)
@@ -191,6 +200,8 @@ class Engine:
         self.kv_bytes = blocks * PagedKVCache.bytes_per_block(self.cfg, kv_block_size, dtype)
         self.adapter_epochs: dict[str | None, int] = {}   # bumped when an adapter's weights change (prefix keys)
         self.preemptions = 0
+        self.speculate = speculate
+        self.drafted = self.accepted = 0   # speculation so far: tokens guessed, tokens kept
         # a min-heap: new sequences take the lowest free rows, so a busy batch occupies rows 0..B-1
         self.free_slots = list(range(max_batch))
         self.waiting: deque[Sequence] = deque()
@@ -268,24 +279,25 @@ class Engine:
         # and one prompt chunk for every admitted-but-unfilled sequence (long prompts take several
         # steps, so they never stall the others). Packed together, the chunks' tokens share every
         # Linear with the decode rows (see Packing in models/gpt.py) instead of a pass of their own.
+        if self.speculate:
+            self._propose()
         self._reserve_blocks()   # may preempt the latest sequences when the pool runs out
         decode = sorted((s for s in self.running if s.prefilled == len(s.prefill_ids) and s.next_logits is None),
                         key=lambda s: s.slot)
+        verify = [s for s in decode if s.draft]
+        decode = [s for s in decode if not s.draft]
         fills = [s for s in self.running if s.prefilled < len(s.prefill_ids)]
         # constrained rows that get logits in this pass: their masks are computed while it runs
         masked = [s for s in decode + [f for f in fills if f.prefilled + self.prefill_chunk >= len(f.prefill_ids)]
                   if s.matcher is not None] if self.constraints is not None else []
         masks = self.constraints.start(masked) if masked else None
-        if fills:
-            self._forward_packed(decode, fills)
+        if fills or verify:
+            self._forward_packed(decode, fills, verify)
         elif decode:
             self._forward_decode(decode)
-        if self.prefix_caching:
-            for seq in decode + fills:
-                self._publish(seq)
         if masks is not None:
             self.constraints.apply(masked, masks, [self._budget(s) - len(s.out_ids) for s in masked])
-        ready = [s for s in self.running if s.next_logits is not None]
+        ready = [s for s in self.running if s.next_logits is not None and not s.draft]   # drafts: see _accept
         # rows that only use a temperature are sampled together; penalties and filters go row by row
         plain = [s for s in ready if is_plain(s.params)]
         tokens = dict(zip((s.id for s in plain),
@@ -293,6 +305,11 @@ class Engine:
                                        [s.generator for s in plain]) if plain else []))
         for seq in ready:
             events.append(self._sample(seq, tokens.get(seq.id)))
+        for seq in verify:
+            events += self._accept(seq)
+        if self.prefix_caching:
+            for seq in decode + fills + verify:
+                self._publish(seq)
         return events
 
     def _forward_decode(self, seqs: list[Sequence]) -> None:
@@ -301,6 +318,8 @@ class Engine:
         # the longest row's length after this step is known here, so the model needs no device
         # sync (or graph break) for it
         kv_len = max(len(s.prompt_ids) + len(s.out_ids) for s in seqs)
+        for s in seqs:
+            s.kv_len = len(s.prompt_ids) + len(s.out_ids)
         self._activate_adapters([s.adapter for s in seqs])
         # adapters are switched per step by changing modules, which a compiled graph would not see
         model = self.model if self.row_adapters else self.decode_model
@@ -315,13 +334,23 @@ class Engine:
         for s, row in zip(seqs, logits[:, :self.vocab]):
             s.next_logits = row
 
-    def _forward_packed(self, decode: list[Sequence], fills: list[Sequence]) -> None:
-        """Decode tokens and prompt chunks in one eager pass, a row per token: (N, 1)."""
+    def _forward_packed(self, decode: list[Sequence], fills: list[Sequence], verify: list[Sequence] = ()) -> None:
+        """Decode tokens, drafts to verify and prompt chunks in one eager pass, a row per token: (N, 1)."""
         tokens = [s.out_ids[-1] for s in decode]
         slots = [s.slot for s in decode]
         adapters = [s.adapter for s in decode]
-        segments, done = [], []
+        segments, done, checked = [], [], []
         kv_len = max((len(s.prompt_ids) + len(s.out_ids) for s in decode), default=0)
+        for s in decode:
+            s.kv_len = len(s.prompt_ids) + len(s.out_ids)
+        for s in verify:   # the last token and the draft after it: logits at every one of them
+            run = [s.out_ids[-1]] + s.draft
+            segments.append((len(tokens), len(tokens) + len(run)))
+            checked.append((s, len(tokens), len(tokens) + len(run)))
+            tokens += run
+            slots += [s.slot] * len(run)
+            adapters += [s.adapter] * len(run)
+            kv_len = max(kv_len, len(s.prompt_ids) + len(s.out_ids) + len(s.draft))
         for s in fills:
             chunk = s.prefill_ids[s.prefilled:s.prefilled + self.prefill_chunk]
             segments.append((len(tokens), len(tokens) + len(chunk)))
@@ -329,17 +358,60 @@ class Engine:
             slots += [s.slot] * len(chunk)
             adapters += [s.adapter] * len(chunk)
             s.prefilled += len(chunk)
+            s.kv_len = s.prefilled
             kv_len = max(kv_len, s.prefilled)
             if s.prefilled == len(s.prefill_ids):
                 done.append((s, len(tokens) - 1))   # its last prompt token's logits pick the first answer token
         out = decode + [s for s, _ in done]
-        out_rows = torch.tensor(list(range(len(decode))) + [row for _, row in done], dtype=torch.long)
+        rows = list(range(len(decode))) + [row for _, row in done]
+        for _, lo, hi in checked:
+            rows += range(lo, hi)
         self._activate_adapters(adapters)
         plan = BatchPlan(cache=self.cache, slots=torch.tensor(slots, device=self.device), segments=segments,
-                         out_rows=out_rows.to(self.device), kv_len=kv_len)
-        logits = self.model(torch.tensor(tokens, device=self.device)[:, None], plan=plan)[:, -1]
-        for s, row in zip(out, logits[:, :self.vocab]):
+                         out_rows=torch.tensor(rows, dtype=torch.long, device=self.device), kv_len=kv_len)
+        logits = self.model(torch.tensor(tokens, device=self.device)[:, None], plan=plan)[:, -1, :self.vocab]
+        for s, row in zip(out, logits):
             s.next_logits = row
+        at = len(out)
+        for s, lo, hi in checked:
+            s.next_logits = logits[at:at + hi - lo]        # (1 + len(draft), V): read by _accept
+            at += hi - lo
+
+    # ---- speculation (prompt lookup) ------------------------------------------
+    def _propose(self) -> None:
+        """Drafts for this step's greedy decode rows, when few rows decode: at batch 1 a pass's cost is
+        reading the weights, so verifying k guesses costs little more than decoding one token; in a full
+        batch every extra row is compute, and speculation would slow the others down."""
+        rows = [s for s in self.running if s.prefilled == len(s.prefill_ids) and s.next_logits is None]
+        k = min(self.speculate, SPEC_ROWS // max(len(rows), 1) - 1)
+        for s in rows:
+            s.draft = []
+            p = s.params
+            if k < 1 or p.temperature != 0 or not is_plain(p) or p.grammar is not None or p.logprobs is not None:
+                continue
+            room = self._budget(s) - len(s.out_ids) - 1          # the model's own token follows the draft
+            s.draft = propose(s.prompt_ids + s.out_ids, min(k, room))
+
+    def _accept(self, seq: Sequence) -> list[Event]:
+        """Keep the draft up to the model's first disagreement, then the model's token there."""
+        logits, draft = seq.next_logits, seq.draft
+        seq.next_logits, seq.draft = None, []
+        choice = logits.argmax(-1).tolist()                         # greedy rows only (see _propose)
+        n = 0
+        while n < len(draft) and draft[n] == choice[n]:
+            n += 1
+        self.drafted += len(draft)
+        self.accepted += n
+        # the pass wrote the last token and the whole draft; only the kept part stays in the cache
+        seq.kv_len = len(seq.prompt_ids) + len(seq.out_ids) + n
+        self.cache.lengths[seq.slot] = seq.kv_len
+        events = []
+        for token, row in zip(draft[:n] + [choice[n]], logits):
+            seq.next_logits = row
+            events.append(self._sample(seq, token))
+            if seq.finished:
+                break
+        return events
 
     # ---- KV memory -----------------------------------------------------------
     def _salt(self, seq: Sequence) -> str:
@@ -370,6 +442,7 @@ class Engine:
             self.waiting.popleft()
             seq.keys = seq.keys[:len(hits)]
             seq.blocks, seq.prefilled = hits, len(hits) * P
+            seq.kv_len = seq.prefilled
             if seq.preemptions == 0:
                 seq.cached_tokens = seq.prefilled
                 self.pool.hit_tokens += seq.prefilled
@@ -389,7 +462,7 @@ class Engine:
             if seq.prefilled < len(seq.prefill_ids):
                 end = min(seq.prefilled + self.prefill_chunk, len(seq.prefill_ids))
             else:
-                end = len(seq.prompt_ids) + len(seq.out_ids)
+                end = len(seq.prompt_ids) + len(seq.out_ids) + len(seq.draft)
             fresh = []
             while len(seq.blocks) * P < end:
                 block = self.pool.allocate()
@@ -411,7 +484,7 @@ class Engine:
         log.info("sequence %d preempted: the KV pool is full", seq.id)
         self.running.remove(seq)
         self.pool.release(seq.blocks)
-        seq.blocks, seq.keys = [], []
+        seq.blocks, seq.keys, seq.draft = [], [], []
         heapq.heappush(self.free_slots, seq.slot)
         seq.slot = None
         seq.prefill_ids = seq.prompt_ids + seq.out_ids
@@ -422,10 +495,9 @@ class Engine:
 
     def _publish(self, seq: Sequence) -> None:
         """Name the blocks this pass filled, so later prompts that start the same way can share them."""
-        if seq.finished or seq.slot is None:
+        if seq.slot is None:
             return
-        written = seq.prefilled if seq.prefilled < len(seq.prefill_ids) else len(seq.prompt_ids) + len(seq.out_ids)
-        full = written // self.block_size
+        full = seq.kv_len // self.block_size
         if full > len(seq.keys):
             tokens = (seq.prompt_ids + seq.out_ids)[:full * self.block_size]
             new = block_keys(tokens, self.block_size, self._salt(seq), seq.keys[-1] if seq.keys else None,
@@ -440,7 +512,7 @@ class Engine:
         return {"kv_cache_bytes": self.kv_bytes, "block_size": self.block_size, "blocks": pool.num_blocks - 1,
                 "blocks_used": pool.used, "blocks_cached": len(pool.cached),
                 "prefix_hit_tokens": pool.hit_tokens, "prefix_query_tokens": pool.query_tokens,
-                "preemptions": self.preemptions}
+                "preemptions": self.preemptions, "spec_drafted": self.drafted, "spec_accepted": self.accepted}
 
     def _activate_adapters(self, names: list[str | None]) -> None:
         if self.row_adapters:
@@ -516,6 +588,8 @@ class Engine:
         if seq in self.running:
             self.running.remove(seq)
         if seq.slot is not None:
+            if self.prefix_caching and seq.next_logits is None:   # (mid-pass, the cache holds more than kv_len)
+                self._publish(seq)
             heapq.heappush(self.free_slots, seq.slot)
             seq.slot = None
         self.pool.release(seq.blocks)

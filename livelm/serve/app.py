@@ -92,7 +92,7 @@ class ServeState:
         self.max_batch, self.max_queue, self.max_tokens_limit = max_batch, max_queue, max_tokens_limit
         self.device, self.max_body, self.compile, self.dtype = device, max_body_bytes, compile, dtype
         self.max_context = max_context   # each sequence's window (None: the model's, within the KV pool)
-        self.kv = kv or {}               # the engine's KV pool: Engine's kv_cache_memory, kv_block_size, prefix_caching
+        self.kv = kv or {}               # Engine options: kv_cache_memory, kv_block_size, prefix_caching, speculate
         self.voice = voice               # speech to text and text to speech (serve/audio.py), or None
         self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
 
