@@ -218,6 +218,10 @@ def test_disconnected_stream_frees_its_slot_within_a_second(guarded):
         assert time.perf_counter() - closed < 1.0, "the slot was not freed within a second"
         time.sleep(0.02)
     assert guarded.metric('livelm_request_success_total{finished_reason="cancelled"}') >= 1
+    # its KV blocks went back to the pool (a prefix kept cached is not held by anyone)
+    while guarded.metric("livelm_kv_cache_usage_perc") > 0:
+        assert time.perf_counter() - closed < 2.0, "the cancelled stream's KV blocks were not given back"
+        time.sleep(0.02)
     # and the freed slot serves the next request at once
     r = post(guarded, "/v1/completions", {"prompt": "x", "max_tokens": 3, "ignore_eos": True}, headers=BOB)
     assert r.json()["usage"]["completion_tokens"] == 3
