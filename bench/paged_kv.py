@@ -16,6 +16,11 @@ Two measurements against `livelm serve` on a free 127.0.0.1 port (started and st
    on and off (`--no-prefix-caching`), interleaved per round. Turn 2 with the cache prefills only
    what is new (usage.prompt_tokens_details.cached_tokens says how much came from the cache).
 
+3. The cost of reading through block tables: one decode step of the model (fp32, eager, in this
+   process) with every row's keys in a contiguous KVCache (the engine's old layout: views, no
+   copy) and in a PagedKVCache whose blocks are scattered through the pool (a gather per layer),
+   at 1 and 16 rows of 256 and 1,024 positions.
+
 Everything stays on loopback and stops by itself.
 """
 from __future__ import annotations
@@ -168,12 +173,45 @@ async def multi_turn(url: str, text: str, tok, rounds: int, offset: int) -> list
     return rows
 
 
+def step_cost(run: Path, rounds: int) -> list[tuple]:
+    """Median ms of one decode step, contiguous vs paged, per (rows, positions)."""
+    import torch
+    from livelm.models.gpt import BatchPlan
+    from livelm.models.kv_cache import KVCache, PagedKVCache
+    from livelm.runs import load_model
+    model, _, _ = load_model(run)
+    model.eval()
+    cfg, P, out = model.cfg, 16, []
+    for rows, T in ((1, 256), (1, 1024), (16, 256), (16, 1024)):
+        flat = KVCache(cfg, rows, T + 8)
+        paged = PagedKVCache(cfg, rows, T + 8, num_blocks=rows * (T // P + 1) + 1, block_size=P)
+        order = torch.randperm(paged.num_blocks - 1).add(1).tolist()    # scattered, as after hours of serving
+        for r in range(rows):
+            blocks = [order.pop() for _ in range(T // P + 1)]
+            paged.clear(blocks)
+            paged.assign(r, blocks, T)
+        flat.lengths.fill_(T)
+        idx = torch.randint(0, cfg.vocab_size, (rows, 1))
+        times = {"contiguous": [], "paged": []}
+        with torch.inference_mode():
+            for _ in range(rounds * 5):
+                for name, cache in (("contiguous", flat), ("paged", paged)):
+                    cache.lengths.fill_(T)
+                    t = time.perf_counter()
+                    model(idx, plan=BatchPlan(cache=cache, slots=torch.arange(rows), last_only=True, kv_len=T + 1))
+                    times[name].append(time.perf_counter() - t)
+        c, p = (statistics.median(times[k][2:]) * 1000 for k in ("contiguous", "paged"))
+        out.append((rows, T, c, p))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=Path.home() / ".cache" / "livelm" / "bench-smollm2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-serve", action="store_true", help="only the in-process step cost (section 3)")
     ap.add_argument("--dtypes", default="auto,float32",
                     help="one memory row per --dtype of the server (default auto,float32; auto is bf16 on a CPU "
                          "with native bf16)")
@@ -187,6 +225,14 @@ def main() -> int:
     text = SHAKESPEARE.read_text()
     print(f"# paged KV cache and prefix caching, {a.run.name}; CPU: {machine.cpu_info()[0]} "
           f"(ATen {machine.cpu_capability()}), {os.cpu_count()} cores\n")
+    print("## One decode step: contiguous rows vs paged blocks (fp32, eager, median ms)\n")
+    print("| rows | positions | contiguous (ms) | paged (ms) | paged ÷ contiguous |")
+    print("|---|---|---|---|---|")
+    for rows, T, c, p in step_cost(a.run, a.rounds):
+        print(f"| {rows} | {T} | {c:.1f} | {p:.1f} | {p / c:.2f} |", flush=True)
+    print()
+    if a.skip_serve:
+        return 0
     if not a.skip_memory:
         print(f"## Resident memory, {a.clients} streaming clients, ~1,000-token prompts + 64 tokens\n")
         print("| livelm serve --max-batch 16, default KV pool | idle RSS / PSS (MB) | peak RSS / PSS under load (MB) "

@@ -78,7 +78,8 @@ class PagedKVCache:
         self.clear([0])
         self.tables = torch.zeros(rows, math.ceil(max_len / block_size), dtype=torch.long, device=device)
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self._where = None   # (positions, rows, flat index) of the pass being written (see write)
+        self._where = None   # (positions, flat index) of the pass being written (see write)
+        self._buffer = None  # gathered keys and values (see read)
 
     @staticmethod
     def bytes_per_block(cfg, block_size: int, dtype: torch.dtype) -> int:
@@ -125,8 +126,26 @@ class PagedKVCache:
         R, nb = blocks.shape
         Hkv, D = self.k.shape[1], self.k.shape[-1]
         # index_select, not self.k[layer][:, blocks]: the advanced index took ~8 ms per call here (a generic
-        # strided kernel), index_select ~5 us for the same copy (bench: 10 blocks of 3 x 16 x 64)
+        # strided kernel), index_select ~5 us for the same copy (bench: 10 blocks of 3 x 16 x 64). Into
+        # buffers kept from layer to layer: a fresh 12 MB tensor per gather (16 rows x 1,024 positions)
+        # cost 2.8x the copy itself in page faults. Each layer's attention has used its keys before the
+        # next layer reads (so one pair of buffers serves every layer); compiled graphs allocate their own.
         flat = blocks.reshape(-1)
-        k = self.k[layer].index_select(1, flat).view(Hkv, R, nb * P, D)[:, :, :T].transpose(0, 1)  # (R, Hkv, T, D)
-        v = self.v[layer].index_select(1, flat).view(Hkv, R, nb * P, D)[:, :, :T].transpose(0, 1)
+        if torch.compiler.is_compiling():
+            k, v = self.k[layer].index_select(1, flat), self.v[layer].index_select(1, flat)
+        else:
+            k, v = self._scratch(R * nb)
+            torch.index_select(self.k[layer], 1, flat, out=k)
+            torch.index_select(self.v[layer], 1, flat, out=v)
+        k = k.view(Hkv, R, nb * P, D)[:, :, :T].transpose(0, 1)                              # (R, Hkv, T, D)
+        v = v.view(Hkv, R, nb * P, D)[:, :, :T].transpose(0, 1)
         return k.to(dtype), v.to(dtype)
+
+    def _scratch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two contiguous (Hkv, n, P, D) buffers for gathered keys and values, grown as needed."""
+        Hkv, _, P, D = self.k.shape[1:]
+        size = Hkv * n * P * D
+        if self._buffer is None or self._buffer.numel() < 2 * size:
+            self._buffer = torch.empty(2 * max(size, self._buffer.numel() if self._buffer is not None else 0),
+                                       dtype=self.k.dtype, device=self.k.device)
+        return self._buffer[:size].view(Hkv, n, P, D), self._buffer[size:2 * size].view(Hkv, n, P, D)
