@@ -63,6 +63,7 @@ class TrainConfig:
     deterministic: bool = True
     fsdp: bool = False             # under torchrun: shard params/grads/optimizer state (FSDP2) instead of DDP
     activation_checkpointing: bool = False   # recompute each block in backward: less memory, ~1.3x compute
+    memory_check: bool = True      # estimate a step's memory first and refuse with advice when it will not fit
     threads: int = 0               # torch intra-op threads; 0 = leave PyTorch's default
     progress: bool = True
     # The other architectures' own settings (BERT's masking, seq2seq's vocabulary, the LSTM's width) are

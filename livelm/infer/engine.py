@@ -42,6 +42,7 @@ from typing import Iterator
 
 import torch
 
+from livelm import footprint
 from livelm.sampling import SamplingParams, is_plain, sample_next, sample_plain, top_logprobs
 from livelm.infer.grammar import Constraints, GrammarError
 from livelm.infer.textstream import TextStream
@@ -168,12 +169,13 @@ class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_len: int | None = None,
                  prefill_chunk: int = 256, cache_dtype: torch.dtype | None = None, compile: bool = False,
                  row_adapters: bool = False, kv_cache_memory: int | None = None, kv_block_size: int = 16,
-                 prefix_caching: bool = True, speculate: int = 0):
+                 prefix_caching: bool = True, speculate: int = 0, memory_reserve: int = 0):
         """max_batch: rows decoded together; max_len: the context window of each sequence (default the
         model's, at most what the KV pool holds); kv_cache_memory: bytes of the KV pool (default
         KV_CACHE_BYTES, or less when max_batch x max_len need less); kv_block_size: positions per block;
         speculate: draft tokens per step guessed by prompt lookup (infer/lookup.py) for greedy rows when
-        few rows decode (0 = off)."""
+        few rows decode (0 = off); memory_reserve: bytes that must stay free beside the KV pool (a server's
+        live-learning updates)."""
         self.model = model.eval()
         # compile=True: decode steps run through torch.compile (compiled_decoder). The first steps compile
         # three graphs (1 row, 2-4 rows, 5+ rows; tens of seconds on a CPU, see warm_up)
@@ -192,12 +194,17 @@ class Engine:
             raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes hold no useful sequence: a block of "
                              f"{kv_block_size} positions takes "
                              f"{PagedKVCache.bytes_per_block(self.cfg, kv_block_size, dtype)} bytes")
+        self.kv_bytes = blocks * PagedKVCache.bytes_per_block(self.cfg, kv_block_size, dtype)
+        # the pool's pages become resident as it fills: a pool larger than the memory there is would run
+        # out mid-request, hours later (or fail to allocate with a raw RuntimeError); refuse now instead
+        parts = {"KV pool": self.kv_bytes, **({"reserved for learning": memory_reserve} if memory_reserve else {})}
+        footprint.check(footprint.Estimate("the engine's KV pool", parts, [
+            f"--kv-cache-memory {max(self.kv_bytes // 2 >> 20, 1)}MB", "--max-context or --max-batch"]), self.device)
         self.cache = PagedKVCache(self.cfg, max_batch, self.max_len, blocks, kv_block_size,
                                   device=self.device, dtype=dtype)
         self.pool = BlockPool(blocks)
         self.block_size = kv_block_size
         self.prefix_caching = prefix_caching
-        self.kv_bytes = blocks * PagedKVCache.bytes_per_block(self.cfg, kv_block_size, dtype)
         self.adapter_epochs: dict[str | None, int] = {}   # bumped when an adapter's weights change (prefix keys)
         self.preemptions = 0
         self.speculate = speculate

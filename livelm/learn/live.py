@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from livelm import runs
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.memory import Memory
 from livelm.learn.probes import PROBES_FILE, has_run_probes
@@ -250,9 +251,27 @@ class LiveLearner:
         threading.Thread(target=self._update, args=(tenant,), name=f"livelm-learn-{tenant}", daemon=True).start()
         return True
 
+    def _fits(self, tenant: str) -> str | None:
+        """None when an update fits in the memory available now; else why not (livelm/footprint.py)."""
+        from livelm import footprint
+        from livelm.models.gpt import GPTConfig
+        try:
+            cfg = GPTConfig.from_dict(runs.read_config(self.run)["model"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None   # not a decoder the estimate knows: let the update say what is wrong
+        try:
+            footprint.check(footprint.live_update(cfg, self.cfg.update.batch + self.cfg.update.replay,
+                                                  self.cfg.update.rank))
+        except footprint.NotEnoughMemory as e:
+            return str(e)
+        return None
+
     def _update(self, tenant: str) -> None:
         t0 = time.perf_counter()
         try:
+            short = self._fits(tenant)
+            if short is not None:   # postponed, not OOM-killed: the timer below tries again later
+                raise MemoryError(f"postponed: {short}")
             result = run_update_process(self.run, self.db_path, tenant, self.store.root, self.cfg)
             self._seen[tenant] = max(self._seen.get(tenant, 0), int(result.get("last_feedback_id") or 0))
             if result.get("status") == "live":
@@ -261,6 +280,9 @@ class LiveLearner:
             log.info("update for %s: %s", tenant, {k: result.get(k) for k in ("status", "version", "probe_before",
                                                                                "probe_after", "trained_on",
                                                                                "latency_s")})
+        except MemoryError as e:
+            result = {"tenant": tenant, "status": "postponed", "error": str(e)}
+            log.warning("update for %s %s", tenant, e)
         except Exception as e:  # a failed update never takes serving down
             result = {"tenant": tenant, "status": "failed", "error": str(e)}
             log.error("update for %s failed: %s", tenant, e)

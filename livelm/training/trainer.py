@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from livelm import io, machine
+from livelm import footprint, io, machine
 from livelm.config import TrainConfig
 from livelm.runtime import autocast, init_distributed, shard_model
 from livelm import runs
@@ -89,6 +89,21 @@ class TrainResult:
         return last
 
 
+def check_memory(model: torch.nn.Module, cfg: TrainConfig, device, dtype) -> None:
+    """Refuse a step that will not fit, before the optimizer and the first batch allocate anything
+    (livelm/footprint.py); only for the decoder (GPTConfig), whose shapes the estimate knows."""
+    from livelm.models.gpt import GPTConfig
+    if not isinstance(getattr(model, "cfg", None), GPTConfig):
+        return
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    est = footprint.training_step(model.cfg, n_params, n_trainable, cfg.batch_size, cfg.block_size,
+                                  weight_bytes=next(model.parameters()).element_size(),
+                                  act_bytes=2 if dtype in (torch.bfloat16, torch.float16) else 4,
+                                  checkpointing=cfg.activation_checkpointing, lora=n_trainable < n_params)
+    footprint.check(est, device, held=footprint.in_use(device))
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokenizer,
           get_batch: Callable[[str, int], dict], objective: Callable, run_config: dict,
           bytes_per_token: float | None = None, resume: bool = False,
@@ -129,6 +144,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, model: torch.nn.Module, tokeniz
         model.to(device)
     if trainable is not None:
         trainable(model)
+    if cfg.memory_check and not sharded and ddp.is_main:
+        check_memory(model, cfg, device, dtype)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     start_step, best_val = 0, float("inf")
