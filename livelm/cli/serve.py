@@ -81,6 +81,12 @@ def serve_flags(p) -> None:
     p.add_argument("--served-model-name", default=None, help="model id of the base run (default: its directory name)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long running requests may take to finish (default 10)")
+    p.add_argument("--engine-restarts", type=int, default=5, metavar="N",
+                   help="if the engine process dies (killed, out of memory), start a new one with the same model "
+                        "and adapters, at most N times within --engine-restart-window, after 1, 2, 4, ... s; "
+                        "then the server stays failed and /live says dead (default 5; 0 = never)")
+    p.add_argument("--engine-restart-window", type=float, default=600.0, metavar="SECONDS",
+                   help="the window --engine-restarts counts in (default 600)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the model (default: cores - 1, leaving one core to the HTTP side; "
                         "$OMP_NUM_THREADS if set)")
@@ -187,6 +193,10 @@ def run_serve(a) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if a.max_context is not None and a.max_context < 2:
         raise ValueError("--max-context must be at least 2")
+    if a.engine_restarts < 0:
+        raise ValueError("--engine-restarts must be 0 or more")
+    if a.engine_restart_window <= 0:
+        raise ValueError("--engine-restart-window must be more than 0")
     if a.max_tokens_limit is not None and a.max_tokens_limit < 1:
         raise ValueError("--max-tokens-limit must be at least 1")
     keys = read_api_keys(a)
@@ -201,7 +211,8 @@ def run_serve(a) -> int:
                      voice=Voice.available(None if a.stt == "off" else a.stt, None if a.tts == "off" else a.tts,
                                            a.voice_threads),
                      limits=KeyLimits(a.max_concurrent_per_key, a.rate_limit_per_key),
-                     kv=engine_options(a, machine.pick_device(a.device)))
+                     kv=engine_options(a, machine.pick_device(a.device)),
+                     engine_restarts=a.engine_restarts, engine_restart_window=a.engine_restart_window)
     state: ServeState = app.state.live
     sock = bind(a.host, a.port)
     port = sock.getsockname()[1]

@@ -18,6 +18,11 @@ server answers from the first moment: /health and generation say 503 until the
 model is ready, then the URL is printed on stdout. SIGINT/SIGTERM stop taking
 requests, let running ones finish for --shutdown-timeout seconds, then fail the
 rest (streams get an error event) and exit.
+
+If the engine process dies while serving (kill -9, the OOM killer), its requests fail and a new
+one starts with the same model and adapters (engine_client.RestartPolicy: --engine-restarts
+within --engine-restart-window, with a doubling backoff); meanwhile /ready and generation say
+503 with Retry-After and /live stays 200. Once the budget is spent /live says dead.
 """
 from __future__ import annotations
 
@@ -48,11 +53,12 @@ from livelm.serve.completions import APIError, Generation, parse
 from livelm.serve.metrics import CONTENT_TYPE, Metrics
 from livelm.serve.openai_schema import (ChatCompletionRequest, CompletionRequest, ErrorResponse, FeedbackRequest,
                                         RollbackRequest, SpeechRequest, TranscriptionRequest)
-from livelm.serve.engine_client import EngineClient
+from livelm.serve.engine_client import EngineClient, RestartPolicy
 from livelm.serve.limits import KeyLimits
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
+RESTART_RETRY_AFTER = 2   # seconds a client is told to wait while a dead engine process is replaced
 ROUTES = ("/", "/health", "/ready", "/live", "/metrics", "/openapi.json", "/v1/models", "/v1/chat/completions",
           "/v1/completions", "/v1/feedback", "/v1/adapters", "/v1/adapters/rollback", *audio.ROUTES)
 log = logging.getLogger("livelm.serve")
@@ -82,7 +88,8 @@ class ServeState:
                  served_model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY, load=None,
                  learn=None, adapter_store=None, compile: bool = False, dtype: str = "auto",
                  max_context: int | None = None, voice: "audio.Voice | None" = None,
-                 limits: KeyLimits | None = None, kv: dict | None = None):
+                 limits: KeyLimits | None = None, kv: dict | None = None, engine_restarts: int = 5,
+                 engine_restart_window: float = 600.0):
         from livelm.runs import adapter_base as resolve_base
         self.run = Path(run)
         self.adapter_dirs = [Path(a) for a in adapters]
@@ -95,6 +102,8 @@ class ServeState:
         self.kv = kv or {}               # Engine options: kv_cache_memory, kv_block_size, prefix_caching, speculate
         self.voice = voice               # speech to text and text to speech (serve/audio.py), or None
         self._load = load   # injectable loader (tests): fn(run, adapters, device) -> (model, tok, config, names)
+        # a dead engine process is replaced this often (engine_client.RestartPolicy); checked now, not at load
+        self.restart_policy = RestartPolicy(engine_restarts, engine_restart_window)
 
         # Model ids are known before loading: the base run and each adapter (by directory name, as the loader names them).
         run_is_adapter = (self.run / "adapter_config.json").is_file() and not (self.run / "model.safetensors").is_file()
@@ -152,7 +161,7 @@ class ServeState:
             # the engine process takes the model (in shared memory); compiled decode compiles there first
             self.engine = EngineClient(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
                                        metrics=self.metrics, compile=self.compile, row_adapters=bool(names),
-                                       max_len=self.max_context, kv=self.kv)
+                                       max_len=self.max_context, kv=self.kv, restart=self.restart_policy)
             self.tokenizer, self.max_len = tokenizer, self.engine.max_len
             kv = self.engine.kv
             log.info("KV cache: %.0f MiB, %d blocks of %d tokens (%d tokens in all), context window %d, "
@@ -205,6 +214,14 @@ class ServeState:
         if self.engine.failure:
             raise APIError(503, f"{self.engine.failure}; restart the server (the logs say why)",
                            type="server_error", code="engine_failed")
+        if self.engine.restarting:
+            raise self.restarting_error()
+
+    def restarting_error(self, why: str | None = None) -> APIError:
+        # a new engine process is on its way (seconds): worth a retry, unlike a failed one
+        why = why or f"{self.engine.restarting or 'the engine process is gone'}; retry shortly"
+        return APIError(503, why, type="server_error", code="engine_restarting",
+                        headers={"Retry-After": str(RESTART_RETRY_AFTER)})
 
     def resolve(self, model: str | None) -> tuple[str, str | None]:
         if model is None or model == "":
@@ -405,6 +422,9 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             return JSONResponse({"status": "error", "message": state.load_error}, status_code=503)
         if state.engine.failure:
             return JSONResponse({"status": "error", "message": state.engine.failure}, status_code=503)
+        if state.engine.restarting:   # not ready for seconds, but alive: /live stays 200
+            return JSONResponse({"status": "restarting", "message": state.engine.restarting}, status_code=503,
+                                headers={"Retry-After": str(RESTART_RETRY_AFTER)})
         return None
 
     @app.get("/health")
@@ -417,8 +437,9 @@ def create_app(run, adapters=(), **options) -> FastAPI:
 
     @app.get("/live")
     async def live():
-        # loading and draining are alive (restarting would only start over); a failed load or a dead
-        # engine process is not: nothing but a restart brings this server back
+        # loading, draining and replacing a dead engine process are alive (restarting would only start
+        # over); a failed load or an engine that died more often than --engine-restarts allows is not:
+        # nothing but a restart brings this server back
         failure = state.load_error or (state.engine.failure if state.engine else None)
         if failure:
             return JSONResponse({"status": "dead", "message": failure}, status_code=503)
@@ -477,7 +498,21 @@ def create_app(run, adapters=(), **options) -> FastAPI:
         arrived = time.perf_counter()   # time to first token counts from here, a draft answer included
         tenant = state.authenticate(request)
         state.require_ready()
-        return await within_limits(tenant, _generate(request, chat, tenant, arrived))
+        deaths = state.engine.deaths
+        try:
+            return await within_limits(tenant, _generate(request, chat, tenant, arrived))
+        except APIError as e:
+            # An engine process died under this request, before its answer began (a stream that began
+            # ends with an error event instead): a 503 that says so and when to come back, not a 500.
+            # Either its sequences were lost with it (internal_error, and the death count moved), or the
+            # engine client refused them with "shutting down", as it does whenever it has no engine to
+            # send to (while not draining: one that died after require_ready, perhaps not yet noticed).
+            lost = e.code == "internal_error" and state.engine.deaths != deaths
+            if not state.draining and (lost or e.code == "shutting_down"):
+                if state.engine.failure:
+                    state.require_ready()   # the engine_failed answer: no restart is coming
+                raise state.restarting_error(e.message if lost else None) from None
+            raise
 
     async def within_limits(tenant: str, answer):
         """Await `answer` (a coroutine giving a response) counted against the key's limits: 429 when over

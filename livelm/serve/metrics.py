@@ -76,11 +76,13 @@ class Metrics:
                               "Draft answers made for memory's lookup or the learned adapter's scope.")
         self.learned = counter("livelm_learning_applied_total",
                                "Chat requests answered with a tenant's notes or learned adapter.", ("what",))
+        self.engine_restarts = counter("livelm_engine_restarts_total",
+                                       "Engine processes started to replace one that died.")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_WithoutCreated(
             [self.running, self.waiting, self.kv_usage, self.prefix_queries, self.prefix_hits, self.preemptions,
              self.prompt_tokens, self.generation_tokens, self.requests, self.finished,
-             self.ttft, self.itl, self.e2e, self.steps, self.drafts, self.learned]))
+             self.ttft, self.itl, self.e2e, self.steps, self.drafts, self.learned, self.engine_restarts]))
 
     def kv_moved(self, before: dict, after: dict) -> None:
         """Count what one engine step did to the KV pool (Engine.kv_stats before and after it)."""

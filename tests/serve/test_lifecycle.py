@@ -170,7 +170,8 @@ def engine_pid(server_pid: int) -> int:
 def test_engine_process_death_fails_requests_and_health(slow_run, tmp_path):
     """The model runs in its own process. If it dies (OOM killer, a crash), a stream in flight ends with an
     error event, /health says why, new requests get 503, and the server still exits cleanly."""
-    s = ServerProcess(slow_run, "--feedback-db", tmp_path / "fb.sqlite", log_dir=tmp_path)
+    s = ServerProcess(slow_run, "--feedback-db", tmp_path / "fb.sqlite", "--engine-restarts", "0",
+                      log_dir=tmp_path)   # restarts off: the death is final
     try:
         assert httpx.get(s.url + "/health").json() == {"status": "ok"}
         with httpx.Client(timeout=60) as c, c.stream("POST", s.url + "/v1/chat/completions", json={

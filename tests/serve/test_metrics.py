@@ -10,7 +10,8 @@ KINDS = {"livelm_num_requests_running": "gauge", "livelm_num_requests_waiting": 
          "livelm_e2e_request_latency_seconds": "histogram", "livelm_engine_step_seconds": "histogram",
          "livelm_learning_drafts_total": "counter", "livelm_learning_applied_total": "counter",
          "livelm_kv_cache_usage_perc": "gauge", "livelm_prefix_cache_queries_total": "counter",
-         "livelm_prefix_cache_hits_total": "counter", "livelm_num_preemptions_total": "counter"}
+         "livelm_prefix_cache_hits_total": "counter", "livelm_num_preemptions_total": "counter",
+         "livelm_engine_restarts_total": "counter"}
 
 
 def samples(m: Metrics) -> dict[str, float]:

@@ -30,7 +30,8 @@ def test_ready_and_live_through_a_servers_life(serve_dirs, tmp_path):
         gate.wait(60)
         return load(run, adapters, device)
 
-    app = create_app(serve_dirs["run"], feedback_db=tmp_path / "fb.sqlite", load=slow_load)
+    app = create_app(serve_dirs["run"], feedback_db=tmp_path / "fb.sqlite", load=slow_load,
+                     engine_restarts=0)   # restarts off: a killed engine is final (see test_engine_restart.py)
     state = app.state.live
     with uvicorn_in_thread(app) as url:
         # loading: not ready, but alive (a restart would only start the loading over)
