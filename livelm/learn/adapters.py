@@ -7,7 +7,10 @@
 through it (to the base model once it is empty). A rejected update keeps its
 directory and meta.json (status "rejected", with the probe figures) for the
 operator, but never enters the history. state.json is replaced atomically,
-so a crash can never leave a tenant pointing at a half-written version.
+so a crash can never leave a tenant pointing at a half-written version; and
+meta.json is the last file an update writes, so a folder without it is an
+update that was killed mid-way: never listed, never a rollback target
+(bench/chaos.py kills updates to check).
 """
 from __future__ import annotations
 
@@ -54,8 +57,9 @@ class AdapterStore:
         out = []
         for v in sorted(p for p in d.glob("v*") if p.is_dir()) if d.is_dir() else []:
             meta_path = v / "meta.json"
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-            out.append({"version": v.name, "live": v.name == state["current"], **meta})
+            if meta_path.is_file():   # else an update died writing it (see the module docstring)
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                out.append({"version": v.name, "live": v.name == state["current"], **meta})
         return out
 
     def new_version_dir(self, tenant: str) -> Path:
@@ -79,7 +83,7 @@ class AdapterStore:
         if to is not None:
             # a version is a name in this tenant's folder: "../<other tenant>/v0001" or an absolute path
             # was a directory too, and made another tenant's (or any) folder this tenant's live adapter
-            if to not in ("base", "none") and not (_VERSION.match(to) and (self._dir(tenant) / to).is_dir()):
+            if to not in ("base", "none") and not (_VERSION.match(to) and (self._dir(tenant) / to / "meta.json").is_file()):
                 raise AdapterStoreError(f"tenant {tenant} has no version {to}")
             target = None if to in ("base", "none") else to
             if target is None:

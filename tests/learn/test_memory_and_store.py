@@ -159,17 +159,22 @@ def test_adapter_store_publish_and_rollback(tmp_path):
     store = AdapterStore(tmp_path)
     assert store.current("t") is None
     v1 = store.new_version_dir("t")
+    (v1 / "meta.json").write_text(json.dumps({"status": "live"}))   # an update writes meta.json last
     store.publish("t", v1)
     v2 = store.new_version_dir("t")
     (v2 / "meta.json").write_text(json.dumps({"status": "rejected"}))
     v3 = store.new_version_dir("t")
+    (v3 / "meta.json").write_text(json.dumps({"status": "live"}))
     store.publish("t", v3)
+    store.new_version_dir("t")                     # v0004: an update killed before its meta.json
     assert store.current("t") == v3 and [v["version"] for v in store.versions("t")] == ["v0001", "v0002", "v0003"]
     assert store.rollback("t") == "v0001"          # the rejected v0002 never went live
     assert store.rollback("t") is None             # back to the base model
     with pytest.raises(AdapterStoreError, match="already on the base"):
         store.rollback("t")
     assert store.rollback("t", to="v0003") == "v0003"
+    with pytest.raises(AdapterStoreError, match="no version v0004"):
+        store.rollback("t", to="v0004")            # half-written: never a target
     with pytest.raises(AdapterStoreError, match="invalid tenant"):
         store.current("../etc")
 
