@@ -548,7 +548,9 @@ def create_app(run, adapters=(), **options) -> FastAPI:
             # from them), its learned adapter (if any) answers questions in the scope of its feedback;
             # other tenants are untouched. Loading a new version may wait for one decode step.
             question, draft = None, ""
-            if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in req.messages):
+            # only well-formed messages are looked up (a message without a role is refused when rendered)
+            if all(isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
+                   for m in req.messages):
                 question = next((m["content"] for m in reversed(req.messages) if m.get("role") == "user"), "")
                 recalled = await recall_async(
                     learner, tenant, req.messages, prompt=lambda: completions.chat_prompt(req, state.tokenizer),

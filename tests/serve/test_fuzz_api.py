@@ -33,6 +33,19 @@ def fuzzed(server):
     return server
 
 
+@pytest.fixture(scope="module")
+def learning(serve_dirs, tmp_path_factory):
+    """A server with an API key and live learning's memory on: feedback the fuzzer sends becomes notes
+    that later fuzzed chats are answered with."""
+    from tests.serve.conftest import ServerProcess
+    d = tmp_path_factory.mktemp("fuzz-learning")
+    s = ServerProcess(serve_dirs["run"], "--api-key", "key-fuzz", "--learn", "memory",
+                      "--feedback-db", d / "feedback.sqlite", log_dir=d)
+    s.headers = {"Authorization": "Bearer key-fuzz"}
+    yield s
+    s.stop()
+
+
 def is_openai_error(r) -> bool:
     try:
         err = r.json()["error"]
@@ -73,13 +86,18 @@ def test_openapi_describes_every_route(fuzzed):
         assert httpx.get(fuzzed.url + off).status_code == 404
 
 
-def test_schema_fuzzing(fuzzed, capsys):
-    """Every operation of /openapi.json, positive and negative examples: 2xx or OpenAI-shaped 4xx only."""
+@pytest.mark.parametrize("target", ["plain", "keys and learning"])
+def test_schema_fuzzing(target, request, capsys):
+    """Every operation of /openapi.json, positive and negative examples: 2xx or OpenAI-shaped 4xx only;
+    against the plain server, and against one with an API key and live learning on."""
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, seed, settings
     from schemathesis import GenerationMode
 
-    schema = schemathesis.openapi.from_url(fuzzed.url + "/openapi.json")
+    fuzzed = request.getfixturevalue("server" if target == "plain" else "learning")
+    headers = getattr(fuzzed, "headers", None)
+    examples = EXAMPLES
+    schema = schemathesis.openapi.from_url(fuzzed.url + "/openapi.json", **({"headers": headers} if headers else {}))
     statuses: Counter = Counter()
     per_operation: dict[str, Counter] = {}
     failures: list[str] = []
@@ -87,13 +105,13 @@ def test_schema_fuzzing(fuzzed, capsys):
     for result in schema.get_all_operations():
         op = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=SEED is None,
+            @settings(max_examples=examples, deadline=None, database=None, derandomize=SEED is None,
                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             @seed(int(SEED or 0))
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case):
                 try:
-                    r = case.call(base_url=fuzzed.url, timeout=60)
+                    r = case.call(base_url=fuzzed.url, timeout=60, headers=headers)
                 except Exception as e:   # a hang (timeout) or a dropped connection
                     statuses["no answer"] += 1
                     failures.append(f"{case.method} {case.formatted_path} {case.body!r:.300}: {type(e).__name__}: {e}")
@@ -110,8 +128,8 @@ def test_schema_fuzzing(fuzzed, capsys):
                     raise
     took = time.perf_counter() - started
     with capsys.disabled():
-        print(f"\nschema fuzzing: {sum(statuses.values())} requests in {took:.0f} s "
-              f"({EXAMPLES} examples per operation and mode), status codes: "
+        print(f"\nschema fuzzing ({target}): {sum(statuses.values())} requests in {took:.0f} s "
+              f"({examples} examples per operation and mode), status codes: "
               f"{dict(sorted(statuses.items(), key=str))}")
         for name, counts in per_operation.items():
             print(f"  {name}: {dict(sorted(counts.items()))}")
