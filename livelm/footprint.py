@@ -107,11 +107,11 @@ def training_step(cfg, n_params: int, n_trainable: int, batch: int, block: int, 
     F = cfg.mlp_hidden * (2 if cfg.mlp != "gelu" else 1)
     tokens = batch * block
     # saved for backward per token and layer: norms' inputs and outputs, q/k/v, attention output, the
-    # residuals, the MLP's hidden states (gate, up, their product); attention's scores and probabilities
-    # (fp32, written out by livelm's CPU attention) per query: H x S each
-    per_token_layer = act_bytes * (8 * C + 2 * Ckv + 3 * F) + 4 * 3 * H * block
-    if checkpointing:
-        activations = L * tokens * C * act_bytes + 2 * tokens * per_token_layer
+    # residuals, the MLP's hidden states (gate, up, their product); attention's scores (fp32) and
+    # probabilities (activation dtype), written out by livelm's CPU attention, per query: H x S each
+    per_token_layer = act_bytes * (8 * C + 2 * Ckv + 3 * F) + (4 + act_bytes) * H * block
+    if checkpointing:   # the blocks' inputs, and one block recomputed in backward with its gradients
+        activations = L * tokens * C * act_bytes + 3 * tokens * per_token_layer // 2
         logits = 3 * min(tokens, loss_chunk) * V * 4 + tokens * C * 4
     else:
         activations = L * tokens * per_token_layer

@@ -158,6 +158,13 @@ class ServeState:
             if names:
                 lora.set_active(model, None)   # the adapter is chosen per request (per batch row), never globally
             self.versions = {mid: fingerprint(p) for mid, p in self.weights.items()}
+            learn = self.learn_config
+            if learn is not None and "adapter" in learn.modes and hasattr(model.cfg, "mlp_hidden"):
+                # live updates run in processes of their own beside the engine: the KV pool must leave
+                # them room (an update that still does not fit when it is due is postponed: learn/live.py)
+                from livelm import footprint
+                self.kv = {**self.kv, "memory_reserve": footprint.live_update(
+                    model.cfg, learn.update.batch + learn.update.replay, learn.update.rank).total}
             # the engine process takes the model (in shared memory); compiled decode compiles there first
             self.engine = EngineClient(model, tokenizer, max_batch=self.max_batch, max_queue=self.max_queue,
                                        metrics=self.metrics, compile=self.compile, row_adapters=bool(names),
