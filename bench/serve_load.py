@@ -52,6 +52,10 @@ class Result:
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int,
                       extra: dict | None = None) -> Result:
+    """One streamed /v1/completions request, timed. The stream is split into lines on \\n and \\r only, as
+    SSE defines them: httpx's aiter_lines splits like str.splitlines, also on U+0085, U+2028 and U+2029,
+    which JSON may carry unescaped inside a string (random-token outputs do), and the half line then
+    failed json.loads and stopped the whole load test."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     r = Result()
@@ -62,27 +66,31 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: l
             if resp.status_code != 200:
                 r.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
                 return r
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                data = json.loads(line[6:])
-                if "error" in data:
-                    r.error = data["error"].get("message", "error event")
-                    return r
-                now = time.perf_counter()
-                if data.get("usage"):
-                    r.output_tokens = data["usage"]["completion_tokens"]
-                if data["choices"] and data["choices"][0].get("text"):
-                    if last is None:
-                        r.ttft = now - t0
-                    else:
-                        r.itl.append(now - last)
-                    last = now
+            buf = ""
+            async for text in resp.aiter_text():
+                buf += text.replace("\r\n", "\n").replace("\r", "\n")
+                *lines, buf = buf.split("\n")
+                for line in lines:
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    data = json.loads(line[6:])
+                    if "error" in data:
+                        r.error = data["error"].get("message", "error event")
+                        return r
+                    now = time.perf_counter()
+                    if data.get("usage"):
+                        r.output_tokens = data["usage"]["completion_tokens"]
+                    if data["choices"] and data["choices"][0].get("text"):
+                        if last is None:
+                            r.ttft = now - t0
+                        else:
+                            r.itl.append(now - last)
+                        last = now
         r.e2e = time.perf_counter() - t0
         r.ok = r.output_tokens == max_tokens
         if not r.ok:
             r.error = f"got {r.output_tokens} of {max_tokens} tokens"
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
         r.error = f"{type(e).__name__}: {e}"
     return r
 
