@@ -96,9 +96,11 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: l
 
 
 async def run_level(url: str, model: str, prompts: list[list[int]], concurrency: int, max_tokens: int,
-                    time_limit: float, extra: dict | None = None) -> tuple[list[Result], float, int]:
-    """Run len(prompts) requests, at most `concurrency` at a time; stop starting new ones after time_limit."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+                    time_limit: float, extra: dict | None = None, keepalive: bool = True) -> tuple[list[Result], float, int]:
+    """Run len(prompts) requests, at most `concurrency` at a time; stop starting new ones after time_limit.
+    keepalive=False: a new connection per request (llama-server sometimes drops a kept-alive connection that
+    the client reuses, "Server disconnected without sending a response"; a loopback connect costs ~0.1 ms)."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency if keepalive else 0)
     sem = asyncio.Semaphore(concurrency)
     deadline = time.perf_counter() + time_limit
     skipped = 0

@@ -39,8 +39,8 @@ What is measured (2 threads for every system; the systems interleaved within eac
    process; the model is in shared memory there, so RSS counts it twice) and the summed PSS
    (shared pages split between the processes, so nothing twice). Before the measured rounds each
    server gets one request and one batch of 16 (timed and printed apart: livelm's first batched
-   steps after a start are slow). Every request opens its own connection (see run_level), and
-   the stream is split into lines as SSE defines them (serve_load.one_request).
+   steps after a start are slow). Every request opens its own connection (serve_load.run_level,
+   keepalive=False), and the stream is split into lines as SSE defines them (serve_load.one_request).
    --livelm-serve-threads sets livelm's engine threads apart (its own default is cores - 1).
 
 llama.cpp runs in its own virtual environment (~/.cache/livelm/llamacpp/venv, llama-cpp-python
@@ -658,30 +658,6 @@ def count_chunks(results: list) -> bool:
     return fixed
 
 
-async def run_level(url: str, model: str, prompts: list, concurrency: int, max_tokens: int, time_limit: float,
-                    extra: dict | None) -> tuple[list, float, int]:
-    """serve_load.run_level, but a new connection per request (no keep-alive): llama-server sometimes drops a
-    kept-alive connection that the client reuses ("Server disconnected without sending a response"), which would
-    count as a failed request. Same for both servers; a loopback connect costs ~0.1 ms."""
-    import httpx
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
-    sem = asyncio.Semaphore(concurrency)
-    deadline = time.perf_counter() + time_limit
-    skipped = 0
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
-        async def worker(prompt):
-            nonlocal skipped
-            async with sem:
-                if time.perf_counter() > deadline:
-                    skipped += 1
-                    return None
-                return await serve_load.one_request(client, url, model, prompt, max_tokens, extra)
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(worker(p) for p in prompts))
-        duration = time.perf_counter() - t0
-    return [r for r in results if r is not None], duration, skipped
-
-
 def bench_serve(a, run: Path, files: dict, py: Path, server: Path | None, out: list[str]) -> None:
     import httpx
     from livelm.tokenizer import Tokenizer
@@ -720,8 +696,8 @@ def bench_serve(a, run: Path, files: dict, py: Path, server: Path | None, out: l
         for name, (proc, url, model, extra) in systems.items():
             for c in (1, levels[-1][0]):
                 t = time.perf_counter()
-                res, _, _ = asyncio.run(run_level(url, model, prompts(c, name == "llama_cpp.server"), c,
-                                                  a.max_tokens, 300, extra))
+                res, _, _ = asyncio.run(serve_load.run_level(url, model, prompts(c, name == "llama_cpp.server"), c,
+                                                             a.max_tokens, 300, extra, keepalive=False))
                 warm[(name, c)] = time.perf_counter() - t
                 count_chunks(res)
                 bad = [r.error for r in res if not r.ok]
@@ -738,8 +714,8 @@ def bench_serve(a, run: Path, files: dict, py: Path, server: Path | None, out: l
                     proc, url, model, extra = systems[name]
                     ps = prompts(k, name == "llama_cpp.server")
                     with MemorySampler(proc.pid) as mem:
-                        results, duration, skipped = asyncio.run(run_level(
-                            url, model, ps, c, a.max_tokens, a.time_limit, extra))
+                        results, duration, skipped = asyncio.run(serve_load.run_level(
+                            url, model, ps, c, a.max_tokens, a.time_limit, extra, keepalive=False))
                     chunk_counted |= count_chunks(results)
                     cell = per[(c, name)]
                     cell["runs"].append((results, duration, skipped))
