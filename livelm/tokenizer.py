@@ -311,7 +311,11 @@ class Tokenizer:
         config = read_config(f.parent / CONFIG_FILENAME)
         jinja = f.parent / TEMPLATE_FILENAME      # transformers 5 keeps the template in its own file
         if "chat_template" not in config and jinja.is_file():
-            config["chat_template"] = jinja.read_text(encoding="utf-8")
+            try:
+                config["chat_template"] = jinja.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise TokenizerError(f"chat template {jinja} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                                     f"re-save it as UTF-8 or re-import the model") from None
         try:
             return cls(hf, config)
         except (ValueError, KeyError, TypeError, IndexError) as e:   # a valid `tokenizers` file livelm cannot use

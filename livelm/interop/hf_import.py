@@ -257,7 +257,11 @@ def read_hf_folder(hf_dir) -> "Checkpoint":
                            f"AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
     tok_config = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").is_file() else {}
     if "chat_template" not in tok_config and (hf_dir / "chat_template.jinja").is_file():   # transformers 5
-        tok_config["chat_template"] = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        try:
+            tok_config["chat_template"] = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InteropError(f"{hf_dir / 'chat_template.jinja'} is not UTF-8 text ({e.reason} at byte "
+                               f"{e.start}); re-save it as UTF-8") from None
     gen = _read_json(hf_dir / "generation_config.json") if (hf_dir / "generation_config.json").is_file() else {}
     return Checkpoint(hf, tensors, path.read_text(encoding="utf-8"), tok_config, gen)
 

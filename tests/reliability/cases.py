@@ -335,6 +335,8 @@ TOKENIZER_CASES = [
     _tok_case("tokenizer_config.json a list", {"tokenizer_config.json": "[]"}),
     _tok_case("tokenizer_config.json nested 200K deep", {"tokenizer_config.json": DEEP}),
     _tok_case("tokenizer_config.json invalid UTF-8", {"tokenizer_config.json": b"{\"bos_token\": \"\xff\"}"}),
+    _tok_case("chat_template.jinja invalid UTF-8", {"tokenizer_config.json": "{}",
+                                                    "chat_template.jinja": b"{{ messages \xff\xfe }}"}),
 ]
 
 

@@ -331,7 +331,9 @@ def test_regression_rollback_to_a_path(tmp_path, to):
     from livelm.learn.adapters import AdapterStore, AdapterStoreError
     store = AdapterStore(tmp_path)
     for tenant in ("alice", "bob"):
-        store.publish(tenant, store.new_version_dir(tenant))
+        version = store.new_version_dir(tenant)
+        (version / "meta.json").write_text("{}")   # a complete version (an update writes it last)
+        store.publish(tenant, version)
     with pytest.raises(AdapterStoreError, match="has no version"):
         store.rollback("alice", to=to)
     assert store.current("alice") == tmp_path / "alice" / "v0001"
