@@ -177,9 +177,14 @@ class CausalSelfAttention(nn.Module):
             rows = (torch.arange(slots.start, slots.stop, device=x.device) if isinstance(slots, slice)
                     else slots)[:, None].expand(B, S)                                 # (B, S) cache rows
             cache.write(layer, rows, pos, k, v)
+            # attend in the cache's dtype: on a CPU the engine keeps fp32 keys for a bf16 model, because
+            # PyTorch's CPU attention in bf16 is 6-8x slower at decode shapes (1.5 ms vs 0.18 ms per call,
+            # 16 rows x 272 positions); bf16 pays in the products around it, not here
+            q = q.to(cache.k.dtype)
             if packing is not None:
                 y = packed_attention(q, cache, layer, T, attn_mask, packing, self.scale, self.cfg.attn_softcap)
-                return self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)))
+                y = y.to(x.dtype).transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)
+                return self.resid_dropout(self.o_proj(y))
             # consecutive rows (the usual case in a full batch) come as a slice: views of the cache, not copies
             k, v = cache.read(layer, slots, T, q.dtype)                               # (B, Hkv, T, D)
             is_causal = False
@@ -194,7 +199,7 @@ class CausalSelfAttention(nn.Module):
             y = causal_attention(q, k, v, dropout, self.scale, softcap)
         else:
             y = attention(q, k, v, attn_mask, dropout, is_causal, self.scale, softcap)
-        y = y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, S, self.n_head * self.head_dim)
         return self.resid_dropout(self.o_proj(y))
 
 
