@@ -444,8 +444,7 @@ class Engine:
                 seq.keys = block_keys(seq.prefill_ids[:len(seq.prefill_ids) - 1], P, self._salt(seq))
                 hits = self.pool.lookup(seq.keys)
             need = -(-len(seq.prefill_ids) // P) - len(hits)
-            spare = len(self.running) if self.running else 0
-            if need + spare > self.pool.available:
+            if need + len(self.running) > self.pool.available:   # a block to spare for each running row
                 self.pool.release(hits)
                 break      # wait for memory; no overtaking, so a long prompt is not starved
             self.waiting.popleft()
