@@ -6,14 +6,6 @@ from livelm.infer.engine import Engine, PromptTooLong
 from livelm.sampling import SamplingParams
 from livelm.infer.textstream import TextStream
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
-from livelm.tokenizer import Tokenizer
-
-TEXT = ["你好，世界！🙂 Hello world. 枫叶小铺的乌龙茶 ¥56。Mixed 中英 text 👍🏽 émoji", "ab" * 20]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train_bpe(TEXT * 30, vocab_size=320, show_progress=False)
 
 
 @pytest.fixture(scope="module")

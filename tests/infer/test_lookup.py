@@ -6,14 +6,7 @@ from livelm.infer.engine import Engine
 from livelm.infer.lookup import propose
 from livelm.models.gpt import GPT, GPTConfig, PRESETS
 from livelm.sampling import SamplingParams
-from livelm.tokenizer import Tokenizer
-
-TEXT = ["你好，世界！🙂 Hello world. 枫叶小铺的乌龙茶 ¥56。Mixed 中英 text 👍🏽 émoji", "ab" * 20]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train_bpe(TEXT * 30, vocab_size=320, show_progress=False)
+from tests.infer.conftest import TEXT
 
 
 @pytest.fixture(scope="module")

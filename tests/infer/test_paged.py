@@ -7,14 +7,6 @@ from livelm.infer.kv_blocks import BlockPool, block_keys
 from livelm.models.gpt import GPT, GPTConfig, PRESETS, BatchPlan
 from livelm.models.kv_cache import KVCache, PagedKVCache
 from livelm.sampling import SamplingParams
-from livelm.tokenizer import Tokenizer
-
-TEXT = ["你好，世界！🙂 Hello world. 枫叶小铺的乌龙茶 ¥56。Mixed 中英 text 👍🏽 émoji", "ab" * 20]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train_bpe(TEXT * 30, vocab_size=320, show_progress=False)
 
 
 def tiny(vocab: int, **kw) -> GPT:
