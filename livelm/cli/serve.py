@@ -32,6 +32,8 @@ LEARN_HELP = {
     "nice": "CPU priority the update process lowers itself by", "threads": "torch threads of the update process",
     "memory_draft": "memory (and the adapter's scope) look up by the question and a greedy draft answer of N "
                     "tokens, for tenants with notes or a learned adapter (0 = the question alone)",
+    "resident_adapters": "learned adapters kept loaded at once; the least recently asked tenants' are "
+                         "unloaded and loaded again at their next request",
     "steps": "training steps per update", "rank": "LoRA rank of learned adapters", "lr": "learning rate of updates",
     "batch": "DPO pairs, KTO items and distilled rephrasings sampled per update step",
     "beta": "DPO/KTO temperature", "modes": "objectives used by updates",

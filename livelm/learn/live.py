@@ -65,6 +65,10 @@ class LearnConfig:
     # and the scope widened by those phrasings: adapter alone 100 / 88 / 97 / 100%). False = every
     # question of the tenant gets the adapter (for feedback meant to change everything, e.g. a style).
     adapter_scope: bool = True
+    # Learned adapters kept loaded in the engine at once: the tenants asked most recently keep theirs, and a
+    # tenant whose adapter was dropped gets it loaded again (between two decode steps, from the store) at
+    # its next request. Bounded, so 100 or 10,000 tenants cost the memory of this many adapters.
+    resident_adapters: int = 32
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
 
@@ -129,6 +133,7 @@ class LiveLearner:
                         else "nothing: pass --regression-file to guard updates")
         self.feedback = feedback_store
         self.loaded: dict[str, str] = {}        # tenant -> adapter name live in the engine
+        self._asked: dict[str, float] = {}      # tenant -> when a request last used its adapter (LRU)
         self._state_mtime: dict[str, float] = {}
         self._busy: set[str] = set()
         self._last_update: dict[str, float] = {}
@@ -137,7 +142,9 @@ class LiveLearner:
         self._pending_since: dict[str, float] = {}
         self._lock = threading.Lock()
         self.history: list[dict] = []           # results of updates, newest last (for /metrics and tests)
-        for tenant in self.store.tenants():     # a restarted server comes back with each tenant's live version
+        # a restarted server comes back with the live versions of the tenants updated last (resident_adapters
+        # of them); the others are loaded at their first request
+        for tenant in sorted(self.store.tenants(), key=self._state_age)[:cfg.resident_adapters]:
             self._sync(tenant)
         if adapters and update_context().get_start_method() == "forkserver":
             from multiprocessing import forkserver
@@ -145,6 +152,12 @@ class LiveLearner:
                 forkserver.ensure_running()    # its imports happen now, not in the first update's latency
             except OSError as e:               # serving goes on; each update will say why it cannot start
                 log.warning("the update forkserver did not start (%s); updates will retry it", e)
+
+    def _state_age(self, tenant: str) -> float:
+        try:
+            return -(self.store.root / tenant / "state.json").stat().st_mtime
+        except (OSError, ValueError):
+            return 0.0
 
     # ---- per request --------------------------------------------------------------
     def recall(self, tenant: str, messages: list[dict], draft: str = "") -> tuple[list[dict], list[str]]:
@@ -173,7 +186,23 @@ class LiveLearner:
         if "adapter" not in self.cfg.modes:
             return None
         self._sync(tenant)
-        return self.loaded.get(tenant)
+        name = self.loaded.get(tenant)
+        if name:
+            self._asked[tenant] = time.monotonic()
+            if len(self.loaded) > self.cfg.resident_adapters:
+                self._evict(keep=tenant)
+        return name
+
+    def _evict(self, keep: str) -> None:
+        """Unload the least recently asked tenants' adapters down to resident_adapters (not `keep`'s; a
+        request still running on one keeps it until it ends: engine_process.unload_adapters)."""
+        with self._lock:
+            others = sorted((t for t in self.loaded if t != keep), key=lambda t: self._asked.get(t, 0.0))
+            for tenant in others[:len(self.loaded) - self.cfg.resident_adapters]:
+                del self.loaded[tenant]
+                self._state_mtime.pop(tenant, None)   # the next request syncs (loads) it again
+            keep_names = set(self.loaded.values())
+        self.scheduler.call("unload_adapters", keep_names)
 
     # ---- versions -----------------------------------------------------------------
     def _sync(self, tenant: str) -> None:

@@ -68,3 +68,49 @@ def test_100_api_keys_see_only_their_own_feedback(tiny_chat_run, tmp_path):
             assert len(http.get("/v1/feedback", headers={"Authorization": f"Bearer {b}"}).json()["data"]) == 1
     finally:
         server.stop()
+
+
+def test_100_tenants_adapters_load_on_demand_with_a_bounded_number_resident(tiny_chat_run, tmp_path):
+    """100 tenants each with a learned adapter; at most 8 stay loaded in a real engine. Each request gets its
+    own tenant's adapter, loaded again if it was dropped, and never another tenant's."""
+    import concurrent.futures
+    import shutil
+
+    from livelm.infer.engine import Engine
+    from livelm.learn.adapters import AdapterStore
+    from livelm.learn.live import LearnConfig, LiveLearner
+    from livelm.models import lora
+    from livelm.runs import load_model
+    from livelm.serve import engine_process
+
+    run = tiny_chat_run / "chat"
+    model, tok, _ = load_model(run)
+    lora.add_adapter(model, "made", lora.LoRAConfig(r=2))
+    made = tmp_path / "made"
+    lora.save_adapter(made, model, "made", lora.LoRAConfig(r=2), str(run.resolve()))
+    lora.remove_adapter(model, "made")
+    store = AdapterStore(tmp_path / "store")
+    tenants = [f"tenant-{i:03d}" for i in range(100)]
+    for tenant in tenants:
+        version = store.new_version_dir(tenant)
+        for f in made.iterdir():
+            shutil.copy(f, version / f.name)
+        (version / "meta.json").write_text('{"status": "live"}')
+        store.publish(tenant, version)
+    engine = Engine(model, tok, max_batch=2)
+
+    class Inline:
+        """engine_process's operations on the real engine, at once (the server runs them between two steps)."""
+        def call(self, op, *args):
+            done = concurrent.futures.Future()
+            done.set_result(engine_process.OPS[op](engine, *args))
+            return done
+
+    learner = LiveLearner(run, tmp_path / "fb.sqlite", store.root, Inline(), FeedbackStore(tmp_path / "fb.sqlite"),
+                          LearnConfig(modes=("adapter",), resident_adapters=8))
+    assert len(learner.loaded) == 8          # a restart loads the 8 tenants updated last, not all 100
+    for tenant in tenants + tenants[:3]:                      # the first three come back after being dropped
+        assert learner.adapter_for(tenant) == f"{tenant}/v0001"
+        resident = [n for n in lora.adapter_names(engine.model) if "/" in n]
+        assert len(resident) <= 8 and f"{tenant}/v0001" in resident
+    assert len(learner.loaded) == 8 and "tenant-000" in learner.loaded and "tenant-050" not in learner.loaded
