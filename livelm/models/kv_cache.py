@@ -108,11 +108,19 @@ class PagedKVCache:
     def write(self, layer: int, rows: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v (B, Hkv, S, D) of the new tokens; rows, pos (B, S): each token's row and position."""
         P = self.block_size
+        if torch.compiler.is_compiling():
+            # one index_put_ on the whole pool, the layer given as an index too (as KVCache.write): a write
+            # into a view of it (self.k[layer]) makes inductor copy the whole pool every step. And nothing
+            # remembered between layers: dynamo would guard on the remembered tensor and recompile.
+            block, offset = self.tables[rows, pos // P], pos % P                              # (B, S)
+            at_layer = torch.full_like(block, layer)
+            self.k[at_layer, :, block, offset] = k.transpose(1, 2).to(self.k.dtype)          # (B, S, Hkv, D)
+            self.v[at_layer, :, block, offset] = v.transpose(1, 2).to(self.v.dtype)
+            return
         # every layer of a pass writes the same positions: their pool index is worked out once (the
         # attention hands each layer the same `pos` tensor)
-        if self._where is None or self._where[0] is not pos or torch.compiler.is_compiling():
-            flat = self.tables[rows, pos // P] * P + pos % P                                  # (B, S)
-            self._where = (pos, flat)
+        if self._where is None or self._where[0] is not pos:
+            self._where = (pos, self.tables[rows, pos // P] * P + pos % P)
         flat = self._where[1]
         Hkv, N, _, D = self.k.shape[1:]
         self.k[layer].view(Hkv, N * P, D)[:, flat] = k.transpose(0, 1).to(self.k.dtype)    # (Hkv, B, S, D)
@@ -121,6 +129,8 @@ class PagedKVCache:
     def read(self, layer: int, rows: torch.Tensor | slice, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of `rows`, the first T positions, gathered through the block tables: (R, Hkv, T, D)
         each (a copy; the batch and head strides are the gather's, each row's (T, D) is contiguous)."""
+        if torch.compiler.is_compiling():
+            return self._read_positions(layer, rows, T, dtype)
         P = self.block_size
         blocks = self.tables[rows, :-(-T // P)]                                               # (R, nb)
         R, nb = blocks.shape
@@ -129,16 +139,28 @@ class PagedKVCache:
         # strided kernel), index_select ~5 us for the same copy (bench: 10 blocks of 3 x 16 x 64). Into
         # buffers kept from layer to layer: a fresh 12 MB tensor per gather (16 rows x 1,024 positions)
         # cost 2.8x the copy itself in page faults. Each layer's attention has used its keys before the
-        # next layer reads (so one pair of buffers serves every layer); compiled graphs allocate their own.
+        # next layer reads, so one pair of buffers serves every layer.
         flat = blocks.reshape(-1)
-        if torch.compiler.is_compiling():
-            k, v = self.k[layer].index_select(1, flat), self.v[layer].index_select(1, flat)
-        else:
-            k, v = self._scratch(R * nb)
-            torch.index_select(self.k[layer], 1, flat, out=k)
-            torch.index_select(self.v[layer], 1, flat, out=v)
+        k, v = self._scratch(R * nb)
+        torch.index_select(self.k[layer], 1, flat, out=k)
+        torch.index_select(self.v[layer], 1, flat, out=v)
         k = k.view(Hkv, R, nb * P, D)[:, :, :T].transpose(0, 1)                              # (R, Hkv, T, D)
         v = v.view(Hkv, R, nb * P, D)[:, :, :T].transpose(0, 1)
+        return k.to(dtype), v.to(dtype)
+
+    def _read_positions(self, layer: int, rows: torch.Tensor | slice, T: int, dtype: torch.dtype):
+        """read() as a compiled graph wants it: one index per position (T of them per row, block and offset
+        worked out from the table), so no shape depends on T // P. Sizes computed from both T and the
+        block count made dynamo specialize on how they relate and recompile as sequences grew; inductor
+        fuses this gather into the attention's loop, so the copy is not made at all."""
+        P = self.block_size
+        pos = torch.arange(T, device=self.tables.device)
+        table = self.tables[rows]                                                          # (R, max blocks)
+        flat = (table[:, pos // P] * P + pos % P).reshape(-1)                              # (R * T,)
+        Hkv, N, _, D = self.k.shape[1:]
+        R = table.size(0)
+        k = self.k[layer].view(Hkv, N * P, D).index_select(1, flat).view(Hkv, R, T, D).transpose(0, 1)
+        v = self.v[layer].view(Hkv, N * P, D).index_select(1, flat).view(Hkv, R, T, D).transpose(0, 1)
         return k.to(dtype), v.to(dtype)
 
     def _scratch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
