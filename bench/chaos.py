@@ -56,6 +56,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.proctree import children, cmdline, pss_kib, rss_kib, tree  # noqa: E402
 from bench.serve_load import pct  # noqa: E402  (the load client's percentile)
 
 DEFAULT_RUN = ROOT / "runs" / "assistant" / "chat"
@@ -64,30 +65,6 @@ QUESTIONS = ["What do you sell?", "When do you open?", "How much is the tea?", "
 
 
 # ---- the server's process tree (/proc) ---------------------------------------------------------------
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
-                for c in (t / "children").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return []
-
-
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children(p)
-    return out
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return b""
-
-
 def engine_pid(server: int) -> int | None:
     """The engine: the server's one child started by multiprocessing's spawn (engine_client.py)."""
     return next((c for c in children(server) if b"spawn_main" in cmdline(c)), None)
@@ -101,22 +78,8 @@ def update_pids(server: int) -> list[int]:
 def memory_kib(server: int) -> dict[str, tuple[int, int]]:
     """(RSS, PSS) in KiB, summed over the whole tree ("all") and per part: "serving" (the HTTP process and
     the engine) and "learning" (the forkserver and any update running in it)."""
-    def one(p: int) -> tuple[int, int]:
-        rss = pss = 0
-        try:
-            for ln in Path(f"/proc/{p}/status").read_text().splitlines():
-                if ln.startswith("VmRSS:"):
-                    rss = int(ln.split()[1])
-            for ln in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if ln.startswith("Pss:"):
-                    pss = int(ln.split()[1])
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-        return rss, pss
-
     def total(pids) -> tuple[int, int]:
-        both = [one(p) for p in pids]
-        return sum(r for r, _ in both), sum(q for _, q in both)
+        return rss_kib(pids), pss_kib(pids)
     engine = engine_pid(server)
     learning = [p for f in children(server) if b"forkserver" in cmdline(f) for p in tree(f)]
     return {"all": total(tree(server)), "serving": total([server] + ([engine] if engine else [])),

@@ -41,33 +41,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+import proctree  # noqa: E402
 from serve_load import run_level, summarize  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 def tree_memory(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) in MB, summed over `pid` and its descendants."""
-    pids, frontier = [pid], [pid]
-    while frontier:
-        p = frontier.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            kids = []
-        pids += map(int, kids)
-        frontier += map(int, kids)
-    rss = pss = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-        except OSError:
-            pass
-    return rss / 1024, pss / 1024
+    """(RSS, PSS) in MB, summed over `pid` and its descendants (bench/proctree.py)."""
+    pids = proctree.tree(pid)
+    return proctree.rss_kib(pids) / 1024, proctree.pss_kib(pids) / 1024
 
 
 def start(run: Path, *flags: str) -> tuple[subprocess.Popen, str]:

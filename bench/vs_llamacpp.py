@@ -72,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import proctree     # noqa: E402  bench/proctree.py: a server's process tree and its memory
 import serve_load   # noqa: E402  bench/serve_load.py: the streaming client, percentiles, start_server
 
 LLAMACPP_VERSION = "0.3.36"
@@ -527,50 +528,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def proc_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(p.name))
-    out, todo = [], [pid]
-    while todo:
-        q = todo.pop()
-        out.append(q)
-        todo += children.get(q, [])
-    return out
-
-
-def tree_rss(pids: list[int]) -> int:
-    """Summed VmRSS in bytes (/proc/PID/status: cheap to read)."""
-    total = 0
-    for q in pids:
-        try:
-            for line in Path(f"/proc/{q}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue
-    return total
-
-
-def tree_pss(pids: list[int]) -> int:
-    """Summed PSS in bytes (/proc/PID/smaps_rollup: walks the page tables, ~25 ms for a 1.5 GB tree)."""
-    total = 0
-    for q in pids:
-        try:
-            for line in Path(f"/proc/{q}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue
-    return total
-
-
 class MemorySampler:
     """Peak summed RSS (every `every` s) and PSS (every `pss_every` s: it costs more) of a process tree."""
     def __init__(self, pid: int, every: float = 0.25, pss_every: float = 2.0):
@@ -583,12 +540,12 @@ class MemorySampler:
         while True:
             now = time.monotonic()
             if now - last_tree > 1.0:
-                pids, last_tree = proc_tree(self.pid), now
-            self.rss = max(self.rss, tree_rss(pids))
+                pids, last_tree = proctree.tree(self.pid), now
+            self.rss = max(self.rss, proctree.rss_kib(pids) * 1024)
             if now - last_pss >= self.pss_every:
-                self.pss, last_pss = max(self.pss, tree_pss(pids)), now
+                self.pss, last_pss = max(self.pss, proctree.pss_kib(pids) * 1024), now
             if self._stop.wait(self.every):
-                self.pss = max(self.pss, tree_pss(pids))   # once more at the end of the load
+                self.pss = max(self.pss, proctree.pss_kib(pids) * 1024)   # once more at the end of the load
                 return
 
     def __enter__(self):
