@@ -88,6 +88,7 @@ class Sequence:
     prefilled: int = 0                  # of prefill_ids, tokens already in the cache
     blocks: list[int] = field(default_factory=list)        # KV blocks held, in position order
     keys: list[bytes] = field(default_factory=list)        # names of the full ones (prefix caching)
+    key_salt: str = ""                  # the adapter and its load epoch those names were made with
     cached_tokens: int = 0              # prompt tokens found in the prefix cache at admission
     preemptions: int = 0
     kv_len: int = 0                     # positions written in the cache
@@ -440,8 +441,12 @@ class Engine:
             seq = self.waiting[0]
             hits = []
             if self.prefix_caching:
-                # full blocks only, and never the whole prompt: its last token must run to give logits
-                seq.keys = block_keys(seq.prefill_ids[:len(seq.prefill_ids) - 1], P, self._salt(seq))
+                # full blocks only, and never the whole prompt: its last token must run to give logits.
+                # Named once per wait (a prompt waiting for memory is looked up again at every step),
+                # again if its adapter was reloaded meanwhile
+                salt = self._salt(seq)
+                if seq.key_salt != salt or len(seq.keys) != (len(seq.prefill_ids) - 1) // P:
+                    seq.keys, seq.key_salt = block_keys(seq.prefill_ids[:len(seq.prefill_ids) - 1], P, salt), salt
                 hits = self.pool.lookup(seq.keys)
             need = -(-len(seq.prefill_ids) // P) - len(hits)
             if need + len(self.running) > self.pool.available:   # a block to spare for each running row
