@@ -187,7 +187,8 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.device = next(model.parameters()).device
         # the KV cache's dtype: the model's, but fp32 on a CPU (the attention then runs in fp32, 6-8x faster
-        # than PyTorch's bf16 CPU attention at decode shapes: see CausalSelfAttention)
+        # than PyTorch's bf16 CPU attention at decode shapes, measured with ATen at AVX512 and at AVX2 alike:
+        # 0.17 vs 1.5 ms per call at 16 rows x 272 positions; see CausalSelfAttention)
         dtype = cache_dtype or (torch.float32 if self.device.type == "cpu" else next(model.parameters()).dtype)
         window = min(max_len or self.cfg.block_size, self.cfg.block_size)
         blocks = kv_pool_blocks(self.cfg, max_batch, window, kv_block_size, dtype, kv_cache_memory)
