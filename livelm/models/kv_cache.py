@@ -34,9 +34,6 @@ class KVCache:
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.max_len = max_len
 
-    def reset(self, slot: int) -> None:
-        self.lengths[slot] = 0
-
     def write(self, layer: int, rows: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v (B, Hkv, S, D) of the new tokens; rows, pos (B, S): each token's cache row and position."""
         kt, vt = k.transpose(1, 2).to(self.k.dtype), v.transpose(1, 2).to(self.v.dtype)   # (B, S, Hkv, D)
@@ -101,9 +98,6 @@ class PagedKVCache:
     def extend(self, row: int, index: int, block: int) -> None:
         """Row `row`'s block number `index` (positions index*P .. index*P+P-1) is `block`."""
         self.tables[row, index] = block
-
-    def reset(self, slot: int) -> None:
-        self.assign(slot, [], 0)
 
     def write(self, layer: int, rows: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v (B, Hkv, S, D) of the new tokens; rows, pos (B, S): each token's row and position."""
