@@ -43,8 +43,9 @@ def available(device=None) -> int:
                 avail = int(line.split()[1]) * 1024
     except OSError:
         pass
-    if avail is None:   # not Linux: what the machine has at all
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if avail is None:   # no /proc/meminfo: what the machine has at all
+        from livelm.machine import total_memory
+        avail = total_memory()
     try:   # cgroup v2: the container's limit minus what it already uses
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         used = int(Path("/sys/fs/cgroup/memory.current").read_text())
