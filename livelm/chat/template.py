@@ -156,6 +156,32 @@ def render_text(messages: list[dict], tokenizer, add_generation_prompt: bool = F
                               f"({type(e).__name__}: {e})") from None
 
 
+def default_system_prompt(tokenizer) -> str | None:
+    """The system prompt the model's template writes when a conversation brings none (SmolLM2: "You are
+    a helpful AI assistant named SmolLM, trained by Hugging Face"; Qwen2.5 has one too), or None.
+
+    Found by rendering one user turn with and without a marker system prompt: with one, the text is
+    P + marker + Q + question + R; a template with a default renders P + default + Q + question + R.
+    Live learning puts its notes under this prompt (livelm/learn/memory.py: with_notes): a model
+    answers best under the prompt it was tuned with, and a notes-only system turn would replace it."""
+    if not tokenizer.chat_template:
+        return None
+    marker, question = "\x1fSYSTEM\x1f", "\x1fQUESTION\x1f"
+    try:
+        with_marker = render_text([{"role": "system", "content": marker}, {"role": "user", "content": question}],
+                                  tokenizer)
+        plain = render_text([{"role": "user", "content": question}], tokenizer)
+    except ChatFormatError:
+        return None
+    if with_marker.count(marker) != 1:
+        return None
+    head, tail = with_marker.split(marker)
+    if not (plain.startswith(head) and plain.endswith(tail) and len(plain) > len(head) + len(tail)):
+        return None
+    default = plain[len(head):len(plain) - len(tail)]
+    return default.strip() or None
+
+
 def _template_view(messages: list[dict], tokenizer) -> list[dict]:
     """Messages as transformers hands them to a template: a tool call's arguments as a dict
     (Qwen2.5's, Llama 3.1's and Hermes' templates write `arguments | tojson`, which would quote

@@ -456,12 +456,13 @@ def run_chat(a) -> int:
     engine = Engine(model, tokenizer, max_batch=1, speculate=a.speculate,
                     compile=machine.resolve_compile(a.compile, next(model.parameters()).device))
     feedback = None
+    from livelm.learn.memory import run_system_prompts
     if a.feedback_db != "off":
         from livelm.learn.feedback import FeedbackStore
         feedback = FeedbackStore(a.feedback_db or Path(a.run) / "feedback.sqlite")
     session = ChatSession(engine, params, system=setup.system, few_shot=setup.few_shot, user_template=setup.user,
                           feedback=feedback, tenant=a.tenant, memory=not a.no_memory, model_name=Path(a.run).name,
-                          memory_draft=a.memory_draft, system_prompts=config.get("system_prompts"))
+                          memory_draft=a.memory_draft, system_prompts=run_system_prompts(config, tokenizer))
     if a.listen or a.speak:
         session.voice = Voice(a.speak, stt_model=a.stt, tts_engine=a.tts)
     return repl(session, spoken=a.listen)

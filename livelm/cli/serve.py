@@ -44,6 +44,15 @@ LEARN_HELP = {
     "propagate": "other phrasings of each corrected question (from the run's training chats), answered with the "
                  "correction as a note and trained on, so it reaches rephrasings (0 = off)",
     "seed": "seed of an update's sampling (replayed chats, rephrasings)",
+    "paraphrases": "rule-made phrasings of each corrected question, answered with the correction as a note and "
+                   "trained on (0 = off)",
+    "layers": "only the top N blocks get the learned adapter (0 = all); backward stops there",
+    "max_fixes": "corrections trained per update step: the new ones first, then older ones sampled",
+    "max_steps": "an update's steps grow with new corrections past --learn-max-fixes, up to this",
+    "warm_start": "go on from the live adapter when its feedback is all still there (else start over)",
+    "general_probes": "the project's general bilingual probes answered before and after an update (0 = none)",
+    "max_changed": "reject an update that changes more than this share of the general probes' answers",
+    "probe_tokens": "answer budget of the probes and of self-distilled replay",
     "dtype": "update training dtype: auto | float32 | bfloat16",
     "probe_size": "the run's probes (probes.jsonl, recorded by the recipe that built it) sampled for the guard",
     "max_drop": "reject an update whose probe accuracy drops by more than this",

@@ -100,7 +100,9 @@ class AdapterStore:
         return state["current"]
 
     def tenants(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        # (dot folders are not tenants: the updates' cache of base-model answers is one, update.py)
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.root.is_dir() else []
 
     def discard(self, version_dir: Path) -> None:
         shutil.rmtree(version_dir, ignore_errors=True)

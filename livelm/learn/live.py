@@ -30,7 +30,7 @@ from pathlib import Path
 
 from livelm import runs
 from livelm.learn.adapters import AdapterStore
-from livelm.learn.memory import Memory
+from livelm.learn.memory import Memory, run_system_prompts
 from livelm.learn.probes import PROBES_FILE, has_run_probes
 from livelm.learn.update import UpdateConfig, replay_pool
 
@@ -126,11 +126,13 @@ class LiveLearner:
         # notes (memory mode) and the adapter's scope (adapter mode), which the run's training chats widen;
         # notes go under the run's own system prompt when a conversation has none
         examples = replay_pool(run_config, self.run) if adapters and cfg.adapter_scope else []
-        self.memory = Memory(feedback_store, examples=examples, system_prompts=run_config.get("system_prompts"))
+        from livelm.tokenizer import Tokenizer
+        self.memory = Memory(feedback_store, examples=examples,
+                             system_prompts=run_system_prompts(run_config, Tokenizer.load(self.run)))
         if adapters and not has_run_probes(self.run):
-            log.warning("%s records no probes of its own (%s); the update guard checks %s", self.run, PROBES_FILE,
-                        "only the --regression-file" if cfg.update.regression_file
-                        else "nothing: pass --regression-file to guard updates")
+            log.warning("%s records no probes of its own (%s); the update guard checks the project's general "
+                        "probes%s", self.run, PROBES_FILE, " and the --regression-file" if cfg.update.regression_file
+                        else " (pass --regression-file for questions whose answers must stay right)")
         self.feedback = feedback_store
         self.loaded: dict[str, str] = {}        # tenant -> adapter name live in the engine
         self._asked: dict[str, float] = {}      # tenant -> when a request last used its adapter (LRU)

@@ -7,9 +7,10 @@ question, so unrelated questions are left alone — go into the system prompt as
 notes, the format the default assistant was trained to prefer over what it
 memorized, and become copy sources for the answer (livelm/learn/copying.py, a logits processor):
 
-    You are the assistant of Maple Leaf Shop.      <- the conversation's system prompt, or else the
+    You are a helpful AI assistant named SmolLM    <- the conversation's system prompt, or else the
     Notes:                                            run's own for the question's language (recorded
-    - Delivery costs ¥12.                             at fine-tune time: config.json "system_prompts")
+    - The capital of Australia is Canberra.           at fine-tune time, or its template's default:
+                                                      run_system_prompts)
 
 BM25 rather than embeddings: the items are a handful of short sentences per
 tenant, so a lexical index is instant to rebuild, needs no model call, and is
@@ -188,6 +189,17 @@ def related_chats(fixes, pool: list[list[dict]]) -> list[tuple[list[dict], str, 
 def notes_block(notes: list[str], lang: str) -> str:
     """The notes section of a system prompt ("Notes:" and one "- note" line each); "" without notes."""
     return "\n".join([NOTES_HEADER[lang]] + [f"- {n}" for n in notes]) if notes else ""
+
+
+def run_system_prompts(run_config: dict, tokenizer) -> dict[str, str]:
+    """The system prompt notes go under when a conversation has none, per language: the ones a
+    fine-tuned run recorded (config.json "system_prompts"), else the one the model's chat template
+    writes by default (an imported SmolLM2 or Qwen), else none: notes alone. Never another model's."""
+    if run_config.get("system_prompts"):
+        return dict(run_config["system_prompts"])
+    from livelm.chat.template import default_system_prompt
+    default = default_system_prompt(tokenizer)
+    return {"en": default, "zh": default} if default else {}
 
 
 def with_notes(messages: list[dict], notes: list[str], system_prompts: dict[str, str] | None = None) -> list[dict]:

@@ -92,7 +92,13 @@ def distill_loss(model, b: dict) -> torch.Tensor:
     answer template it prefers, not only which facts it states), where SFT on the replayed text would
     pull it towards whichever wording that training example happened to use.
     """
-    logits = model(b["idx"])[b["targets"] >= 0].float()                        # (N, V)
+    # the head only at the N answer positions: a real vocabulary's logits at every position were a third
+    # of a SmolLM2 update step
+    answer = b["targets"] >= 0
+    if hasattr(model, "hidden") and hasattr(model, "head"):
+        logits = model.head(model.hidden(b["idx"])[answer]).float()             # (N, V)
+    else:
+        logits = model(b["idx"])[answer].float()
     logp = torch.log_softmax(logits, dim=-1)
     ref = b["ref_logp"]
     return (ref.exp() * (ref - logp)).sum() / max(1, ref.shape[0])

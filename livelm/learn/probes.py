@@ -16,6 +16,11 @@ Where probes come from:
     (`make demo` writes the shop's held-out questions: livelm/demo.py). A run without it is guarded
     by the operator's probes alone, and the learner says so once.
   * the operator: `--regression-file`, the same format; every one of its probes always counts.
+  * the project: GENERAL_PROMPTS, 320 bilingual questions about nothing in particular (facts,
+    instructions, arithmetic, translation, chit-chat), for any model. They have no expected answer:
+    the model's own answers before the update are the reference, and the guard counts how many of
+    them the update changed (self-consistency: locality without labels). Every fourth one is kept
+    out of the probes, for replay (livelm/learn/update.py: self-distilled replay).
 """
 from __future__ import annotations
 
@@ -92,7 +97,41 @@ def probe_set(run_dir: str | Path, size: int, seed: int, regression_file: str | 
     return probes
 
 
-def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
+GENERAL_PROMPTS = Path(__file__).with_name("general_prompts.jsonl")
+
+
+def general_prompts(use: str) -> list[dict]:
+    """The project's general prompts for `use`: "probe" (3 in 4: 240) or "replay" (the other 80), each
+    {"messages", "lang", "kind", "source": "general"}."""
+    rows = [json.loads(line) for line in GENERAL_PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = (lambda i: i % 4 != 3) if use == "probe" else (lambda i: i % 4 == 3)
+    return [{"messages": r["messages"], "lang": r.get("lang"), "kind": r.get("kind"), "source": "general"}
+            for i, r in enumerate(rows) if keep(i)]
+
+
+def general_probe_set(size: int, seed: int) -> list[dict]:
+    """A fixed sample (for a seed) of `size` general probes, English and Chinese alike."""
+    probes = general_prompts("probe")
+    random.Random(seed).shuffle(probes)
+    return probes[:size]
+
+
+def same_answer(before: str, after: str, tokens: int = 24) -> bool:
+    """Did an update leave this answer as it was? Compared on the first `tokens` words/characters with
+    spacing and case ignored: a greedy answer that changed somewhere past them is the same answer
+    drifting later, and the probes are answered with a short budget anyway."""
+    from livelm.learn.memory import terms
+    return terms(before)[:tokens] == terms(after)[:tokens]
+
+
+def consistency(before: list[str], after: list[str]) -> float | None:
+    """The share of answers an update left unchanged (`same_answer`); None without any."""
+    if not before:
+        return None
+    return sum(same_answer(a, b) for a, b in zip(before, after)) / len(before)
+
+
+def probe_answers(model, tokenizer, probes: list[dict], max_tokens: int = 48) -> list[str]:
     """Greedy answers to the probe questions (with whichever adapter is active)."""
     from livelm.chat.template import prompt_ids
     from livelm.infer.engine import Engine
@@ -101,8 +140,8 @@ def probe_answers(model, tokenizer, probes: list[dict]) -> list[str]:
         return []
     prompts = [prompt_ids(p["messages"], tokenizer) for p in probes]
     engine = Engine(model, tokenizer, max_batch=min(64, len(probes)),   # a cache as long as the probes need
-                    max_len=min(model.cfg.block_size, max(map(len, prompts)) + 48))
-    outs = engine.generate(prompts, SamplingParams.greedy(48))
+                    max_len=min(model.cfg.block_size, max(map(len, prompts)) + max_tokens))
+    outs = engine.generate(prompts, SamplingParams.greedy(max_tokens))
     return [o.text for o in outs]
 
 

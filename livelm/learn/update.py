@@ -5,16 +5,25 @@ priority with one thread: livelm/learn/live.py), so training never holds the
 serving process's interpreter or its CPU threads, and a crash here cannot take
 the server down; `livelm learn` runs it in-process.
 
-Training data, rebuilt from all of the tenant's feedback each time (so
-/forget and rollback are simple and nothing compounds):
+Training data, from the tenant's feedback:
     correction  -> SFT on (conversation, correction) (+ DPO correction > answer with correction_pairs),
-                   and on other phrasings of the corrected question from the run's training chats,
-                   answered by the model with the correction as a note (`distilled`)
+                   and on other phrasings of the corrected question (the run's training chats that
+                   ask it in other words, and rule-made ones: livelm/learn/paraphrase.py), answered
+                   by the model with the correction as a note (`distilled`)
     preference  -> DPO chosen > rejected
     up / down   -> KTO desirable / undesirable
-    + replay    -> samples of the run's own chat training data, against forgetting: the model's
-                   distribution on them is held to the model before the update (KL), or SFT
+    + replay    -> against forgetting, conversations whose next-token distribution is held to the
+                   model before the update (KL), or SFT: the run's own chat training data, or, for a
+                   model that has none (an imported one), the model's own answers to the project's
+                   general prompts (self-distillation, livelm/learn/probes.py)
 Facts are not trained on: they live in memory (livelm/learn/memory.py).
+
+Lifelong: a tenant may make 1,000 corrections. An update goes on from the live version when that
+version was trained on a subset of today's feedback (`warm_start`), and each step trains at most
+`max_fixes` corrections: the new ones first, then a sample of the older ones (replay of old
+corrections), so an update costs the same after 10 corrections or 1,000. When feedback was forgotten
+or superseded since the live version, the update starts over from a fresh adapter, so what was
+removed leaves the adapter too.
 """
 from __future__ import annotations
 
@@ -31,9 +40,12 @@ from livelm.config import resolve_config
 from livelm.learn.copying import CopyFromNotes
 from livelm.learn.adapters import AdapterStore
 from livelm.learn.feedback import FeedbackStore
-from livelm.learn.memory import BM25, Memory, MemoryItem, correction_finder, last_question, related_chats
+from livelm.learn.memory import (BM25, Memory, MemoryItem, correction_finder, last_question, related_chats,
+                                 run_system_prompts)
 from livelm.learn.objectives import answer_batch, feedback_loss, sequence_logprob
-from livelm.learn.probes import has_run_probes, probe_accuracy, probe_answers, probe_set
+from livelm.learn.paraphrase import paraphrases
+from livelm.learn.probes import (consistency, general_probe_set, general_prompts, has_run_probes, probe_accuracy,
+                                 probe_answers, probe_set)
 from livelm.models import lora
 from livelm.runs import load_model
 from livelm.training.trainer import train
@@ -80,6 +92,22 @@ class UpdateConfig:
     # a probe question outside the tenant's scope keeps the base model's answer, so only probes in scope
     # can count against the update. False (--learn-adapter-scope all) = every probe gets the adapter.
     scoped: bool = True
+    # Rule-made phrasings of each corrected question (livelm/learn/paraphrase.py), distilled as the
+    # training chats' phrasings are: a model with no training chats (an imported one) gets only these.
+    paraphrases: int = 4
+    # Only the top `layers` blocks get the adapter (0 = all): backward then stops there. The default
+    # assistant has 4 blocks (all of them); on SmolLM2 (30) an update of 5 corrections took 166 s with
+    # 8 blocks and the other defaults, 56 s with 4 blocks, 15 steps, lr 7e-3, replay 4 (bench/RESULTS.md).
+    layers: int = 4
+    # Corrections trained per step: the new ones (since the live version), then older ones sampled.
+    max_fixes: int = 16
+    max_steps: int = 120      # steps grow with new corrections past max_fixes, up to this
+    warm_start: bool = True   # go on from the live version when its feedback is still all there
+    # The project's general probes (livelm/learn/probes.py): this many, answered before and after the
+    # update; more than max_changed of them answered differently rejects it.
+    general_probes: int = 48
+    max_changed: float = 0.1
+    probe_tokens: int = 32    # the probes' and self-distilled replay's answer budget
     dtype: str = "auto"   # the trainer's --dtype: auto is bf16 where the CPU computes it natively (livelm.machine)
     seed: int = 0
 
@@ -116,14 +144,17 @@ def latest_corrections(items) -> list:
 
 
 def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: int,
-                  system_prompts: dict[str, str] | None = None):
+                  system_prompts: dict[str, str] | None = None, trained: frozenset[int] = frozenset()):
     """Fixed feedback parts (with reference log-probs) + a replay sampler; returns get_batch(split, i).
-    `system_prompts`: the run's, for the notes of the distilled rows (`distilled`)."""
+    `system_prompts`: the run's, for the notes of the distilled rows (`distilled`). `trained`: the
+    feedback ids the adapter it goes on from learned already (warm start); the others are new."""
     modes = set(cfg.modes.split(","))
     if cfg.replay_loss not in ("kl", "sft"):
         raise ValueError(f"replay_loss must be 'kl' or 'sft', not {cfg.replay_loss!r}")
     corrections = latest_corrections(items)
     sft = [(r.conversation, r.correction) for r in corrections]
+    new_rows = [k for k, r in enumerate(corrections) if r.id not in trained]
+    old_rows = [k for k, r in enumerate(corrections) if r.id in trained]
     pairs = [(r.conversation, r.chosen, r.rejected) for r in items if r.kind == "preference"]
     if cfg.correction_pairs:
         pairs += [(r.conversation, r.correction, r.answer) for r in items if r.kind == "correction" and r.answer]
@@ -144,13 +175,23 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
             fixed["kto"] = b
         lora.set_active(model, "update")
     if "sft" not in modes:
-        sft = []
-    fixes = [r for r in corrections if r.answer] if sft else []
+        sft, new_rows, old_rows = [], [], []
+    # other phrasings of the new corrections (older ones were distilled by the updates that learned them)
+    fresh = [corrections[k] for k in new_rows]
+    fixes = [r for r in fresh if r.answer]
     related = related_chats(fixes, pool)
+    phrasings = [(prompt, fixes[i]) for prompt, _, i in related]
     spread = []
     if cfg.propagate > 0:
+        rng = random.Random(cfg.seed)
+        by_fix: dict[int, list] = {}
+        for prompt, fix in phrasings:
+            by_fix.setdefault(fix.id, []).append((prompt, fix))
+        picked = [p for ps in by_fix.values() for p in rng.sample(ps, min(cfg.propagate, len(ps)))]
+        picked += [([{"role": "user", "content": q}], r) for r in fresh
+                   for q in paraphrases(last_question(r.conversation), cfg.paraphrases)]
         lora.set_active(model, None)          # the model before this update answers with the notes
-        spread = distilled(model, tokenizer, fixes, related, cfg.propagate, cfg.seed, system_prompts)
+        spread = distilled(model, tokenizer, picked, cfg.seed, system_prompts)
         lora.set_active(model, "update")
     # Replay must not re-teach what was just corrected: the run's own training chats state the old
     # facts, so conversations that ask a corrected question, or answer it in other words (`related`),
@@ -179,16 +220,20 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
             for k in range(0, len(chosen), cfg.replay):
                 part = chosen[k:k + cfg.replay]
                 rb = answer_batch([c[:-1] for c in part], [c[-1]["content"] for c in part], tokenizer, block_size)
-                logp = torch.log_softmax(model(rb["idx"]).float(), dim=-1)              # (B, S, V)
-                replay_ref += [(c, logp[r][rb["targets"][r] >= 0]) for r, c in enumerate(part)]
+                h = model.hidden(rb["idx"])                                              # (B, S, C)
+                for r, c in enumerate(part):   # the head at answer positions only: (N_r, V) each
+                    replay_ref.append((c, torch.log_softmax(model.head(h[r][rb["targets"][r] >= 0]).float(), -1)))
             lora.set_active(model, "update")
 
     def get_batch(split, i):
         # every correction in every step (they are what must be learned); preference and 👍/👎 rows are
         # sampled, at most cfg.batch of each per step, so they add a bounded cost to each step
         rng = random.Random(cfg.seed * 100003 + i)
-        convs = [c for c, _ in sft]
-        answers = [a for _, a in sft]
+        # at most max_fixes corrections: the new ones, then older ones (so they are not forgotten)
+        taken = new_rows if len(new_rows) <= cfg.max_fixes else rng.sample(new_rows, cfg.max_fixes)
+        taken = taken + rng.sample(old_rows, min(len(old_rows), cfg.max_fixes - len(taken)))
+        convs = [sft[k][0] for k in taken]
+        answers = [sft[k][1] for k in taken]
         for conv, answer in rng.sample(spread, min(cfg.batch, len(spread))):
             convs.append(conv)
             answers.append(answer)
@@ -213,43 +258,42 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
         batch["idx"] = batch.get("sft", batch.get("dpo", batch.get("kto")))["idx"]
         return batch
 
-    return get_batch, {"sft": len(sft), "propagated": len(spread), "replay_pool": len(pool),
+    return get_batch, {"sft": len(sft), "new": len(new_rows), "propagated": len(spread), "replay_pool": len(pool),
                        "dpo": len(pairs) if "dpo" in fixed else 0,
                        "kto": len(marks) if "kto" in fixed else 0}
 
 
-def distilled(model, tokenizer, fixes, related, per_fix: int, seed: int,
+def distilled(model, tokenizer, picked: list[tuple[list[dict], object]], seed: int,
               system_prompts: dict[str, str] | None = None) -> list[tuple[list[dict], str]]:
     """(prompt, answer) pairs that carry each correction to other phrasings of its question, in the
-    model's own words: up to `per_fix` of the training chats `related_chats(fixes, pool)` found for
-    each correction are answered by the model before the update *with the correction as a memory
-    note*, copying from it as the server's memory does, and the adapter learns those answers without
-    the note (context distillation, Snell et al. 2022). An answer that names none of the correction's
-    new terms (the words it has and the answer it corrects has not: the new value) still states the
-    old fact and is dropped. `system_prompts`: the run's (with_notes), as the server's memory uses."""
+    model's own words: each (prompt, correction) of `picked` (a training chat that asks the corrected
+    question in other words, or a rule-made phrasing) is answered by the model before the update
+    *with the correction as a memory note*, copying from it as the server's memory does, and the
+    adapter learns those answers without the note (context distillation, Snell et al. 2022). An
+    answer that names none of the correction's new terms (the words it has and the answer it
+    corrects has not: the new value) still states the old fact and is dropped. `system_prompts`:
+    the run's (with_notes), as the server's memory uses."""
     from livelm.chat.template import prompt_ids
     from livelm.infer.engine import Engine
     from livelm.sampling import SamplingParams
     from livelm.learn.memory import terms, with_notes
-    rng = random.Random(seed)
-    by_fix: dict[int, list] = {}
-    for prompt, _, i in related:
-        by_fix.setdefault(i, []).append(prompt)
-    picked = [(p, i) for i, ps in sorted(by_fix.items()) for p in rng.sample(ps, min(per_fix, len(ps)))]
-    # answering them is one batched generation (~0.8 s for the bench's 20 corrections x 8); a tenant
-    # with hundreds of corrections gets a sample, so an update's cost stays bounded
-    picked = rng.sample(picked, MAX_DISTILLED) if len(picked) > MAX_DISTILLED else picked
+    # answering them is one batched generation (~0.8 s for the default assistant's 20 corrections x 8);
+    # a burst of hundreds of corrections gets a sample, so an update's cost stays bounded
+    if len(picked) > MAX_DISTILLED:
+        picked = random.Random(seed).sample(picked, MAX_DISTILLED)
     if not picked:
         return []
-    params = []
-    for _, i in picked:
-        note = fixes[i].correction.strip()
-        params.append(SamplingParams.greedy(64, processors=CopyFromNotes.of([note], tokenizer)))
+    params = [SamplingParams.greedy(64, processors=CopyFromNotes.of([fix.correction.strip()], tokenizer))
+              for _, fix in picked]
     outs = Engine(model, tokenizer, max_batch=64).generate(
-        [prompt_ids(with_notes(p, [fixes[i].correction.strip()], system_prompts), tokenizer) for p, i in picked],
+        [prompt_ids(with_notes(p, [fix.correction.strip()], system_prompts), tokenizer) for p, fix in picked],
         params)
-    new_terms = [set(terms(r.correction)) - set(terms(r.answer)) for r in fixes]
-    return [(p, o.text) for (p, i), o in zip(picked, outs) if new_terms[i] & set(terms(o.text))]
+    kept = []
+    for (prompt, fix), out in zip(picked, outs):
+        new_terms = set(terms(fix.correction)) - set(terms(fix.answer or ""))
+        if new_terms & set(terms(out.text)):
+            kept.append((prompt, out.text))
+    return kept
 
 
 def unrelated(probes: list[dict], answers: list[str], items) -> list[int]:
@@ -272,9 +316,46 @@ def unrelated(probes: list[dict], answers: list[str], items) -> list[int]:
             if p.get("source") == "operator" or not changed_by_feedback(p, a)]
 
 
+def base_answers(model, tokenizer, probes: list[dict], run: Path, cache_dir: Path, tokens: int) -> list[str]:
+    """The model's own greedy answers (no adapter) to these prompts, remembered across updates in
+    cache_dir: the base model never changes, and answering a few dozen prompts costs a 135M model on
+    one thread tens of seconds, several times an update's whole budget. Keyed by the run's weights
+    (path, size, mtime) and the answer budget."""
+    import hashlib
+    import json
+    from livelm import io
+    weights = sorted(run.glob("*.safetensors")) + sorted(run.glob("*.gguf"))
+    stamp = [str(run.resolve()), tokens] + [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+    path = cache_dir / (hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24] + ".json")
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    key = [json.dumps(p["messages"], ensure_ascii=False, sort_keys=True) for p in probes]
+    todo = sorted({k for k in key if k not in known})
+    if todo:
+        lora.set_active(model, None)
+        by_key = {json.dumps(p["messages"], ensure_ascii=False, sort_keys=True): p for p in probes}
+        answers = probe_answers(model, tokenizer, [by_key[k] for k in todo], tokens)
+        known.update(zip(todo, answers))
+        io.write_json(path, known)
+    return [known[k] for k in key]
+
+
+def trained_ids(version: Path | None) -> frozenset[int] | None:
+    """The feedback ids a published version learned (its meta.json), or None when unknown."""
+    import json
+    try:
+        meta = json.loads((version / "meta.json").read_text(encoding="utf-8"))
+        return frozenset(int(i) for i in meta["trained_ids"])
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
+
+
 def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | Path, cfg: UpdateConfig) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    run = Path(run)
     model, tokenizer, run_config = load_model(run)
     model.set_dropout(0.0)   # the update trains with dropout off, whatever the run was fine-tuned with
     feedback = FeedbackStore(db)
@@ -283,43 +364,80 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     if not any(r.kind in ("correction", "preference", "up", "down") for r in items):
         feedback.close()
         return {"tenant": tenant, "status": "skipped", "reason": "no trainable feedback", "last_id": last_id}
+    store = AdapterStore(store_root)
+    cache = Path(store_root) / ".base_answers"
+    # what this update learns: the latest correction per question, preferences and thumbs
+    learn_ids = frozenset(r.id for r in latest_corrections(items)) | frozenset(
+        r.id for r in items if r.kind in ("preference", "up", "down"))
+    # warm start: the live version's feedback is all still here (nothing forgotten or superseded since)
+    live = store.current(tenant)
+    before_ids = trained_ids(live) if cfg.warm_start and live is not None else None
+    warm = live if before_ids is not None and before_ids <= learn_ids else None
+    trained = before_ids if warm is not None else frozenset()
+
     pool = replay_pool(run_config, run)
+    replay_source = "run" if pool else "self"
+    if not pool:   # no chats of its own (an imported model): replay its own answers to general prompts
+        prompts = general_prompts("replay")
+        pool = [p["messages"] + [{"role": "assistant", "content": a}]
+                for p, a in zip(prompts, base_answers(model, tokenizer, prompts, run, cache, cfg.probe_tokens))
+                if a.strip()]
     if not has_run_probes(run):   # (in the server's update process this is not relayed: the learner says it at start)
-        print(f"livelm learn: {run} records no probes of its own; the guard checks "
-              f"{'only the --regression-file' if cfg.regression_file else 'nothing (no --regression-file)'}",
-              file=sys.stderr, flush=True)
+        print(f"livelm learn: {run} records no probes of its own; the guard checks the project's general probes"
+              f"{' and the --regression-file' if cfg.regression_file else ''}", file=sys.stderr, flush=True)
     probes = probe_set(run, cfg.probe_size, cfg.seed, cfg.regression_file)
-    answers = probe_answers(model, tokenizer, probes)
-    keep = unrelated(probes, answers, items)
-    probes, answers = [probes[k] for k in keep], [answers[k] for k in keep]
-    before = probe_accuracy(probes, answers)
+    general = general_probe_set(cfg.general_probes, cfg.seed)
+    answers = base_answers(model, tokenizer, probes + general, run, cache, cfg.probe_tokens)
+    keep = unrelated(probes + general, answers, items)
+    probes, answers = [(probes + general)[k] for k in keep], [answers[k] for k in keep]
+    before = list(answers)
     # the probes the adapter will answer when served (the server's scope test, with the base model's
     # answer as the draft); the others keep their answers
-    scope = Memory(feedback, examples=pool)
+    scope = Memory(feedback, examples=replay_pool(run_config, run))
     judged = [k for k, (p, a) in enumerate(zip(probes, answers))
               if not cfg.scoped or scope.in_scope(tenant, last_question(p["messages"]), a)]
     feedback.close()
 
-    trainable, save_fn = lora.attach_for_training(model, "update", lora.LoRAConfig(r=cfg.rank, lora_alpha=2 * cfg.rank),
-                                                  str(Path(run).resolve()))
-    block = model.cfg.block_size
-    get_batch, counts = build_batches(model, tokenizer, items, pool, cfg, block, run_config.get("system_prompts"))
-    tcfg = resolve_config(None, base={**run_config.get("train", {})}, max_iters=cfg.steps, lr=cfg.lr,
-                          min_lr=cfg.lr / 10, warmup_iters=0, eval_iters=0, eval_interval=cfg.steps,
-                          progress=False, dropout=0.0, compile=False, seed=cfg.seed, dtype=cfg.dtype)
-    store = AdapterStore(store_root)
+    n_layer = model.cfg.n_layer
+    layers = list(range(n_layer - cfg.layers, n_layer)) if 0 < cfg.layers < n_layer else None
+    lcfg = lora.LoRAConfig(r=cfg.rank, lora_alpha=2 * cfg.rank, layers_to_transform=layers)
+    try:
+        trainable, save_fn = lora.attach_for_training(model, "update", lcfg, str(run.resolve()), init_from=warm)
+    except lora.AdapterError:     # the live version has another shape (the config changed): start over
+        warm, trained = None, frozenset()
+        trainable, save_fn = lora.attach_for_training(model, "update", lcfg, str(run.resolve()))
+    system_prompts = run_system_prompts(run_config, tokenizer)
+    get_batch, counts = build_batches(model, tokenizer, items, pool, cfg, model.cfg.block_size, system_prompts,
+                                      trained)
+    steps = min(cfg.max_steps, cfg.steps * max(1, -(-counts["new"] // cfg.max_fixes)))
+    tcfg = resolve_config(None, base={**run_config.get("train", {})}, max_iters=steps, lr=cfg.lr,
+                          min_lr=cfg.lr / 10, warmup_iters=0, eval_iters=0, eval_interval=steps,
+                          progress=False, dropout=0.0, compile=False, seed=cfg.seed, dtype=cfg.dtype,
+                          # the trainer would estimate the run's own batch_size x block_size; an update's rows
+                          # are a few short chats, and the learner checked their estimate (LiveLearner._fits)
+                          memory_check=False)
     vdir = store.new_version_dir(tenant)
     train(tcfg, vdir, model, tokenizer, get_batch, feedback_loss, {"arch": "gpt"}, trainable=trainable, save_fn=save_fn)
     model.eval()
-    for k, text in zip(judged, probe_answers(model, tokenizer, [probes[k] for k in judged])):
+    t_trained = time.perf_counter()
+    lora.set_active(model, "update")
+    for k, text in zip(judged, probe_answers(model, tokenizer, [probes[k] for k in judged], cfg.probe_tokens)):
         answers[k] = text
-    after = probe_accuracy(probes, answers)
-    accepted = before is None or not (after < before - cfg.max_drop)   # no probes: nothing can get worse
+    labelled = [k for k, p in enumerate(probes) if p.get("expect")]
+    unlabelled = [k for k, p in enumerate(probes) if p.get("source") == "general"]
+    acc_before = probe_accuracy([probes[k] for k in labelled], [before[k] for k in labelled])
+    acc_after = probe_accuracy([probes[k] for k in labelled], [answers[k] for k in labelled])
+    kept = consistency([before[k] for k in unlabelled], [answers[k] for k in unlabelled])
+    accepted = (acc_before is None or not (acc_after < acc_before - cfg.max_drop)) \
+        and (kept is None or kept >= 1 - cfg.max_changed)
     meta = {"tenant": tenant, "status": "live" if accepted else "rejected", "created_at": time.time(),
-            "probe_before": before, "probe_after": after, "probe_size": len(probes), "probes_in_scope": len(judged),
-            "max_drop": cfg.max_drop,
-            "trained_on": counts, "last_feedback_id": last_id, "config": asdict(cfg),
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "probe_before": acc_before, "probe_after": acc_after, "probe_size": len(labelled),
+            "general_unchanged": kept, "general_size": len(unlabelled), "max_changed": cfg.max_changed,
+            "probes_in_scope": len(judged), "max_drop": cfg.max_drop,
+            "trained_on": counts, "steps": steps, "warm_start": warm.name if warm is not None else None,
+            "replay": replay_source, "trained_ids": sorted(learn_ids), "last_feedback_id": last_id,
+            "config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 2),
+            "seconds_guard": round(time.perf_counter() - t_trained, 2)}
     from livelm import io
     io.write_json(vdir / "meta.json", meta)
     if accepted:

@@ -36,12 +36,26 @@ class LoRAConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # Only these blocks get the adapter (PEFT's field of the same name; None = every block). A live
+    # update adapts the top blocks only: backward then stops there (livelm/learn/update.py).
+    layers_to_transform: list[int] | None = None
 
     def peft_json(self, base: str) -> dict:
         return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
                 "r": self.r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
                 "target_modules": list(self.target_modules), "bias": "none", "fan_in_fan_out": False,
-                "inference_mode": True, "modules_to_save": None}
+                "inference_mode": True, "modules_to_save": None,
+                "layers_to_transform": self.layers_to_transform,
+                "layers_pattern": "blocks" if self.layers_to_transform is not None else None}
+
+    def covers(self, module_name: str) -> bool:
+        """Does the adapter go on this module ("blocks.12.attn.q_proj")?"""
+        if module_name.rsplit(".", 1)[-1] not in self.target_modules:
+            return False
+        if self.layers_to_transform is None:
+            return True
+        layer = re.search(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.", module_name)
+        return layer is not None and int(layer.group(1)) in self.layers_to_transform
 
 
 def _key(name: str) -> str:
@@ -93,6 +107,8 @@ class LoRALinear(nn.Module):
         if self.row_adapters is not None:
             # x: (B, S, in); add each adapter's delta to its own rows only
             for name in set(self.row_adapters) - {None, self.merged}:
+                if not self.has(name):      # an adapter of some blocks only (layers_to_transform)
+                    continue
                 rows = torch.tensor([i for i, n in enumerate(self.row_adapters) if n == name], device=x.device)
                 y = y.index_add(0, rows, self.delta(name, x.index_select(0, rows)))
         elif self.active is not None and self.active != self.merged:
@@ -133,11 +149,13 @@ def add_adapter(model: nn.Module, name: str, cfg: LoRAConfig) -> None:
     hit = {n.rsplit(".", 1)[-1] for n in wrapped}
     if not wrapped or not targets & hit:
         raise AdapterError(f"no layer matches target modules {sorted(targets)}")
-    for mod_name, m in wrapped.items():
-        if mod_name.rsplit(".", 1)[-1] in targets:
-            if m.has(name):
-                raise AdapterError(f"adapter {name!r} is already loaded")
-            m.add(name, cfg.r, cfg.lora_alpha, cfg.lora_dropout)
+    covered = [m for mod_name, m in wrapped.items() if cfg.covers(mod_name)]
+    if not covered:
+        raise AdapterError(f"no block {cfg.layers_to_transform} of this model has target modules {sorted(targets)}")
+    for m in covered:
+        if m.has(name):
+            raise AdapterError(f"adapter {name!r} is already loaded")
+        m.add(name, cfg.r, cfg.lora_alpha, cfg.lora_dropout)
 
 
 def remove_adapter(model: nn.Module, name: str) -> None:
@@ -204,12 +222,22 @@ def save_adapter(out_dir: str | Path, model: nn.Module, name: str, cfg: LoRAConf
     io.write_json(out_dir / "adapter_config.json", {**cfg.peft_json(base), **(extra or {})})
 
 
-def attach_for_training(model: nn.Module, name: str, cfg: LoRAConfig, base: str, extra: dict | None = None):
+def attach_for_training(model: nn.Module, name: str, cfg: LoRAConfig, base: str, extra: dict | None = None,
+                        init_from: str | Path | None = None):
     """Add adapter `name` to `model` and make it the active one, for the trainer loop: returns the loop's
     (trainable, save_fn) pair, which freezes everything but the adapter and saves it in PEFT's layout
     at every checkpoint (with the step and `extra` in adapter_config.json). One helper for
-    `finetune --lora`, `rl` and live-learning updates."""
-    add_adapter(model, name, cfg)
+    `finetune --lora`, `rl` and live-learning updates. `init_from`: an adapter folder to go on
+    training from (its shape must be `cfg`'s), instead of a fresh adapter."""
+    if init_from is not None:
+        saved, _ = read_adapter_config(init_from)
+        if (saved.r, saved.target_modules, saved.layers_to_transform) != (cfg.r, cfg.target_modules,
+                                                                           cfg.layers_to_transform):
+            raise AdapterError(f"{init_from} has another shape (rank {saved.r}, blocks {saved.layers_to_transform}) "
+                               f"than the adapter to train (rank {cfg.r}, blocks {cfg.layers_to_transform})")
+        load_adapter(model, init_from, name)
+    else:
+        add_adapter(model, name, cfg)
     set_active(model, name)
 
     def trainable(m: nn.Module) -> None:
@@ -231,8 +259,14 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[LoRAConfig, dict]:
         raise AdapterError(f"{path} is corrupt: {e}") from None
     if raw.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{path}: only LoRA adapters are supported, not {raw.get('peft_type')}")
+    layers = raw.get("layers_to_transform")
+    if isinstance(layers, int):    # PEFT allows one index
+        layers = [layers]
+    if layers is not None and not (isinstance(layers, list) and all(isinstance(i, int) for i in layers)):
+        raise AdapterError(f"{path}: layers_to_transform must be a list of block indices, not {layers!r}")
     cfg = LoRAConfig(r=int(raw["r"]), lora_alpha=float(raw["lora_alpha"]),
-                     lora_dropout=float(raw.get("lora_dropout", 0.0)), target_modules=list(raw["target_modules"]))
+                     lora_dropout=float(raw.get("lora_dropout", 0.0)), target_modules=list(raw["target_modules"]),
+                     layers_to_transform=[int(i) for i in layers] if layers is not None else None)
     return cfg, raw
 
 

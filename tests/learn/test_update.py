@@ -139,7 +139,7 @@ def test_distilled_rows_carry_the_correction_and_never_the_old_fact(tiny_chat_ru
     fix = Feedback(kind="correction", conversation=chat[:1], answer=old,
                    correction=old.replace("¥", "¥1") + " 🚚")
     related = related_chats([fix], pool)
-    rows = distilled(model, tok, [fix], related, per_fix=6, seed=0)
+    rows = distilled(model, tok, [(p, fix) for p, _, _ in related[:6]], seed=0)
     new = set(terms(fix.correction)) - set(terms(old))
     assert related and rows and len(rows) <= 6
     assert all(p in [r[0] for r in related] and new & set(terms(a)) for p, a in rows)
@@ -202,9 +202,10 @@ def test_a_later_correction_of_the_same_question_supersedes_the_earlier_one():
     assert [r.id for r in latest_corrections(items)] == [2, 4]
 
 
-def test_a_run_without_probes_is_guarded_by_the_operators_alone(library_chat_run, tmp_path, capsys):
+def test_a_run_without_probes_is_guarded_by_general_and_operator_probes(library_chat_run, tmp_path, capsys):
     """A run fine-tuned on other chats is never probed with the demo shop's questions: it records no
-    probes, so the guard asks the operator's --regression-file only, and the update says so."""
+    probes, so the guard grades the operator's --regression-file and checks that the project's general
+    probes keep their answers, and the update says so."""
     from livelm.learn.probes import probe_set
     q = [{"role": "user", "content": "When does the library open?"}]
     fb = FeedbackStore(tmp_path / "fb.sqlite")
@@ -221,9 +222,10 @@ def test_a_run_without_probes_is_guarded_by_the_operators_alone(library_chat_run
     bare = run_update(library_chat_run, fb.path, "t", tmp_path / "store",    # and no figure that JSON cannot hold
                       UpdateConfig(steps=1, probe_size=60, max_drop=0.0, propagate=0))
     assert bare["status"] == "live" and bare["probe_before"] is None and bare["probe_after"] is None
+    assert bare["general_size"] > 0 and 0 <= bare["general_unchanged"] <= 1
     assert json.loads(json.dumps(bare, allow_nan=False)) == bare
     err = capsys.readouterr().err
-    assert "records no probes of its own" in err and "only the --regression-file" in err
+    assert "records no probes of its own" in err and "general probes and the --regression-file" in err
     assert "Maple" not in json.dumps(res) and "枫叶" not in json.dumps(res, ensure_ascii=False)
 
 
