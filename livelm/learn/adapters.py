@@ -59,6 +59,7 @@ class AdapterStore:
             meta_path = v / "meta.json"
             if meta_path.is_file():   # else an update died writing it (see the module docstring)
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                meta.pop("trained_ids", None)   # which feedback it learned: for the next update, not for listing
                 out.append({"version": v.name, "live": v.name == state["current"], **meta})
         return out
 

@@ -84,15 +84,16 @@ def update_context():
     return ctx
 
 
-def run_update_process(run: Path, db_path: Path, tenant: str, store_root: Path, cfg: LearnConfig) -> dict:
-    """One update (livelm/learn/update.py) in its own low-priority process; its result dict.
+def run_update_process(run: Path, db_path: Path, tenant: str | None, store_root: Path, cfg: LearnConfig) -> dict:
+    """One update (livelm/learn/update.py) in its own low-priority process; its result dict. tenant None:
+    only answer the guard's probes with the base model, for the updates to come (warm_base_answers).
 
     A separate process, so training never holds the server's interpreter or CPU threads and a crash
     cannot take serving down; a crash or a timeout raises RuntimeError here."""
     from livelm.learn.update import update_child
     ctx = update_context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=update_child, name=f"livelm-update-{tenant}", daemon=True,
+    proc = ctx.Process(target=update_child, name=f"livelm-update-{tenant or 'warm'}", daemon=True,
                        args=(send, str(run), str(db_path), tenant, str(store_root), asdict(cfg.update),
                              cfg.threads, cfg.nice))
     proc.start()
@@ -154,6 +155,16 @@ class LiveLearner:
                 forkserver.ensure_running()    # its imports happen now, not in the first update's latency
             except OSError as e:               # serving goes on; each update will say why it cannot start
                 log.warning("the update forkserver did not start (%s); updates will retry it", e)
+        if adapters:   # the base model's answers to the guard's probes, before the first feedback needs them
+            threading.Thread(target=self._warm, name="livelm-learn-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            result = run_update_process(self.run, self.db_path, None, self.store.root, self.cfg)
+            log.info("update guard's probes answered by the base model: %s prompts in %s s", result.get("prompts"),
+                     result.get("seconds"))
+        except Exception as e:   # the first update answers them itself
+            log.warning("answering the update guard's probes ahead failed: %s", e)
 
     def _state_age(self, tenant: str) -> float:
         try:

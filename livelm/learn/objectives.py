@@ -53,7 +53,7 @@ def token_logprobs(model, batch: dict) -> torch.Tensor:
 
 
 def sft_loss(model, b: dict) -> torch.Tensor:
-    _, loss = model(b["idx"], b["targets"])
+    _, loss = model(b["idx"], b["targets"], plan=b["plan"]) if "plan" in b else model(b["idx"], b["targets"])
     return loss
 
 
@@ -96,7 +96,7 @@ def distill_loss(model, b: dict) -> torch.Tensor:
     # of a SmolLM2 update step
     answer = b["targets"] >= 0
     if hasattr(model, "hidden") and hasattr(model, "head"):
-        logits = model.head(model.hidden(b["idx"])[answer]).float()             # (N, V)
+        logits = model.head(model.hidden(b["idx"], b.get("plan"))[answer]).float()   # (N, V)
     else:
         logits = model(b["idx"])[answer].float()
     logp = torch.log_softmax(logits, dim=-1)

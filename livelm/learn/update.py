@@ -56,6 +56,9 @@ from livelm.training.trainer import train
 # single correction no question could reach it, so replay re-taught the fact just corrected.
 QUESTION_COVERAGE = 0.4
 MAX_DISTILLED = 256   # distilled rephrasings per update, at most (see distilled)
+# Their answer budget: a fact's answer fits; one still going is dropped (64 before: SmolLM2's update spent
+# 5 s generating them, its longest rows set every step's width)
+DISTILLED_TOKENS = 48
 REPLAY_SET = 6   # distinct replayed chats per update, in units of UpdateConfig.replay (see build_batches)
 
 
@@ -143,8 +146,48 @@ def latest_corrections(items) -> list:
     return list(latest.values())
 
 
+class FrozenTrunk:
+    """The output of the blocks below the adapter (`layer` of them) for each training row, computed once.
+
+    An update's adapter sits on the top blocks only (UpdateConfig.layers), and its rows come back step
+    after step (every correction in every step; distilled and replayed rows drawn from fixed sets), so
+    the frozen blocks would compute the same thing 15-30 times: on SmolLM2 (26 of 30 blocks frozen)
+    that was most of a step. Rows are right-padded and causal, so a row's trunk output does not depend
+    on the rows beside it or on its padding: it is cached per row (by its tokens), in the dtype the
+    trainer computes in, and each batch resumes from it (BatchPlan.resume)."""
+
+    def __init__(self, model, layer: int, dtype: str):
+        self.model, self.layer, self.dtype = model, layer, dtype     # dtype: the trainer's --dtype
+        self.rows: dict[tuple[int, ...], torch.Tensor] = {}    # row tokens -> (n, C)
+        self.computed = 0
+
+    def plan(self, b: dict):
+        """The BatchPlan that resumes batch b's rows (idx (B, S), targets (B, S)) above the trunk."""
+        from livelm import machine
+        from livelm.models.gpt import BatchPlan
+        from livelm.runtime import autocast
+        device = next(self.model.parameters()).device    # the trainer may have moved the model since
+        idx, targets = b["idx"].cpu(), b["targets"].cpu()
+        # a row's tokens run through its last answer position (then padding)
+        S = idx.shape[1]
+        lengths = [S - int(torch.argmax(row.flip(0).int())) if row.any() else S for row in targets >= 0]
+        keys = [tuple(idx[r, :n].tolist()) for r, n in enumerate(lengths)]
+        missing = [r for r, k in enumerate(keys) if k not in self.rows]
+        if missing:
+            with torch.no_grad(), autocast(device, machine.resolve_dtype(self.dtype, device, warn=False)):
+                x = self.model.hidden(idx[missing].to(device), BatchPlan(stop_at=self.layer))   # (M, S, C)
+            for j, r in enumerate(missing):
+                self.rows[keys[r]] = x[j, :lengths[r]].clone()
+            self.computed += len(missing)
+        x = torch.zeros(idx.shape + (self.rows[keys[0]].shape[-1],), dtype=self.rows[keys[0]].dtype, device=device)
+        for r, k in enumerate(keys):
+            x[r, :len(k)] = self.rows[k]
+        return BatchPlan(resume=(self.layer, x))
+
+
 def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: int,
-                  system_prompts: dict[str, str] | None = None, trained: frozenset[int] = frozenset()):
+                  system_prompts: dict[str, str] | None = None, trained: frozenset[int] = frozenset(),
+                  trunk: FrozenTrunk | None = None):
     """Fixed feedback parts (with reference log-probs) + a replay sampler; returns get_batch(split, i).
     `system_prompts`: the run's, for the notes of the distilled rows (`distilled`). `trained`: the
     feedback ids the adapter it goes on from learned already (warm start); the others are new."""
@@ -220,7 +263,7 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
             for k in range(0, len(chosen), cfg.replay):
                 part = chosen[k:k + cfg.replay]
                 rb = answer_batch([c[:-1] for c in part], [c[-1]["content"] for c in part], tokenizer, block_size)
-                h = model.hidden(rb["idx"])                                              # (B, S, C)
+                h = model.hidden(rb["idx"], trunk.plan(rb) if trunk else None)            # (B, S, C)
                 for r, c in enumerate(part):   # the head at answer positions only: (N_r, V) each
                     replay_ref.append((c, torch.log_softmax(model.head(h[r][rb["targets"][r] >= 0]).float(), -1)))
             lora.set_active(model, "update")
@@ -243,6 +286,8 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
             rb = answer_batch([c[:-1] for c, _ in replayed], [c[-1]["content"] for c, _ in replayed], tokenizer,
                               block_size)
             rb["ref_logp"] = torch.cat([ref for _, ref in replayed])               # (answer positions, V)
+            if trunk:
+                rb["plan"] = trunk.plan(rb)
             batch["replay"], batch["replay_weight"] = rb, cfg.replay_weight
         else:
             replayed = rng.sample(pool, min(cfg.replay, len(pool))) if pool and sft else []
@@ -255,6 +300,8 @@ def build_batches(model, tokenizer, items, pool, cfg: UpdateConfig, block_size: 
                 batch[part] = rows(fixed[part], sorted(rng.sample(range(n), min(cfg.batch, n))), paired)
         if convs:
             batch["sft"] = answer_batch(convs, answers, tokenizer, block_size)
+            if trunk:
+                batch["sft"]["plan"] = trunk.plan(batch["sft"])
         batch["idx"] = batch.get("sft", batch.get("dpo", batch.get("kto")))["idx"]
         return batch
 
@@ -283,7 +330,7 @@ def distilled(model, tokenizer, picked: list[tuple[list[dict], object]], seed: i
         picked = random.Random(seed).sample(picked, MAX_DISTILLED)
     if not picked:
         return []
-    params = [SamplingParams.greedy(64, processors=CopyFromNotes.of([fix.correction.strip()], tokenizer))
+    params = [SamplingParams.greedy(DISTILLED_TOKENS, processors=CopyFromNotes.of([fix.correction.strip()], tokenizer))
               for _, fix in picked]
     outs = Engine(model, tokenizer, max_batch=64).generate(
         [prompt_ids(with_notes(p, [fix.correction.strip()], system_prompts), tokenizer) for p, fix in picked],
@@ -291,9 +338,18 @@ def distilled(model, tokenizer, picked: list[tuple[list[dict], object]], seed: i
     kept = []
     for (prompt, fix), out in zip(picked, outs):
         new_terms = set(terms(fix.correction)) - set(terms(fix.answer or ""))
-        if new_terms & set(terms(out.text)):
-            kept.append((prompt, out.text))
+        # an answer cut by the budget would be learned with an end after its last word: it keeps its
+        # whole sentences only
+        text = out.text if out.finish_reason == "stop" else whole_sentences(out.text)
+        if new_terms & set(terms(text)):
+            kept.append((prompt, text))
     return kept
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to its last sentence end ("." "。" "!" "?" ...), or "" without one."""
+    end = max(text.rfind(c) for c in ".。!！?？")
+    return text[:end + 1] if end >= 0 else ""
 
 
 def unrelated(probes: list[dict], answers: list[str], items) -> list[int]:
@@ -340,6 +396,21 @@ def base_answers(model, tokenizer, probes: list[dict], run: Path, cache_dir: Pat
         known.update(zip(todo, answers))
         io.write_json(path, known)
     return [known[k] for k in key]
+
+
+def warm_base_answers(run: str | Path, store_root: str | Path, cfg: UpdateConfig) -> dict:
+    """Answer the general probes and replay prompts with the base model now, into the cache the updates
+    read (base_answers), so the first feedback's update does not pay for it (the server's learner runs
+    this at start, in the update process: LiveLearner)."""
+    t0 = time.perf_counter()
+    run = Path(run)
+    model, tokenizer, run_config = load_model(run)
+    prompts = general_probe_set(cfg.general_probes, cfg.seed)
+    if not replay_pool(run_config, run):
+        prompts += general_prompts("replay")
+    prompts += probe_set(run, cfg.probe_size, cfg.seed, cfg.regression_file)
+    base_answers(model, tokenizer, prompts, run, Path(store_root) / ".base_answers", cfg.probe_tokens)
+    return {"status": "warmed", "prompts": len(prompts), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def trained_ids(version: Path | None) -> frozenset[int] | None:
@@ -407,8 +478,9 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
         warm, trained = None, frozenset()
         trainable, save_fn = lora.attach_for_training(model, "update", lcfg, str(run.resolve()))
     system_prompts = run_system_prompts(run_config, tokenizer)
+    trunk = FrozenTrunk(model, layers[0], cfg.dtype) if layers else None
     get_batch, counts = build_batches(model, tokenizer, items, pool, cfg, model.cfg.block_size, system_prompts,
-                                      trained)
+                                      trained, trunk)
     steps = min(cfg.max_steps, cfg.steps * max(1, -(-counts["new"] // cfg.max_fixes)))
     tcfg = resolve_config(None, base={**run_config.get("train", {})}, max_iters=steps, lr=cfg.lr,
                           min_lr=cfg.lr / 10, warmup_iters=0, eval_iters=0, eval_interval=steps,
@@ -458,7 +530,8 @@ def update_child(conn, run: str, db: str, tenant: str, store_root: str, cfg: dic
             os.nice(nice)
         torch.set_num_threads(threads)
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-            result = run_update(run, db, tenant, store_root, UpdateConfig(**cfg))
+            result = run_update(run, db, tenant, store_root, UpdateConfig(**cfg)) if tenant is not None \
+                else warm_base_answers(run, store_root, UpdateConfig(**cfg))
     except Exception as e:   # said back to the server, which logs it and keeps serving
         result = {"tenant": tenant, "status": "failed", "error": f"{type(e).__name__}: {e}"}
     result["warnings"] = [line.split("warning:", 1)[1].strip() for line in printed.getvalue().splitlines()

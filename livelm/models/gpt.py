@@ -304,6 +304,11 @@ class BatchPlan:
                 sequence's consecutive tokens (a prompt chunk), after the rows that are one token each
                 (see Packing). One pass then prefills prompts and decodes other sequences.
     out_rows    logits only for these rows (B',)
+    stop_at     plain rows: return the hidden states entering block stop_at (un-normed, (B, S, C))
+    resume      plain rows: (L, x): start at block L from hidden states x (B, S, C) that blocks < L made.
+                A live update trains an adapter on the top blocks only; the frozen blocks below give each
+                training row the same output at every step, so it is computed once (stop_at) and each
+                step resumes from it (livelm/learn/update.py: FrozenTrunk)
     """
     positions: torch.Tensor | None = None
     attn_mask: torch.Tensor | None = None
@@ -313,6 +318,8 @@ class BatchPlan:
     kv_len: int | None = None
     segments: list[tuple[int, int]] | None = None
     out_rows: torch.Tensor | None = None
+    stop_at: int | None = None
+    resume: "tuple[int, torch.Tensor] | None" = None
 
     @classmethod
     def packed(cls, doc_ids: torch.Tensor) -> "BatchPlan":
@@ -433,12 +440,16 @@ class GPT(nn.Module):
         if positions is None:
             positions = torch.arange(S, device=idx.device)[None].expand(B, S)
 
-        x = self.wte(idx)
-        if self.cfg.embed_scale:   # Gemma: times sqrt(C) rounded to the embedding's dtype first, as HF does
-            x = x * torch.tensor(self.cfg.d_model ** 0.5, dtype=x.dtype)
-        if self.wpe is not None:
-            x = x + self.wpe(positions)
-        x = self.drop(x)
+        first = 0
+        if plan.resume is not None:
+            first, x = plan.resume
+        else:
+            x = self.wte(idx)
+            if self.cfg.embed_scale:   # Gemma: times sqrt(C) rounded to the embedding's dtype first, as HF does
+                x = x * torch.tensor(self.cfg.d_model ** 0.5, dtype=x.dtype)
+            if self.wpe is not None:
+                x = x + self.wpe(positions)
+            x = self.drop(x)
         rope = rope_local = None
         if self.cfg.position == "rope":
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, S, D/2)
@@ -446,6 +457,10 @@ class GPT(nn.Module):
             if self.cfg.rope_local_theta:
                 rope_local = (self.rope_local_cos[positions][:, None], self.rope_local_sin[positions][:, None])
         for layer, block in enumerate(self.blocks):
+            if layer < first:
+                continue
+            if layer == plan.stop_at:
+                return x
             sliding = self.cfg.sliding(layer)
             args = (x, rope_local if sliding else rope, window_mask if sliding else attn_mask, layer, cache, slots,
                     positions if cache is not None else None, packing)
