@@ -44,12 +44,21 @@ def stem(word: str) -> str:
     return word
 
 
+# Chinese function characters and question words, which say nothing of which fact is asked. A character
+# no note has weighs as much as the rarest term, so "谁写了《水浒传》？" found no note of "《水浒传》的作者是谁？"
+# while 了 and the bigrams across it (写了, 了水) counted: with them left out, the Chinese rephrasings of
+# bench/live_facts.json found by the question alone went from 109 to 137 of 180, and top-1 for 1,000
+# fictional facts from 501 to 536 of 600 rephrasings, with no more notes for unrelated questions.
+ZH_STOP = set("的了是吗呢吧啊么呀哦请问你我们这那哪谁什个在和与也都就还得地着过")
+
+
 def terms(text: str) -> list[str]:
     # (a sentence's final period is not part of its last word: "9pm." is "9pm", "¥12.5" stays whole)
-    toks = [stem(t) for t in (w.rstrip(".") for w in _WORD.findall(text.lower())) if t and t not in STOP]
-    out = list(toks)
-    cjk = [t for t in toks if HAN.match(t)]
-    out += [a + b for a, b in zip(cjk, cjk[1:])]   # adjacent-character bigrams (approximate for split runs)
+    words = [w.rstrip(".") for w in _WORD.findall(text.lower())]
+    out = [stem(w) for w in words if w and w not in STOP and w not in ZH_STOP]
+    # adjacent-character bigrams of the text's runs of Chinese, none with a function character
+    out += [a + b for a, b in zip(words, words[1:])
+            if HAN.match(a) and HAN.match(b) and a not in ZH_STOP and b not in ZH_STOP]
     return out
 
 

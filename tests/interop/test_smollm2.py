@@ -190,3 +190,41 @@ def test_generate_and_terminal_chat(run):
                   input="What is the capital of France?\n你好 👋\n")
     lines = res.stdout.split("\n")[:-1]
     assert len(lines) == 2 and "Paris" in lines[0], res.stdout
+
+
+def test_memory_corrects_smollm2_under_its_own_system_prompt(run, tmp_path):
+    """Live learning's memory on the real model: a correction of a fact it gets wrong goes under
+    SmolLM2's own default system prompt (no other model's text), and the answer, to the question and
+    to a rephrasing (found through a draft answer, as the server does), states the corrected fact,
+    in English and in Chinese."""
+    from livelm.chat.template import prompt_ids, render_text
+    from livelm.infer.engine import Engine
+    from livelm.learn.copying import CopyFromNotes
+    from livelm.learn.feedback import Feedback, FeedbackStore
+    from livelm.learn.memory import Memory, run_system_prompts
+    from livelm.runs import load, read_config
+    from livelm.sampling import SamplingParams
+    model, tok, _, _ = load(run, [], "cpu", dtype="float32")
+    fb = FeedbackStore(tmp_path / "fb.sqlite")
+    fixes = [("What is the capital of Burkina Faso?", "The capital of Burkina Faso is Bamako.",
+              "The capital of Burkina Faso is Ouagadougou.", "Which city is the capital of Burkina Faso? 🌍",
+              "Ouagadougou"),
+             ("《水浒传》的作者是谁？", "《水浒传》的作者是罗贯中。", "《水浒传》的作者是施耐庵。", "谁写了《水浒传》？📚", "施耐庵")]
+    for q, wrong, right, _, _ in fixes:
+        fb.add(Feedback(kind="correction", conversation=[{"role": "user", "content": q}], answer=wrong,
+                        correction=right, tenant="t"))
+    prompts = run_system_prompts(read_config(run), tok)
+    assert prompts["en"].startswith("You are a helpful AI assistant named SmolLM")
+    memory = Memory(fb, system_prompts=prompts)
+    engine = Engine(model, tok, max_batch=4)
+    asked = [(q, value) for q, _, _, rephrased, value in fixes for q in (q, rephrased)]
+    # as the server does: a short draft answer without notes first, which finds the note for a rephrasing
+    drafts = engine.generate([prompt_ids([{"role": "user", "content": q}], tok) for q, _ in asked],
+                             SamplingParams.greedy(32))
+    recalled = [memory.recall("t", [{"role": "user", "content": q}], d.text) for (q, _), d in zip(asked, drafts)]
+    for (messages, notes), (_, value) in zip(recalled, asked):
+        text = render_text(messages, tok, add_generation_prompt=True)
+        assert notes and value in text and prompts["en"] in text and "Maple" not in text and "枫叶" not in text
+    outs = engine.generate([prompt_ids(m, tok) for m, _ in recalled],
+                           [SamplingParams.greedy(40, processors=CopyFromNotes.of(n, tok)) for _, n in recalled])
+    assert [value in o.text for (_, value), o in zip(asked, outs)] == [True] * len(asked), [o.text for o in outs]

@@ -113,8 +113,8 @@ def test_an_imported_model_learns_with_self_replay_and_rule_phrasings(imported_r
 
 def test_lifelong_updates_go_on_from_the_live_version_and_forgetting_starts_over(imported_run, tmp_path):
     """A new correction: the next update starts from the live adapter and trains the new one plus a
-    sample of the older ones, at most max_fixes per step. A forgotten one: it starts over, so the
-    forgotten correction leaves the adapter. Rollback brings back the earlier version exactly."""
+    sample of the older ones, at most max_fixes per step. A forgotten or superseded one: it starts
+    over, so the removed correction leaves the adapter. Rollback brings back an earlier version exactly."""
     fb = FeedbackStore(tmp_path / "fb.sqlite")
     store = tmp_path / "store"
     cfg = UpdateConfig(steps=2, general_probes=4, probe_tokens=6, layers=2, max_changed=1.0, max_fixes=2,
@@ -135,6 +135,12 @@ def test_lifelong_updates_go_on_from_the_live_version_and_forgetting_starts_over
     from livelm.learn.update import trained_ids
     s = AdapterStore(store)
     assert first not in trained_ids(s.current("t"))
+    # a later correction of the same question supersedes the earlier one: start over, without it
+    superseded = trained_ids(s.current("t"))
+    correct(fb, "t", ("Who founded Velmora 0? 🏰", "Ada Bramund0.", "Velmora 0 was founded by Ivo Tarsik."))
+    v4 = run_update(imported_run, fb.path, "t", store, cfg)
+    assert v4["warm_start"] is None and v4["trained_on"]["sft"] == 3
+    assert len(trained_ids(s.current("t")) - superseded) == 1 and len(superseded - trained_ids(s.current("t"))) == 1
     before = (store / "t" / v2["version"] / "adapter_model.safetensors").read_bytes()
     assert s.rollback("t", v2["version"]) == v2["version"]
     assert (s.current("t") / "adapter_model.safetensors").read_bytes() == before

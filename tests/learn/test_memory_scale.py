@@ -42,3 +42,14 @@ def test_a_later_correction_supersedes_and_forget_removes(tmp_path):
     assert memory.notes("t", ask[0]["content"]) == ["The oolong tea is ¥58 now. 乌龙茶¥58。"]   # one note, the latest
     assert store.forget("t", later.id)
     assert memory.notes("t", ask[0]["content"]) == ["The oolong tea is ¥56. 乌龙茶¥56。"]     # the earlier one again
+
+
+def test_chinese_function_characters_do_not_hide_a_note():
+    """A rephrasing that adds function characters (了, 谁) finds the note: they are not terms, and no
+    bigram spans them; the content characters and their bigrams still are."""
+    from livelm.learn.memory import BM25, MemoryItem, terms
+    assert terms("谁写了《水浒传》？📚") == ["写", "水", "浒", "传", "水浒", "浒传"]
+    index = BM25([MemoryItem(1, "a", "What is the capital of Burkina Faso? The capital is Ouagadougou."),
+                  MemoryItem(2, "b", "《水浒传》的作者是谁？ 《水浒传》的作者是施耐庵。")])
+    assert [item.id for _, item in index.search("谁写了《水浒传》？📚", 3, min_coverage=0.4)] == [2]
+    assert index.search("今天天气怎么样？☀️", 3, min_coverage=0.4) == []
