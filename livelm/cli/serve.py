@@ -40,6 +40,8 @@ LEARN_HELP = {
     "replay": "replayed training chats per update step, against forgetting",
     "replay_loss": "replayed chats keep the model's own next-token distribution (kl) or train on their text (sft)",
     "replay_weight": "weight of the replay loss",
+    "replay_file": "chats (JSONL/JSON, as finetune reads) to replay instead of the run's own training data; "
+                   "without either, updates replay the model's own answers to general prompts",
     "correction_pairs": "also a DPO pair 'correction > the answer it corrects' per correction",
     "propagate": "other phrasings of each corrected question (from the run's training chats), answered with the "
                  "correction as a note and trained on, so it reaches rephrasings (0 = off)",
@@ -189,6 +191,9 @@ def learn_config(a):
     scoped = a.learn_adapter_scope == "feedback"
     update = UpdateConfig(**dataclass_values(a, UpdateConfig, "learn-", skip=LEARN_UPDATE_SKIP),
                           scoped=scoped)   # the guard judges the adapter as it is served
+    for flag, path in (("--regression-file", update.regression_file), ("--learn-replay-file", update.replay_file)):
+        if path and not Path(path).is_file():   # said now, not by every update
+            raise ValueError(f"{flag}: {path} is not a file")
     return LearnConfig(**dataclass_values(a, LearnConfig, "learn-", skip=LEARN_CONFIG_SKIP), modes=modes,
                        adapter_scope=scoped, update=update)
 

@@ -84,6 +84,8 @@ class UpdateConfig:
     # (the adapter switched off is the reference), "sft" trains on their text.
     replay_loss: str = "kl"
     replay_weight: float = 1.0
+    # Chats to replay instead of the run's own training data (the same formats `livelm finetune` reads).
+    replay_file: str | None = None
     # Other phrasings of each corrected question (training chats, `related_chats`) answered by the model
     # with the correction as a note and trained on without it (`distilled`): up to this many per
     # correction, `batch` of them per step. A correction then reaches rephrasings the user never typed.
@@ -446,8 +448,13 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     warm = live if before_ids is not None and before_ids <= learn_ids else None
     trained = before_ids if warm is not None else frozenset()
 
-    pool = replay_pool(run_config, run)
-    replay_source = "run" if pool else "self"
+    if cfg.replay_file:   # the operator's chats
+        from livelm.chat.data import read_conversations
+        pool, _ = read_conversations(Path(cfg.replay_file), skip_bad=True)
+        replay_source = "file"
+    else:
+        pool = replay_pool(run_config, run)
+        replay_source = "run" if pool else "self"
     if not pool:   # no chats of its own (an imported model): replay its own answers to general prompts
         prompts = general_prompts("replay")
         pool = [p["messages"] + [{"role": "assistant", "content": a}]

@@ -109,6 +109,14 @@ def test_an_imported_model_learns_with_self_replay_and_rule_phrasings(imported_r
     # the base model's answers were cached for the next update, beside (not among) the tenants
     from livelm.learn.adapters import AdapterStore
     assert list((store / ".base_answers").glob("*.json")) and AdapterStore(store).tenants() == ["t"]
+    # the operator's own chats replace self-distillation
+    chats = tmp_path / "replay.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"第{i}个问题 😀 question {i}"},
+                                                      {"role": "assistant", "content": f"Answer {i}. 答案{i}。"}]},
+                                        ensure_ascii=False) + "\n" for i in range(6)), encoding="utf-8")
+    res = run_update(imported_run, fb.path, "t", store, UpdateConfig(steps=1, general_probes=4, probe_tokens=6, layers=2,
+                                                                     max_changed=1.0, replay_file=str(chats)))
+    assert res["replay"] == "file" and res["trained_on"]["replay_pool"] == 6
 
 
 def test_lifelong_updates_go_on_from_the_live_version_and_forgetting_starts_over(imported_run, tmp_path):
