@@ -163,8 +163,8 @@ class LiveLearner:
             result = run_update_process(self.run, self.db_path, None, self.store.root, self.cfg)
             log.info("update guard's probes answered by the base model: %s prompts in %s s", result.get("prompts"),
                      result.get("seconds"))
-        except Exception as e:   # the first update answers them itself
-            log.warning("answering the update guard's probes ahead failed: %s", e)
+        except Exception as e:   # the first update answers them itself (also: the server stopped meanwhile)
+            log.info("the update guard's probes were not answered ahead (%s); the first update will", e)
 
     def _state_age(self, tenant: str) -> float:
         try:
