@@ -117,9 +117,10 @@ def general_probe_set(size: int, seed: int) -> list[dict]:
 
 
 def same_answer(before: str, after: str, tokens: int = 24) -> bool:
-    """Did an update leave this answer as it was? Compared on the first `tokens` words/characters with
-    spacing and case ignored: a greedy answer that changed somewhere past them is the same answer
-    drifting later, and the probes are answered with a short budget anyway."""
+    """Did an update leave this answer as it was? Compared on its first `tokens` content words (memory's
+    `terms`: case, spacing, punctuation and function words ignored, Chinese by character): a greedy
+    answer that changed somewhere past them is the same answer drifting later, and the probes are
+    answered with a short budget anyway."""
     from livelm.learn.memory import terms
     return terms(before)[:tokens] == terms(after)[:tokens]
 
