@@ -52,3 +52,21 @@ def test_probe_accuracy_grades_values_alternatives_and_language():
     assert probe_accuracy(probes, ["We open at 10am", "It is ¥388", "no"]) == 0.0
     assert probe_accuracy(probes, ["周末早上10点开门。", "绿茶¥38。", "invoice"]) == pytest.approx(2 / 3)
     assert probe_accuracy([], []) is None                      # nothing to compare (and JSON has no NaN)
+
+
+def test_the_general_probes_are_bilingual_and_know_no_shop():
+    """The project's general prompts guard any model: ≥ 200 probes and a disjoint replay set, English and
+    Chinese alike, every kind, and nothing of the default assistant's shop."""
+    import json as _json
+    from livelm.learn.probes import general_probe_set, general_prompts, same_answer
+    from livelm.text import language
+    probes, replay = general_prompts("probe"), general_prompts("replay")
+    assert len(probes) >= 200 and len(replay) >= 48
+    texts = [p["messages"][-1]["content"] for p in probes + replay]
+    assert len(set(texts)) == len(texts)
+    assert {language(t) for t in texts} == {"en", "zh"} and all(language(t) == p["lang"] for t, p in zip(texts, probes + replay))
+    assert {p["kind"] for p in probes} == {"fact", "instruction", "arithmetic", "translation", "chitchat"}
+    blob = _json.dumps(probes + replay, ensure_ascii=False)
+    assert not any(w in blob for w in ("Maple", "枫叶", "shop", "Shop", "商店", "店铺"))
+    assert general_probe_set(48, 0) == general_probe_set(48, 0) and len(general_probe_set(48, 1)) == 48
+    assert same_answer("Paris is the capital. 🗼", "paris  is the CAPITAL!") and not same_answer("巴黎。", "伦敦。")
