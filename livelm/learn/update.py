@@ -400,6 +400,16 @@ def base_answers(model, tokenizer, probes: list[dict], run: Path, cache_dir: Pat
     return [known[k] for k in key]
 
 
+def chats_to_replay(run_chats: list[list[dict]], cfg: UpdateConfig) -> tuple[list[list[dict]], str]:
+    """The chats an update replays, and where they come from: the operator's `replay_file` ("file"),
+    else the run's own training chats (`replay_pool`, "run"); ([], "self") when there are neither, and
+    the update replays the model's own answers to the general prompts instead."""
+    if cfg.replay_file:
+        from livelm.chat.data import read_conversations
+        return read_conversations(Path(cfg.replay_file), skip_bad=True)[0], "file"
+    return run_chats, "run" if run_chats else "self"
+
+
 def warm_base_answers(run: str | Path, store_root: str | Path, cfg: UpdateConfig) -> dict:
     """Answer the general probes and replay prompts with the base model now, into the cache the updates
     read (base_answers), so the first feedback's update does not pay for it (the server's learner runs
@@ -408,7 +418,7 @@ def warm_base_answers(run: str | Path, store_root: str | Path, cfg: UpdateConfig
     run = Path(run)
     model, tokenizer, run_config = load_model(run)
     prompts = general_probe_set(cfg.general_probes, cfg.seed)
-    if not replay_pool(run_config, run):
+    if chats_to_replay(replay_pool(run_config, run), cfg)[1] == "self":
         prompts += general_prompts("replay")
     prompts += probe_set(run, cfg.probe_size, cfg.seed, cfg.regression_file)
     base_answers(model, tokenizer, prompts, run, Path(store_root) / ".base_answers", cfg.probe_tokens)
@@ -448,13 +458,8 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     warm = live if before_ids is not None and before_ids <= learn_ids else None
     trained = before_ids if warm is not None else frozenset()
 
-    if cfg.replay_file:   # the operator's chats
-        from livelm.chat.data import read_conversations
-        pool, _ = read_conversations(Path(cfg.replay_file), skip_bad=True)
-        replay_source = "file"
-    else:
-        pool = replay_pool(run_config, run)
-        replay_source = "run" if pool else "self"
+    run_chats = replay_pool(run_config, run)     # also what widens the adapter's scope (below)
+    pool, replay_source = chats_to_replay(run_chats, cfg)
     if not pool:   # no chats of its own (an imported model): replay its own answers to general prompts
         prompts = general_prompts("replay")
         pool = [p["messages"] + [{"role": "assistant", "content": a}]
@@ -471,7 +476,7 @@ def run_update(run: str | Path, db: str | Path, tenant: str, store_root: str | P
     before = list(answers)
     # the probes the adapter will answer when served (the server's scope test, with the base model's
     # answer as the draft); the others keep their answers
-    scope = Memory(feedback, examples=replay_pool(run_config, run))
+    scope = Memory(feedback, examples=run_chats)
     judged = [k for k, (p, a) in enumerate(zip(probes, answers))
               if not cfg.scoped or scope.in_scope(tenant, last_question(p["messages"]), a)]
     feedback.close()
